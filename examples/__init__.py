@@ -1,0 +1,1 @@
+"""Runnable example flows. ``examples.pizza`` uses every action of the contract."""

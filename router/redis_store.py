@@ -1,0 +1,291 @@
+"""The Redis adapter of the session store port (:class:`router.store.SessionStore`).
+
+Key layout, all under ``NS:`` (the namespace). Each session's keys share one hash tag,
+derived from the session id by hashing, so a brace in an id cannot move a key to another
+slot and every script touches one slot only (Redis Cluster):
+
+- ``NS:{tag}:r`` hash: ``v`` version, ``b`` record blob;
+- ``NS:{tag}:o`` list: the outbox, oldest first;
+- ``NS:{tag}:d`` list: 12-byte digests of the last DEDUP_MEMORY client message ids, newest
+  first (a list of fixed-size digests is a fraction of the memory of a sorted set);
+- ``NS:{due-K}:due`` sorted sets, K in 0..7: the deadline index, member session id, score
+  due time in ms; ``NS:{due-K}:n`` holds the last lease handed out from shard K.
+
+redis-py retries a command after a lost connection, so every write here is either
+conditional (the version, the lease) or idempotent: a repeated write changes nothing. One
+consequence: a commit whose reply was lost and which is retried reports False although the
+first attempt applied; the caller re-reads and finds its own write.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker_sdk.errors import StoreUnavailable
+from worker_sdk.settings import check_namespace
+
+from .store import DEDUP_MEMORY, Snapshot
+
+logger = logging.getLogger(__name__)
+
+HINT_SHARDS = 8
+"""Sorted sets the deadline index is spread over (each with its own hash tag)."""
+
+RETRIES = 4
+"""Retries of a command after a connection error or timeout, with exponential backoff."""
+
+SOCKET_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 3.0
+
+# KEYS: record, outbox, dedup. ARGV[1]: dedup digest, or '' for none.
+_LOAD = """
+local rec = redis.call('HMGET', KEYS[1], 'v', 'b')
+local out = redis.call('LRANGE', KEYS[2], 0, -1)
+local seen = 0
+if ARGV[1] ~= '' and redis.call('LPOS', KEYS[3], ARGV[1]) then seen = 1 end
+return {rec[1], rec[2], out, seen}
+"""
+
+# KEYS: record, outbox, dedup.
+# ARGV: expected version, record, expire_at_ms, dedup digest or '', outbox entries...
+_COMMIT = f"""
+local v = tonumber(redis.call('HGET', KEYS[1], 'v')) or 0
+if v ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', v + 1, 'b', ARGV[2])
+local n = #ARGV
+local i = 5
+while i <= n do
+  -- in slices: unpack of a huge table overflows the Lua C stack
+  local j = math.min(i + 999, n)
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, i, j))
+  i = j + 1
+end
+if ARGV[4] ~= '' and not redis.call('LPOS', KEYS[3], ARGV[4]) then
+  redis.call('LPUSH', KEYS[3], ARGV[4])
+  redis.call('LTRIM', KEYS[3], 0, {DEDUP_MEMORY - 1})
+end
+for k = 1, 3 do redis.call('PEXPIREAT', KEYS[k], ARGV[3]) end
+return 1
+"""
+
+# KEYS: outbox. ARGV: entries to remove, one occurrence each (the oldest).
+_DISCARD = """
+for i = 1, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+return 0
+"""
+
+# KEYS: shard, last lease of the shard. ARGV: now_ms, lease_ms, limit.
+# Leases of a shard strictly increase, so no two claims ever share one: settle_hint can tell
+# its own claim from a later claim or from a hint a step wrote meanwhile.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+if #due == 0 then return {} end
+local lease = tonumber(ARGV[1]) + tonumber(ARGV[2])
+local last = tonumber(redis.call('GET', KEYS[2])) or 0
+local out = {}
+for _, member in ipairs(due) do
+  if lease <= last then lease = last + 1 end
+  last = lease
+  redis.call('ZADD', KEYS[1], lease, member)
+  out[#out + 1] = member
+  out[#out + 1] = lease
+end
+redis.call('SET', KEYS[2], last)
+return out
+"""
+
+# KEYS: shard. ARGV: session, lease, due_ms or '' to remove.
+_SETTLE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+end
+return 1
+"""
+
+
+def redact(url: str) -> str:
+    """The URL without its password, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=user + host))
+
+
+def _dedup_digest(dedup_id: str) -> bytes:
+    # Fixed 12 bytes per remembered id whatever the id's length; 96 bits make a false
+    # "seen" practically impossible.
+    return hashlib.blake2b(dedup_id.encode(), digest_size=12).digest()
+
+
+def _escape_glob(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class RedisStore:
+    """Session store on Redis (standalone; the scripts are Redis Cluster safe)."""
+
+    def __init__(self, url: str, namespace: str) -> None:
+        self._url = url
+        self._ns = check_namespace(namespace)
+        # No I/O here: the pool connects on first use.
+        self._redis: Redis = Redis.from_url(
+            url,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES),
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            health_check_interval=30,
+        )
+        self._load = self._redis.register_script(_LOAD)
+        self._commit = self._redis.register_script(_COMMIT)
+        self._discard = self._redis.register_script(_DISCARD)
+        self._claim = self._redis.register_script(_CLAIM)
+        self._settle = self._redis.register_script(_SETTLE)
+        self._next_shard = 0
+
+    # -- keys -----------------------------------------------------------------------------
+
+    def session_keys(self, session: str) -> tuple[str, str, str]:
+        """The record, outbox and dedup keys of a session."""
+        digest = hashlib.sha256(session.encode()).digest()[:16]
+        tag = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        return f"{self._ns}:{{{tag}}}:r", f"{self._ns}:{{{tag}}}:o", f"{self._ns}:{{{tag}}}:d"
+
+    def _shard(self, index: int) -> tuple[str, str]:
+        return f"{self._ns}:{{due-{index}}}:due", f"{self._ns}:{{due-{index}}}:n"
+
+    def _hint_key(self, session: str) -> str:
+        return self._shard(zlib.crc32(session.encode()) % HINT_SHARDS)[0]
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def _unavailable(self, error: BaseException) -> StoreUnavailable:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return StoreUnavailable(f"Redis is not reachable at {redact(self._url)}: {reason}; "
+                                "start it or set CLOUDBUNCH_REDIS_URL")
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        # Reached only once redis-py's own retries are spent.
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            raise self._unavailable(error) from error
+
+    # -- the port -------------------------------------------------------------------------
+
+    async def load(self, session: str, dedup_id: str | None = None) -> Snapshot:
+        """Read record, version, outbox and (if ``dedup_id``) whether that id was seen."""
+        digest = _dedup_digest(dedup_id) if dedup_id is not None else b""
+        async with self._guard():
+            version, record, outbox, seen = await self._load(
+                keys=self.session_keys(session), args=[digest])
+        return Snapshot(version=int(version or 0), record=record, outbox=list(outbox),
+                        seen=bool(seen))
+
+    async def commit(self, session: str, expected_version: int, record: bytes, *,
+                     append: Sequence[bytes] = (), remember: str | None = None,
+                     expire_at_ms: int, hint_ms: int | None = None) -> bool:
+        """Compare-and-set the record, append to the outbox, remember an id, set expiry."""
+        async with self._guard():
+            if hint_ms is not None:
+                # Before the record: a stale hint is harmless, a missing one loses a deadline.
+                await self._redis.zadd(self._hint_key(session), {session: hint_ms})
+            digest = _dedup_digest(remember) if remember is not None else b""
+            applied = await self._commit(
+                keys=self.session_keys(session),
+                args=[expected_version, record, expire_at_ms, digest, *append])
+        return bool(applied)
+
+    async def discard(self, session: str, entries: Sequence[bytes]) -> None:
+        """Remove exactly these entries (one occurrence each) from the outbox."""
+        if not entries:
+            return
+        async with self._guard():
+            await self._discard(keys=[self.session_keys(session)[1]], args=list(entries))
+
+    async def add_hint(self, session: str, due_ms: int) -> None:
+        """Set the session's deadline hint to ``due_ms``."""
+        async with self._guard():
+            await self._redis.zadd(self._hint_key(session), {session: due_ms})
+
+    async def claim_due(self, now_ms: int, lease_ms: int,
+                        limit: int = 100) -> list[tuple[str, int]]:
+        """Claim due hints: move each to a unique lease past ``now_ms + lease_ms``."""
+        claimed: list[tuple[str, int]] = []
+        # Start at another shard each time so a busy shard does not starve the others.
+        start = self._next_shard
+        self._next_shard = (start + 1) % HINT_SHARDS
+        async with self._guard():
+            for step in range(HINT_SHARDS):
+                if len(claimed) >= limit:
+                    break
+                reply = await self._claim(keys=self._shard((start + step) % HINT_SHARDS),
+                                          args=[now_ms, lease_ms, limit - len(claimed)])
+                claimed.extend((reply[i].decode(), int(reply[i + 1]))
+                               for i in range(0, len(reply), 2))
+        return claimed
+
+    async def settle_hint(self, session: str, lease: int, due_ms: int | None) -> None:
+        """If the hint still equals ``lease``: set it to ``due_ms``, or remove it if None."""
+        async with self._guard():
+            await self._settle(keys=[self._hint_key(session)],
+                               args=[session, lease, "" if due_ms is None else due_ms])
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable if Redis does not answer."""
+        async with self._guard():
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        """Release connections."""
+        await self._redis.aclose()
+
+    # -- tools ----------------------------------------------------------------------------
+
+    async def ttl_ms(self, session: str) -> int:
+        """Milliseconds until the session expires; -2 if it does not exist, -1 if it never does."""
+        async with self._guard():
+            return int(await self._redis.pttl(self.session_keys(session)[0]))
+
+    async def delete_namespace(self) -> int:
+        """Delete every key of the namespace (tests, tools); return how many."""
+        deleted = 0
+        async with self._guard():
+            batch: list[Any] = []
+            async for key in self._redis.scan_iter(match=_escape_glob(self._ns) + ":*",
+                                                   count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    deleted += await self._unlink(batch)
+                    batch = []
+            if batch:
+                deleted += await self._unlink(batch)
+        return deleted
+
+    async def _unlink(self, keys: list[Any]) -> int:
+        # One UNLINK per key: a multi-key UNLINK fails across slots on Redis Cluster.
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.unlink(key)
+        return sum(await pipe.execute())

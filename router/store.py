@@ -1,0 +1,190 @@
+"""The session store port, and the in-memory adapter (embedded engine, test kit).
+
+A session lives in three places that change together: its record (an opaque msgpack blob
+with a version number), its outbox (encoded effects not yet known to be published, in
+order) and its dedup memory (the ids of its last client messages). A deadline index of
+hints ("look at session S at time T") sits beside them. The Redis adapter is
+:mod:`router.redis_store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+DEDUP_MEMORY = 1000
+"""How many client message ids a session remembers, at least (contract guarantee 4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One consistent read of a session."""
+
+    version: int
+    """0 when the session has no record."""
+    record: bytes | None
+    outbox: list[bytes] = field(default_factory=list)
+    seen: bool = False
+    """Whether the dedup id asked for in ``load`` is remembered."""
+
+
+class SessionStore(Protocol):
+    """Where session records, outboxes, dedup memory and deadline hints live."""
+
+    async def load(self, session: str, dedup_id: str | None = None) -> Snapshot:
+        """Read record, version, outbox and (if ``dedup_id``) whether that id was seen."""
+
+    async def commit(self, session: str, expected_version: int, record: bytes, *,
+                     append: Sequence[bytes] = (), remember: str | None = None,
+                     expire_at_ms: int, hint_ms: int | None = None) -> bool:
+        """Compare-and-set: if the version is still ``expected_version``, write the record
+        (version + 1), append ``append`` to the outbox, remember ``remember`` (keeping the
+        last DEDUP_MEMORY ids), and make every key of the session expire at
+        ``expire_at_ms``; all atomically. Return False (and change nothing) otherwise.
+
+        ``hint_ms``, if given, is written to the deadline index *before* the atomic part.
+        """
+
+    async def discard(self, session: str, entries: Sequence[bytes]) -> None:
+        """Remove exactly these entries (one occurrence each) from the outbox."""
+
+    async def add_hint(self, session: str, due_ms: int) -> None:
+        """Set the session's deadline hint to ``due_ms``."""
+
+    async def claim_due(self, now_ms: int, lease_ms: int,
+                        limit: int = 100) -> list[tuple[str, int]]:
+        """Claim hints due at ``now_ms``: move each to ``now_ms + lease_ms`` (plus a unique
+        offset) and return ``(session, lease)``; a replica that dies holding one lets it
+        fire again when the lease is up."""
+
+    async def settle_hint(self, session: str, lease: int, due_ms: int | None) -> None:
+        """If the hint still equals ``lease``: set it to ``due_ms``, or remove it if None."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable if the store does not answer."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+@dataclass(slots=True)
+class _Session:
+    version: int
+    record: bytes
+    expire_at_ms: int
+    outbox: list[bytes] = field(default_factory=list)
+    seen: dict[str, None] = field(default_factory=dict)
+    """Remembered ids in insertion order (a dict is an ordered set)."""
+
+
+class MemoryStore:
+    """A SessionStore in process memory, with the semantics of the Redis adapter.
+
+    Expiry follows ``clock`` (seconds, like :func:`time.time`): an expired session vanishes
+    on its next access. Every call yields to the event loop once before its atomic part, so
+    concurrent callers interleave as they would against a server.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._sessions: dict[str, _Session] = {}
+        self._hints: dict[str, int] = {}
+        self._last_lease = 0
+
+    def _now_ms(self) -> float:
+        return self._clock() * 1000
+
+    def _get(self, session: str) -> _Session | None:
+        state = self._sessions.get(session)
+        # Like Redis: a key lives through its expiry millisecond and is gone after it.
+        if state is not None and self._now_ms() > state.expire_at_ms:
+            del self._sessions[session]
+            return None
+        return state
+
+    async def load(self, session: str, dedup_id: str | None = None) -> Snapshot:
+        """Read record, version, outbox and (if ``dedup_id``) whether that id was seen."""
+        await asyncio.sleep(0)
+        state = self._get(session)
+        if state is None:
+            return Snapshot(version=0, record=None)
+        return Snapshot(version=state.version, record=state.record, outbox=list(state.outbox),
+                        seen=dedup_id is not None and dedup_id in state.seen)
+
+    async def commit(self, session: str, expected_version: int, record: bytes, *,
+                     append: Sequence[bytes] = (), remember: str | None = None,
+                     expire_at_ms: int, hint_ms: int | None = None) -> bool:
+        """Compare-and-set the record, append to the outbox, remember an id, set expiry."""
+        await asyncio.sleep(0)
+        if hint_ms is not None:
+            self._hints[session] = hint_ms
+        state = self._get(session)
+        if (state.version if state is not None else 0) != expected_version:
+            return False
+        if state is None:
+            state = self._sessions[session] = _Session(0, b"", expire_at_ms)
+        state.version += 1
+        state.record = bytes(record)
+        state.outbox.extend(bytes(entry) for entry in append)
+        if remember is not None and remember not in state.seen:
+            state.seen[remember] = None
+            while len(state.seen) > DEDUP_MEMORY:
+                del state.seen[next(iter(state.seen))]
+        state.expire_at_ms = expire_at_ms
+        if expire_at_ms <= self._now_ms():  # PEXPIREAT in the past deletes at once
+            del self._sessions[session]
+        return True
+
+    async def discard(self, session: str, entries: Sequence[bytes]) -> None:
+        """Remove exactly these entries (one occurrence each) from the outbox."""
+        await asyncio.sleep(0)
+        state = self._get(session)
+        if state is None:
+            return
+        for entry in entries:
+            if entry in state.outbox:
+                state.outbox.remove(entry)
+
+    async def add_hint(self, session: str, due_ms: int) -> None:
+        """Set the session's deadline hint to ``due_ms``."""
+        await asyncio.sleep(0)
+        self._hints[session] = due_ms
+
+    async def claim_due(self, now_ms: int, lease_ms: int,
+                        limit: int = 100) -> list[tuple[str, int]]:
+        """Claim due hints: move each to a unique lease past ``now_ms + lease_ms``."""
+        await asyncio.sleep(0)
+        due = sorted((score, session) for session, score in self._hints.items()
+                     if score <= now_ms)[:max(limit, 0)]
+        claimed: list[tuple[str, int]] = []
+        for _, session in due:
+            # Leases strictly increase, so no two claims share one (see settle_hint).
+            lease = max(now_ms + lease_ms, self._last_lease + 1)
+            self._last_lease = lease
+            self._hints[session] = lease
+            claimed.append((session, lease))
+        return claimed
+
+    async def settle_hint(self, session: str, lease: int, due_ms: int | None) -> None:
+        """If the hint still equals ``lease``: set it to ``due_ms``, or remove it if None."""
+        await asyncio.sleep(0)
+        if self._hints.get(session) != lease:
+            return
+        if due_ms is None:
+            del self._hints[session]
+        else:
+            self._hints[session] = due_ms
+
+    async def ping(self) -> None:
+        """Always answers."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def ttl_ms(self, session: str) -> int:
+        """Milliseconds until the session expires; -2 if it does not exist."""
+        state = self._get(session)
+        return -2 if state is None else int(state.expire_at_ms - self._now_ms())

@@ -1,0 +1,135 @@
+"""The Redis session store against the shared store contract, and Redis specifics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from router.redis_store import RedisStore, redact
+from router.store import DEDUP_MEMORY
+from tests.store_contract import FAR, StoreContract
+from worker_sdk.errors import StoreUnavailable
+from worker_sdk.settings import DEFAULT_REDIS_URL
+
+pytestmark = pytest.mark.infra
+
+REDIS_URL = os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL)
+
+
+class WallClock:
+    """Real time: Redis expires keys by its own clock, on this machine."""
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+    async def advance(self, ms: int) -> None:
+        await asyncio.sleep(ms / 1000)
+
+
+@pytest.fixture
+def clock() -> WallClock:
+    return WallClock()
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[RedisStore]:
+    store = RedisStore(REDIS_URL, "t" + secrets.token_hex(4))
+    await store.ping()  # fails (not skips) the test when Redis is down
+    try:
+        yield store
+    finally:
+        await store.delete_namespace()
+        await store.close()
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+class TestRedisStore(StoreContract):
+    """Every contract case, against the real Redis."""
+
+
+async def test_keys_of_a_session_share_one_slot_whatever_the_id(store: RedisStore) -> None:
+    for session in ("plain", "a{b}c", "{x}", "}{", "{}", "séance"):
+        keys = store.session_keys(session)
+        assert len({key_slot(key.encode()) for key in keys}) == 1, session
+        assert all(key.startswith(store._ns + ":{") for key in keys)
+    # Ids that share a brace group still land on independent tags.
+    assert store.session_keys("{x}1")[0] != store.session_keys("{x}2")[0]
+
+
+async def test_delete_namespace_removes_every_key(store: RedisStore, raw: Redis,
+                                                  clock: WallClock) -> None:
+    other = RedisStore(REDIS_URL, "t" + secrets.token_hex(4))
+    try:
+        for target in (store, other):
+            assert await target.commit("s", 0, b"r", append=[b"a"], remember="m",
+                                       expire_at_ms=clock.now_ms() + FAR, hint_ms=1)
+            await target.claim_due(10, 1000)
+        assert len([k async for k in raw.scan_iter(match=store._ns + ":*")]) == 5
+        assert await store.delete_namespace() == 5
+        assert [k async for k in raw.scan_iter(match=store._ns + ":*")] == []
+        assert (await other.load("s")).version == 1  # another namespace is untouched
+    finally:
+        await other.delete_namespace()
+        await other.close()
+
+
+async def test_memory_per_idle_session(store: RedisStore, raw: Redis,
+                                       clock: WallClock) -> None:
+    async def usage(session: str) -> int:
+        total = 0
+        for key in store.session_keys(session):
+            total += await raw.memory_usage(key, samples=0) or 0
+        return total
+
+    record = bytes(100)
+    expire = clock.now_ms() + FAR
+    figures = {}
+    for ids in (1, 10, 100, DEDUP_MEMORY):
+        session = f"idle-{ids}"
+        for version in range(ids):
+            assert await store.commit(session, version, record, expire_at_ms=expire,
+                                      remember=secrets.token_hex(18))
+        figures[ids] = await usage(session)
+    print("\nbytes per idle session (100-byte record, N remembered ids): "
+          + ", ".join(f"N={n}: {b}" for n, b in figures.items()))
+    assert figures[1] <= 1024
+
+
+async def test_unreachable_redis_is_one_clear_line() -> None:
+    store = RedisStore("redis://user:hunter2@127.0.0.1:1/0", "t" + secrets.token_hex(4))
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.ping()
+        assert time.monotonic() - started < 15  # bounded retries, no endless spin
+        message = str(caught.value)
+        assert "\n" not in message and "hunter2" not in message
+        assert message.startswith("Redis is not reachable at redis://user@127.0.0.1:1/0: ")
+        assert message.endswith("; start it or set CLOUDBUNCH_REDIS_URL")
+        with pytest.raises(StoreUnavailable):
+            await store.load("s")
+        with pytest.raises(StoreUnavailable):
+            await store.commit("s", 0, b"r", expire_at_ms=1, hint_ms=1)
+    finally:
+        await store.close()
+
+
+def test_redact_drops_only_the_password() -> None:
+    assert redact("redis://:pw@host:6380/2") == "redis://host:6380/2"
+    assert redact("rediss://u:pw@host/0") == "rediss://u@host/0"
+    assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"

@@ -1,0 +1,380 @@
+"""The broker port on RabbitMQ, through aio-pika's robust connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import aiormq
+import aiormq.abc
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aiormq import spec
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from . import wire
+from .broker import Handler, Outgoing
+from .errors import BrokerUnavailable, ConfigError, PublishFailed
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the channel or connection is gone", as opposed to a bug in our code.
+_CLOSED_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPError,
+    ConnectionError,
+    RuntimeError,
+)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    if parts.username:
+        netloc = f"{parts.username}:***@{netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+class AmqpDelivery:
+    """A consumed message; ack/reject are idempotent and survive a closed channel."""
+
+    __slots__ = ("_message", "_settled")
+
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self._message = message
+        self._settled = False
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def message_id(self) -> str | None:
+        return self._message.message_id
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self._message.redelivered)
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self._message.headers or {})
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def ack(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        try:
+            await self._message.ack()
+        except _CLOSED_ERRORS as exc:
+            # The channel it came on is gone: the broker redelivers it, which is safe.
+            log.debug("event=ack_lost message_id=%s reason=%s", self.message_id, _one_line(exc))
+
+    async def reject(self, requeue: bool = True) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        try:
+            await self._message.reject(requeue=requeue)
+        except _CLOSED_ERRORS as exc:
+            log.debug("event=reject_lost message_id=%s reason=%s", self.message_id,
+                      _one_line(exc))
+
+
+@dataclass
+class _Consumer:
+    channel: aio_pika.abc.AbstractChannel
+    queue: AbstractQueue
+    tag: str
+    inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class AmqpBroker:
+    """RabbitMQ through aio-pika: confirms, mandatory publishes, one channel per consumer."""
+
+    def __init__(self, url: str, queue_type: str = "quorum", *, name: str = "cloudbunch",
+                 give_up_after: float = 30.0, connect_timeout: float = 30.0,
+                 publish_timeout: float = 30.0) -> None:
+        self.url = url
+        self.queue_type = queue_type
+        self.name = name
+        self.give_up_after = give_up_after
+        self.connect_timeout = connect_timeout
+        self.publish_timeout = publish_timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._consumers: dict[str, _Consumer] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def connect(self) -> None:
+        """Connect, retrying for ``connect_timeout`` seconds; raise BrokerUnavailable after."""
+        if self._connection is not None:
+            return
+        last: BaseException | None = None
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(self.connect_timeout),
+                wait=wait_exponential(multiplier=0.1, max=2),
+                retry=retry_if_exception_type((TimeoutError, OSError,
+                                               aiormq.exceptions.AMQPError)),
+                reraise=False,
+            ):
+                with attempt:
+                    try:
+                        connection = await aio_pika.connect_robust(
+                            self.url, client_properties={"connection_name": self.name},
+                            timeout=10)
+                    except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+                        last = exc
+                        log.debug("event=connect_retry url=%s reason=%s", redact(self.url),
+                                  _one_line(exc))
+                        raise
+        except RetryError:
+            raise self._unavailable(last) from None
+        except ValueError as exc:  # a malformed URL is not worth retrying
+            raise self._unavailable(exc) from None
+        self._connection = connection
+        self._channel = await connection.channel(publisher_confirms=True,
+                                                 on_return_raises=False)
+        log.info("event=broker_connected url=%s name=%s", redact(self.url), self.name)
+
+    def _unavailable(self, exc: BaseException | None) -> BrokerUnavailable:
+        reason = _one_line(exc) if exc is not None else "unknown error"
+        return BrokerUnavailable(f"RabbitMQ is not reachable at {redact(self.url)}: {reason}; "
+                                 "start it or set CLOUDBUNCH_AMQP_URL")
+
+    async def close(self) -> None:
+        """Stop consumers (handing back what they hold) and close the connection."""
+        for queue in list(self._consumers):
+            with contextlib.suppress(Exception):
+                await self.cancel(queue, drain=0)
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def wait_lost(self) -> None:
+        """Return once the connection has been down for more than ``give_up_after`` seconds."""
+        down_since: float | None = None
+        while True:
+            connection = self._connection
+            if connection is None:
+                return
+            up = connection.connected.is_set() and not connection.is_closed
+            now = time.monotonic()
+            if up:
+                down_since = None
+            elif down_since is None:
+                down_since = now
+                log.warning("event=broker_connection_lost url=%s", redact(self.url))
+            elif now - down_since > self.give_up_after:
+                log.error("event=broker_lost_for_good url=%s down_for=%.1f",
+                          redact(self.url), now - down_since)
+                return
+            await asyncio.sleep(min(0.5, self.give_up_after / 4))
+
+    def _conn(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise BrokerUnavailable("the broker is not connected; call connect() first")
+        return self._connection
+
+    @contextlib.asynccontextmanager
+    async def _temp_channel(self) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+        """A throwaway channel: a failed declare closes it, not the publishing channel."""
+        channel = await self._conn().channel(publisher_confirms=False)
+        try:
+            yield channel
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+
+    # ------------------------------------------------------------------ queues
+
+    async def declare(self, queue: str) -> None:
+        await self._declare(queue, durable=True, arguments={"x-queue-type": self.queue_type})
+
+    async def declare_own(self, queue: str, *, durable: bool = True) -> None:
+        await self._declare(queue, durable=durable, arguments=None)
+
+    async def _declare(self, queue: str, *, durable: bool,
+                       arguments: dict[str, Any] | None) -> None:
+        try:
+            async with self._temp_channel() as channel:
+                await channel.declare_queue(queue, durable=durable, exclusive=False,
+                                            auto_delete=False, arguments=arguments)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigError(
+                f"queue {queue!r} already exists with other settings ({_one_line(exc)}); "
+                "every party must use the same CLOUDBUNCH_QUEUE_TYPE") from None
+
+    async def delete(self, queue: str) -> None:
+        async with self._temp_channel() as channel:
+            await channel.queue_delete(queue, if_unused=False, if_empty=False)
+
+    async def _passive(self, queue: str) -> spec.Queue.DeclareOk | None:
+        try:
+            async with self._temp_channel() as channel:
+                declared = await channel.declare_queue(queue, passive=True)
+                return declared.declaration_result
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+
+    async def queue_exists(self, queue: str) -> bool:
+        """Whether ``queue`` exists (passive declare)."""
+        return await self._passive(queue) is not None
+
+    async def consumer_count(self, queue: str) -> int:
+        """How many consumers ``queue`` has; 0 when it does not exist."""
+        result = await self._passive(queue)
+        return 0 if result is None else int(result.consumer_count or 0)
+
+    async def message_count(self, queue: str) -> int:
+        """How many ready messages ``queue`` has; 0 when it does not exist."""
+        result = await self._passive(queue)
+        return 0 if result is None else int(result.message_count or 0)
+
+    # ------------------------------------------------------------------ publish
+
+    async def publish(self, messages: Sequence[Outgoing]) -> list[bool]:
+        """Publish all with confirms in flight together; False for a returned (unroutable) one."""
+        if not messages:
+            return []
+        if self._channel is None:
+            raise PublishFailed("the broker is not connected")
+        results: list[bool] = []
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                # aiormq finds the returned message's confirm by message_id, so two messages
+                # with one id must not be in flight together: split into contiguous waves.
+                for wave in _waves(messages):
+                    results.extend(await self._publish_wave(wave))
+        except TimeoutError:
+            raise PublishFailed(
+                f"no confirm from the broker within {self.publish_timeout}s") from None
+        return results
+
+    async def _publish_wave(self, messages: Sequence[Outgoing]) -> list[bool]:
+        assert self._channel is not None
+        try:
+            channel = await self._channel.get_underlay_channel()
+        except _CLOSED_ERRORS as exc:
+            raise PublishFailed(f"channel unavailable: {_one_line(exc)}") from None
+        # Frame order: each basic_publish takes the aiormq channel lock (FIFO) before it
+        # suspends, and the tasks start in creation order, so the frames reach the socket
+        # in list order while all confirms are awaited together.
+        tasks = [asyncio.ensure_future(channel.basic_publish(
+            m.body, exchange="", routing_key=m.queue, mandatory=True,
+            properties=spec.Basic.Properties(
+                content_type=wire.CONTENT_TYPE, delivery_mode=2, message_id=m.message_id,
+                headers=dict(m.headers) or None)))
+            for m in messages]
+        try:
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            raise
+        results: list[bool] = []
+        for message, outcome in zip(messages, outcomes, strict=True):
+            if isinstance(outcome, aiormq.abc.DeliveredMessage):
+                # With on_return_raises=False aiormq resolves a returned message's confirm
+                # with the basic.return content: no queue took it.
+                log.debug("event=publish_returned queue=%s message_id=%s", message.queue,
+                          message.message_id)
+                results.append(False)
+            elif isinstance(outcome, spec.Basic.Ack):
+                results.append(True)
+            elif isinstance(outcome, aiormq.exceptions.DeliveryError):
+                raise PublishFailed(f"the broker refused a message to {message.queue!r} "
+                                    f"(nack)") from None
+            elif isinstance(outcome, BaseException):
+                raise PublishFailed(f"publish to {message.queue!r} failed: "
+                                    f"{_one_line(outcome)}") from None
+            else:  # pragma: no cover - a channel without confirms
+                raise PublishFailed(f"unexpected publish outcome {outcome!r}")
+        return results
+
+    # ------------------------------------------------------------------ consume
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> None:
+        """Consume on a channel of its own (its own prefetch), restored after reconnects."""
+        if queue in self._consumers:
+            raise ConfigError(f"already consuming {queue!r} on this connection")
+        channel = await self._conn().channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        declared = await channel.declare_queue(queue, passive=True)
+        consumer = _Consumer(channel=channel, queue=declared, tag="")
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                consumer.inflight.add(task)
+            delivery = AmqpDelivery(message)
+            try:
+                await handler(delivery)
+            except Exception:
+                log.exception("event=handler_failed queue=%s message_id=%s", queue,
+                              delivery.message_id)
+                await delivery.reject(requeue=True)
+            finally:
+                if task is not None:
+                    consumer.inflight.discard(task)
+
+        consumer.tag = await declared.consume(on_message, no_ack=False)
+        self._consumers[queue] = consumer
+
+    async def cancel(self, queue: str, *, drain: float = 8.0) -> None:
+        """Stop consuming; wait up to ``drain`` s for running handlers, then hand back the rest."""
+        consumer = self._consumers.pop(queue, None)
+        if consumer is None:
+            return
+        with contextlib.suppress(*_CLOSED_ERRORS):
+            await consumer.queue.cancel(consumer.tag)
+        if consumer.inflight and drain > 0:
+            await asyncio.wait(set(consumer.inflight), timeout=drain)
+        # Closing the channel returns its unacknowledged deliveries to the queue.
+        with contextlib.suppress(Exception):
+            await consumer.channel.close()
+
+
+def _waves(messages: Sequence[Outgoing]) -> list[list[Outgoing]]:
+    """Split into contiguous runs in which no message_id repeats."""
+    waves: list[list[Outgoing]] = [[]]
+    seen: set[str] = set()
+    for message in messages:
+        if message.message_id in seen:
+            waves.append([])
+            seen = set()
+        waves[-1].append(message)
+        seen.add(message.message_id)
+    return waves

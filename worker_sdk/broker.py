@@ -1,0 +1,75 @@
+"""The broker port: what router, services and clients need from a message broker.
+
+Two adapters implement it: :mod:`worker_sdk.amqp` (RabbitMQ through aio-pika) and
+:mod:`worker_sdk.memory` (in process, for the embedded engine and the test kit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to publish on the default exchange, routed by queue name."""
+
+    queue: str
+    body: bytes
+    message_id: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Delivery(Protocol):
+    """One consumed message. Acknowledge it only after its effects are durable."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def message_id(self) -> str | None: ...
+
+    @property
+    def redelivered(self) -> bool: ...
+
+    async def ack(self) -> None:
+        """Acknowledge; a no-op when the channel it came on is gone (it will be redelivered)."""
+
+    async def reject(self, requeue: bool = True) -> None:
+        """Hand the message back to the broker (requeue) or drop it."""
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Broker(Protocol):
+    """A connection to the broker, with publisher confirms and mandatory routing."""
+
+    async def connect(self) -> None:
+        """Connect (retrying with bounded backoff); raise BrokerUnavailable when it cannot."""
+
+    async def close(self) -> None:
+        """Stop consumers and close the connection."""
+
+    async def declare(self, queue: str) -> None:
+        """Declare a shared durable queue (arguments exactly {x-queue-type: TYPE})."""
+
+    async def declare_own(self, queue: str, *, durable: bool = True) -> None:
+        """Declare a party's own queue (a frontend's reply queue): no queue-type argument."""
+
+    async def delete(self, queue: str) -> None:
+        """Delete a queue (tests and tools)."""
+
+    async def publish(self, messages: Sequence[Outgoing]) -> list[bool]:
+        """Publish persistently with ``mandatory``; return, per message, whether a queue took it.
+
+        Messages to one queue arrive in the order given. Returns once every message is
+        confirmed by the broker; raises PublishFailed when one is not (nack, lost connection).
+        """
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> None:
+        """Start consuming ``queue`` (manual acks); the consumer survives reconnects."""
+
+    async def cancel(self, queue: str) -> None:
+        """Stop consuming ``queue``; deliveries not yet acknowledged go back to the broker."""

@@ -1,0 +1,244 @@
+"""The frontend side: send a person's messages to the router and receive the notices."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from . import wire
+from .broker import Broker, Delivery, Outgoing
+from .errors import NoRouter
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+_END: Any = object()  # pushed to subscribers when the client closes
+
+
+class _Subscription:
+    """One consumer of notices: all of them (session None) or one session's."""
+
+    def __init__(self, session: str | None) -> None:
+        self.session = session
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def wants(self, notice: wire.Notice) -> bool:
+        return self.session is None or self.session == notice.session
+
+
+class Client:
+    """A frontend's connection to CloudBunch.
+
+    ``reply_queue`` is where the router sends this frontend's notices. A named queue is
+    durable and kept on :meth:`close`, so notices wait for a restarted frontend; without a
+    name, a random one is declared and deleted on close. Notices are deduplicated by id
+    (the last ``dedup_size`` ids). Notices that arrive while no subscriber wants them are
+    kept (the last ``dedup_size``) for the next subscriber.
+    """
+
+    def __init__(self, broker: Broker, namespace: str = "cb", reply_queue: str | None = None,
+                 *, seqs: Mapping[str, int] | None = None, dedup_size: int = 10_000,
+                 prefetch: int = 256) -> None:
+        self.broker = broker
+        self.namespace = namespace
+        self._generated_queue = reply_queue is None
+        self.reply_queue = reply_queue or f"{namespace}.client.{secrets.token_hex(6)}"
+        self._ingress = wire.queue_names(namespace)["ingress"]
+        self._seqs: dict[str, int] = dict(seqs or {})
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._dedup_size = dedup_size
+        self._prefetch = prefetch
+        self._subs: list[_Subscription] = []
+        self._backlog: deque[wire.Notice] = deque(maxlen=dedup_size)
+        self._owns_broker = False
+        self._started = False
+
+    @classmethod
+    async def connect(cls, settings: Settings | None = None, reply_queue: str | None = None,
+                      **kwargs: Any) -> Client:
+        """Connect to RabbitMQ from ``settings`` (default: the environment) and start."""
+        from .amqp import AmqpBroker
+
+        settings = settings or Settings.from_env()
+        broker = AmqpBroker(settings.amqp_url, settings.queue_type, name="cloudbunch-client")
+        await broker.connect()
+        client = cls(broker, settings.namespace, reply_queue, **kwargs)
+        client._owns_broker = True
+        try:
+            await client.start()
+        except BaseException:
+            await broker.close()
+            raise
+        return client
+
+    async def start(self) -> None:
+        """Declare the reply queue and consume it."""
+        if self._started:
+            return
+        await self.broker.declare_own(self.reply_queue, durable=True)
+        await self.broker.consume(self.reply_queue, self._on_delivery, prefetch=self._prefetch)
+        self._started = True
+
+    async def close(self) -> None:
+        """Stop consuming (delete a generated reply queue) and end every notice iterator."""
+        if self._started:
+            await self.broker.cancel(self.reply_queue)
+            if self._generated_queue:
+                await self.broker.delete(self.reply_queue)
+            self._started = False
+        for sub in self._subs:
+            sub.queue.put_nowait(_END)
+        if self._owns_broker:
+            await self.broker.close()
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ sending
+
+    def last_seq(self, session: str) -> int:
+        """The last ``seq`` this client gave a message of ``session`` (0 if none)."""
+        return self._seqs.get(session, 0)
+
+    async def send(self, session: str, payload: Any, *, entry: str | None = None,
+                   meta: dict[str, Any] | None = None) -> str:
+        """Send a person's message; return its id (the notices' ``in_reply_to``)."""
+        seq = self._seqs.get(session, 0) + 1
+        self._seqs[session] = seq
+        msg = wire.ClientMessage(session=session, id=_new_id(), reply_to=self.reply_queue,
+                                 payload=payload, seq=seq, entry=entry, meta=meta)
+        try:
+            await self._publish(msg)
+        except NoRouter:
+            # Certainly not delivered: give the number back unless another send took the next.
+            if self._seqs.get(session) == seq:
+                self._seqs[session] = seq - 1
+            raise
+        return msg.id
+
+    async def end(self, session: str) -> str:
+        """End the session: the router discards its stack and sends an ``end`` notice."""
+        msg = wire.ClientMessage(session=session, id=_new_id(), reply_to=self.reply_queue,
+                                 type="end")
+        await self._publish(msg)
+        return msg.id
+
+    async def _publish(self, msg: wire.ClientMessage) -> None:
+        body = wire.encode(msg.to_wire())
+        (routed,) = await self.broker.publish([Outgoing(self._ingress, body, msg.id)])
+        if not routed:
+            raise NoRouter(f"no router has declared {self._ingress} yet; start `cloudbunch "
+                           "router` (with the same CLOUDBUNCH_NAMESPACE)")
+
+    # ------------------------------------------------------------------ receiving
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        try:
+            notice = wire.Notice.from_wire(wire.decode(delivery.body))
+        except wire.BadBody as exc:
+            log.warning("event=bad_notice queue=%s message_id=%s reason=%s detail=%s",
+                        self.reply_queue, delivery.message_id, exc.reason, exc.detail)
+            await delivery.ack()
+            return
+        if notice.id in self._seen:
+            self._seen.move_to_end(notice.id)
+            log.debug("event=notice_duplicate session=%s id=%s", notice.session, notice.id)
+        else:
+            self._seen[notice.id] = None
+            if len(self._seen) > self._dedup_size:
+                self._seen.popitem(last=False)
+            self._deliver(notice)
+        await delivery.ack()
+
+    def _deliver(self, notice: wire.Notice) -> None:
+        taken = False
+        for sub in self._subs:
+            if sub.wants(notice):
+                sub.queue.put_nowait(notice)
+                taken = True
+        if not taken:
+            self._backlog.append(notice)
+
+    def _subscribe(self, session: str | None) -> _Subscription:
+        sub = _Subscription(session)
+        keep: deque[wire.Notice] = deque(maxlen=self._backlog.maxlen)
+        for notice in self._backlog:
+            (sub.queue.put_nowait(notice) if sub.wants(notice) else keep.append(notice))
+        self._backlog = keep
+        self._subs.append(sub)
+        return sub
+
+    def _unsubscribe(self, sub: _Subscription) -> None:
+        with contextlib.suppress(ValueError):
+            self._subs.remove(sub)
+
+    async def notices(self) -> AsyncIterator[wire.Notice]:
+        """Every notice, deduplicated, until the client closes."""
+        async for notice in self._iterate(self._subscribe(None)):
+            yield notice
+
+    async def session_notices(self, session: str) -> AsyncIterator[wire.Notice]:
+        """One session's notices, deduplicated, until the client closes."""
+        async for notice in self._iterate(self._subscribe(session)):
+            yield notice
+
+    async def _iterate(self, sub: _Subscription) -> AsyncIterator[wire.Notice]:
+        try:
+            while True:
+                item = await sub.queue.get()
+                if item is _END:
+                    return
+                yield item
+        finally:
+            self._unsubscribe(sub)
+
+    async def conversation(self, session: str, payload: Any, *, timeout: float = 10.0,
+                           settle: float = 0.3, entry: str | None = None,
+                           meta: dict[str, Any] | None = None) -> list[wire.Notice]:
+        """Send one message and collect the notices of the chain it starts.
+
+        Collecting stops at the first notice of type ``end``, ``error`` or ``unhandled``
+        (the chain is over); or, once at least one notice came, when none more comes for
+        ``settle`` seconds (a chain that ends with ``reply`` has no closing notice); or after
+        ``timeout`` seconds in all. It returns what was collected (maybe nothing).
+        Notices of other chains of the session are left out.
+        """
+        sub = self._subscribe(session)
+        loop = asyncio.get_running_loop()
+        collected: list[wire.Notice] = []
+        try:
+            msg_id = await self.send(session, payload, entry=entry, meta=meta)
+            deadline = loop.time() + timeout
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                wait = min(left, settle) if collected else left
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), wait)
+                except TimeoutError:
+                    break
+                if item is _END:
+                    break
+                if item.in_reply_to != msg_id:
+                    continue
+                collected.append(item)
+                if item.type in ("end", "error", "unhandled"):
+                    break
+        finally:
+            self._unsubscribe(sub)
+        return collected
+
+
+def _new_id() -> str:
+    """An unguessable, unique client message id."""
+    return secrets.token_urlsafe(16)

@@ -1,0 +1,265 @@
+"""The broker port in process: queues in a dict, for the embedded engine and tests.
+
+It mimics RabbitMQ where the other parties can notice: a publish to a missing queue is
+returned (False), unacknowledged deliveries go back to the head of their queue with the
+redelivered flag, a consumer holds at most ``prefetch`` unsettled deliveries, and a
+re-declare with other arguments fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .broker import Handler, Outgoing
+from .errors import ConfigError, PublishFailed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Message:
+    body: bytes
+    message_id: str | None
+    headers: dict[str, str]
+    redelivered: bool = False
+
+
+@dataclass
+class _Queue:
+    name: str
+    arguments: dict[str, Any] | None
+    durable: bool
+    ready: deque[_Message] = field(default_factory=deque)
+    consumers: list[_Consumer] = field(default_factory=list)
+
+    def notify(self) -> None:
+        """Wake the consumers: a message arrived or a prefetch slot was freed."""
+        for consumer in self.consumers:
+            consumer.kick.set()
+
+
+class MemoryDelivery:
+    """A delivery from a :class:`MemoryBroker`; ack/reject are idempotent."""
+
+    __slots__ = ("_consumer", "_message", "_settled")
+
+    def __init__(self, consumer: _Consumer, message: _Message) -> None:
+        self._consumer = consumer
+        self._message = message
+        self._settled = False
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def message_id(self) -> str | None:
+        return self._message.message_id
+
+    @property
+    def redelivered(self) -> bool:
+        return self._message.redelivered
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self._message.headers)
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def ack(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        self._consumer.settle(self, requeue=False)
+
+    async def reject(self, requeue: bool = True) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        self._consumer.settle(self, requeue=requeue)
+
+    def _orphan(self) -> _Message | None:
+        """Take the message back from a consumer that stops; later ack/reject do nothing."""
+        if self._settled:
+            return None
+        self._settled = True
+        return self._message
+
+
+class _Consumer:
+    """Feeds one queue's messages to a handler, at most ``prefetch`` unsettled at once."""
+
+    def __init__(self, queue: _Queue, handler: Handler, prefetch: int) -> None:
+        self.queue = queue
+        self.handler = handler
+        self.prefetch = max(1, prefetch)
+        self.unsettled: dict[int, MemoryDelivery] = {}
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.stopped = False
+        self.kick = asyncio.Event()
+        self.task: asyncio.Task[None] = asyncio.create_task(self._run(),
+                                                            name=f"consume {queue.name}")
+
+    async def _run(self) -> None:
+        queue = self.queue
+        while not self.stopped:
+            # No await between the check and the pop: nothing else can take the message.
+            if not queue.ready or len(self.unsettled) >= self.prefetch:
+                self.kick.clear()
+                await self.kick.wait()
+                continue
+            message = queue.ready.popleft()
+            delivery = MemoryDelivery(self, message)
+            self.unsettled[id(delivery)] = delivery
+            task = asyncio.create_task(self._handle(delivery))
+            self.inflight.add(task)
+            task.add_done_callback(self.inflight.discard)
+
+    async def _handle(self, delivery: MemoryDelivery) -> None:
+        try:
+            await self.handler(delivery)
+        except Exception:
+            log.exception("event=handler_failed queue=%s message_id=%s", self.queue.name,
+                          delivery.message_id)
+            await delivery.reject(requeue=True)
+
+    def settle(self, delivery: MemoryDelivery, *, requeue: bool) -> None:
+        if self.unsettled.pop(id(delivery), None) is None:
+            return
+        if requeue:
+            message = delivery._message
+            message.redelivered = True
+            self.queue.ready.appendleft(message)
+        self.queue.notify()
+
+    async def stop(self, drain: float) -> None:
+        """Stop taking messages, let running handlers finish, hand back the unsettled."""
+        self.stopped = True
+        self.kick.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        if self.inflight and drain > 0:
+            await asyncio.wait(set(self.inflight), timeout=drain)
+        for task in list(self.inflight):
+            task.cancel()
+        if self.inflight:
+            await asyncio.wait(set(self.inflight))
+        # Like a closed channel: unacknowledged messages return, in order, to the head.
+        returned = [m for d in self.unsettled.values() if (m := d._orphan()) is not None]
+        self.unsettled.clear()
+        for message in reversed(returned):
+            message.redelivered = True
+            self.queue.ready.appendleft(message)
+        if returned:
+            self.queue.notify()
+
+
+class MemoryBroker:
+    """An in-process broker with the semantics of :class:`worker_sdk.amqp.AmqpBroker`."""
+
+    def __init__(self, queue_type: str = "quorum") -> None:
+        self.queue_type = queue_type
+        self._queues: dict[str, _Queue] = {}
+        self._consumers: dict[str, list[_Consumer]] = {}
+        self._closed = False
+        self._lost: asyncio.Event | None = None
+
+    async def connect(self) -> None:
+        self._closed = False
+
+    async def close(self) -> None:
+        for queue in list(self._consumers):
+            await self.cancel(queue, drain=0)
+        self._closed = True
+
+    async def wait_lost(self) -> None:
+        """Never returns by itself: an in-process broker cannot be lost."""
+        if self._lost is None:
+            self._lost = asyncio.Event()
+        await self._lost.wait()
+
+    async def declare(self, queue: str) -> None:
+        self._declare(queue, {"x-queue-type": self.queue_type}, durable=True)
+
+    async def declare_own(self, queue: str, *, durable: bool = True) -> None:
+        self._declare(queue, None, durable=durable)
+
+    def _declare(self, name: str, arguments: dict[str, Any] | None, *, durable: bool) -> None:
+        existing = self._queues.get(name)
+        if existing is None:
+            self._queues[name] = _Queue(name, arguments, durable)
+        elif (existing.arguments or {}) != (arguments or {}) or existing.durable != durable:
+            raise ConfigError(f"queue {name!r} already exists with other settings "
+                              f"({existing.arguments} vs {arguments}); every party must use "
+                              "the same CLOUDBUNCH_QUEUE_TYPE")
+
+    async def delete(self, queue: str) -> None:
+        # The broker cancels the consumers of a deleted queue.
+        await self.cancel(queue, drain=0)
+        self._queues.pop(queue, None)
+
+    async def publish(self, messages: Sequence[Outgoing]) -> list[bool]:
+        if self._closed:
+            raise PublishFailed("the broker connection is closed")
+        results: list[bool] = []
+        touched: dict[str, _Queue] = {}
+        for message in messages:
+            queue = self._queues.get(message.queue)
+            if queue is None:
+                results.append(False)
+                continue
+            queue.ready.append(_Message(message.body, message.message_id,
+                                        dict(message.headers)))
+            touched[queue.name] = queue
+            results.append(True)
+        for queue in touched.values():
+            queue.notify()
+        # Yield once, as a real publish would, so consumers get to run.
+        await asyncio.sleep(0)
+        return results
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> None:
+        target = self._queues.get(queue)
+        if target is None:
+            raise ConfigError(f"cannot consume {queue!r}: no such queue (declare it first)")
+        if queue in self._consumers:
+            raise ConfigError(f"already consuming {queue!r} on this connection")
+        consumer = _Consumer(target, handler, prefetch)
+        target.consumers.append(consumer)
+        target.notify()
+        self._consumers[queue] = [consumer]
+
+    async def cancel(self, queue: str, *, drain: float = 8.0) -> None:
+        for consumer in self._consumers.pop(queue, []):
+            await consumer.stop(drain)
+            with contextlib.suppress(ValueError):
+                consumer.queue.consumers.remove(consumer)
+
+    async def queue_exists(self, queue: str) -> bool:
+        return queue in self._queues
+
+    async def consumer_count(self, queue: str) -> int:
+        target = self._queues.get(queue)
+        return 0 if target is None else len(target.consumers)
+
+    async def message_count(self, queue: str) -> int:
+        target = self._queues.get(queue)
+        return 0 if target is None else len(target.ready)
+
+    def messages(self, queue: str) -> list[bytes]:
+        """The ready (not delivered) message bodies of ``queue``, head first."""
+        target = self._queues.get(queue)
+        return [] if target is None else [m.body for m in target.ready]
+
+    def queues(self) -> list[str]:
+        """The names of the declared queues."""
+        return sorted(self._queues)
+

@@ -1,0 +1,403 @@
+"""What a service author writes: a :class:`Service` with handlers, and a :class:`Context`.
+
+Decorators only record handlers; nothing connects until :meth:`Service.serve` or
+:meth:`Service.run`. :meth:`Service.handle` is the pure part: one dispatch in, one reply out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
+
+from . import wire
+from .broker import Broker, Delivery, Outgoing
+from .errors import ActionError, BrokerUnavailable, CloudBunchError, ConfigError, PublishFailed
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+KEEP: Final = wire.ABSENT
+"""``state=KEEP``: leave the state field out of the reply, so the router keeps the saved state."""
+
+HandlerFn = Callable[["Context"], Awaitable[None] | None]
+F = TypeVar("F", bound=HandlerFn)
+
+# How long a stopping worker lets running handlers finish (the process exits within 10 s).
+DRAIN_SECONDS: Final = 7.0
+
+
+class Context:
+    """One turn as a handler sees it: the dispatch's fields and the actions to answer it."""
+
+    __slots__ = ("_action", "_dispatch", "_output", "_reply_fields", "_service")
+
+    def __init__(self, dispatch: wire.Dispatch, service: str) -> None:
+        self._dispatch = dispatch
+        self._service = service
+        self._output: list[Any] = []
+        self._action: str | None = None
+        self._reply_fields: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ the dispatch
+
+    @property
+    def session(self) -> str:
+        return self._dispatch.session
+
+    @property
+    def turn(self) -> str:
+        """This turn's id: the idempotency key for side effects (a turn may be re-dispatched)."""
+        return self._dispatch.turn
+
+    @property
+    def attempt(self) -> int:
+        return self._dispatch.attempt
+
+    @property
+    def depth(self) -> int:
+        return self._dispatch.depth
+
+    @property
+    def event(self) -> str:
+        """``start``, ``message`` or ``result``."""
+        return self._dispatch.event
+
+    @property
+    def state(self) -> Any:
+        return self._dispatch.state
+
+    @property
+    def args(self) -> Any:
+        return self._dispatch.args
+
+    @property
+    def payload(self) -> Any:
+        return self._dispatch.payload
+
+    @property
+    def bubbled(self) -> bool:
+        return self._dispatch.bubbled
+
+    @property
+    def result(self) -> wire.Result | None:
+        return self._dispatch.result
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self._dispatch.meta or {})
+
+    @property
+    def service(self) -> str:
+        """This service's name."""
+        return self._service
+
+    @property
+    def action(self) -> str | None:
+        """The action chosen so far (None: none yet)."""
+        return self._action
+
+    # ------------------------------------------------------------------ actions
+
+    def say(self, *outputs: Any) -> None:
+        """Add messages for the client; they are sent before the action's effects."""
+        self._output.extend(outputs)
+
+    def reply(self, *outputs: Any, state: Any = KEEP) -> None:
+        """Stay on top, optionally saving a new state (None clears it); the chain ends."""
+        self._choose("reply", state=state)
+        self._output.extend(outputs)
+
+    def open(self, service: str, args: Any = None, *, state: Any = KEEP) -> None:
+        """Call a child service; its result comes back to this frame as a ``result`` event."""
+        self._check_name(service)
+        self._choose("open", service=service, args=args, state=state)
+
+    def close(self, result: Any = None) -> None:
+        """End this frame, returning ``result`` to the parent."""
+        self._choose("close", result=result)
+
+    def replace(self, service: str, args: Any = None) -> None:
+        """End this frame and start ``service`` in its place (its result goes to our parent)."""
+        self._check_name(service)
+        self._choose("replace", service=service, args=args)
+
+    def pass_(self) -> None:
+        """Not handled here: hand this message to the frame below."""
+        if self.event != "message":
+            raise ActionError(f"pass_() is only allowed on message events, not {self.event!r}")
+        self._choose("pass")
+
+    def fail(self, code: str, message: str = "") -> None:
+        """End this frame with an error, like an exception propagating to the parent."""
+        if not isinstance(code, str) or not code:
+            raise ActionError("fail() needs a non-empty string code")
+        self._choose("fail", error=wire.ErrorInfo(code, str(message)))
+
+    def _choose(self, action: str, **fields: Any) -> None:
+        if self._action is not None:
+            raise ActionError(f"this turn already chose {self._action!r}; a handler takes "
+                              f"exactly one action, so {action!r} is not allowed too")
+        self._action = action
+        self._reply_fields = fields
+
+    @staticmethod
+    def _check_name(service: Any) -> None:
+        if not isinstance(service, str) or not service:
+            raise ActionError(f"a service name must be a non-empty string, not {service!r}")
+
+    def to_reply(self) -> wire.Reply:
+        """The reply this context describes (``reply`` keeping the state if no action)."""
+        action = self._action or "reply"
+        fields = dict(self._reply_fields)
+        fields.setdefault("state", KEEP)
+        if action not in ("reply", "open"):
+            fields["state"] = KEEP
+        return wire.Reply(session=self.session, turn=self.turn, action=action,  # type: ignore[arg-type]
+                          output=list(self._output), **fields)
+
+
+class Service:
+    """A named service: handlers for ``start``, ``message`` and ``result`` events."""
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+            raise ConfigError(f"a service name must be a non-empty word, not {name!r}")
+        self.name = name
+        self._on_start: HandlerFn | None = None
+        self._on_message: HandlerFn | None = None
+        self._on_result: dict[str | None, HandlerFn] = {}
+
+    def __repr__(self) -> str:
+        return f"Service({self.name!r})"
+
+    # ------------------------------------------------------------------ decorators
+
+    def on_start(self, fn: F) -> F:
+        """Handle ``start``: the frame was just opened (``ctx.args``, maybe ``ctx.payload``)."""
+        self._on_start = fn
+        return fn
+
+    def on_message(self, fn: F) -> F:
+        """Handle ``message``: the client's input in ``ctx.payload``."""
+        self._on_message = fn
+        return fn
+
+    def on_result(self, child: str | None = None) -> Callable[[F], F]:
+        """Handle ``result`` of the child named ``child`` (any other child when omitted)."""
+        def register(fn: F) -> F:
+            self._on_result[child] = fn
+            return fn
+        return register
+
+    # ------------------------------------------------------------------ the pure part
+
+    async def handle(self, dispatch: wire.Dispatch) -> wire.Reply:
+        """Run the matching handler (or the default) and build the reply; never raises."""
+        ctx = Context(dispatch, self.name)
+        handler = self._pick(dispatch)
+        try:
+            if handler is None:
+                _default(ctx)
+            else:
+                outcome = handler(ctx)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            reply = ctx.to_reply()
+            wire.encode(reply.to_wire())  # an unencodable state or output fails here, not later
+        except Exception as exc:
+            log.exception("event=handler_exception session=%s turn=%s service=%s",
+                          dispatch.session, dispatch.turn, self.name)
+            text = " ".join(str(exc).split())
+            return wire.Reply(session=dispatch.session, turn=dispatch.turn, action="fail",
+                              error=wire.ErrorInfo("exception", f"{type(exc).__name__}: {text}"))
+        return reply
+
+    def _pick(self, dispatch: wire.Dispatch) -> HandlerFn | None:
+        if dispatch.event == "start":
+            return self._on_start
+        if dispatch.event == "message":
+            return self._on_message
+        child = dispatch.result.service if dispatch.result is not None else None
+        if child is not None and child in self._on_result:
+            return self._on_result[child]
+        return self._on_result.get(None)
+
+    # ------------------------------------------------------------------ the runtime
+
+    def queue(self, namespace: str) -> str:
+        """The queue this service consumes in ``namespace``."""
+        return wire.service_queue(namespace, self.name)
+
+    async def serve(self, broker: Broker, namespace: str, prefetch: int = 16) -> None:
+        """Declare this service's queue (and the replies queue) and start consuming it."""
+        replies = wire.queue_names(namespace)["replies"]
+        queue = self.queue(namespace)
+        await broker.declare(replies)
+        await broker.declare(queue)
+
+        async def on_delivery(delivery: Delivery) -> None:
+            await self._answer(broker, replies, delivery)
+
+        await broker.consume(queue, on_delivery, prefetch=prefetch)
+        log.info("event=service_serving service=%s queue=%s prefetch=%d", self.name, queue,
+                 prefetch)
+
+    async def _answer(self, broker: Broker, replies: str, delivery: Delivery) -> None:
+        try:
+            dispatch = wire.Dispatch.from_wire(wire.decode(delivery.body))
+        except wire.BadBody as exc:
+            # Not ours to fix: the router only sends valid dispatches, so this is noise.
+            log.warning("event=bad_dispatch service=%s message_id=%s reason=%s detail=%s",
+                        self.name, delivery.message_id, exc.reason, exc.detail)
+            await delivery.ack()
+            return
+        reply = await self.handle(dispatch)
+        body = wire.encode(reply.to_wire())
+        message = Outgoing(replies, body, f"{dispatch.turn}.{dispatch.attempt}.r")
+        try:
+            (routed,) = await broker.publish([message])
+        except PublishFailed as exc:
+            log.warning("event=reply_publish_failed session=%s turn=%s service=%s reason=%s",
+                        dispatch.session, dispatch.turn, self.name, exc)
+            await delivery.reject(requeue=True)
+            return
+        if not routed:
+            log.error("event=replies_queue_missing session=%s turn=%s service=%s queue=%s",
+                      dispatch.session, dispatch.turn, self.name, replies)
+            # Wait a little before handing it back, so a missing queue is not a hot loop.
+            await asyncio.sleep(1.0)
+            await delivery.reject(requeue=True)
+            return
+        await delivery.ack()
+        log.info("event=turn_answered session=%s turn=%s service=%s event_type=%s attempt=%d "
+                 "action=%s", dispatch.session, dispatch.turn, self.name, dispatch.event,
+                 dispatch.attempt, reply.action)
+
+    def run(self, settings: Settings | None = None, prefetch: int = 16) -> None:
+        """Serve until SIGTERM/SIGINT (exit 0) or until the broker is lost for good (exit 1)."""
+        sys.exit(run_main([self], settings, prefetch))
+
+
+def _default(ctx: Context) -> None:
+    """What a service without a matching handler answers."""
+    if ctx.event == "message":
+        ctx.pass_()
+    elif ctx.event == "result" and ctx.result is not None and not ctx.result.ok:
+        error = ctx.result.error or wire.ErrorInfo("error")
+        ctx.fail(error.code or "error", error.message)
+    # start, or a successful result: reply, keeping the state (the Context default).
+
+
+async def run_services(services: Sequence[Service], broker: Broker, namespace: str,
+                       prefetch: int, stop: asyncio.Event) -> None:
+    """Serve ``services`` on a connected ``broker`` until ``stop`` is set or the broker is lost.
+
+    On stop, consumers are cancelled and running handlers get a few seconds to finish.
+    Raises BrokerUnavailable when the broker was lost for good. Does not close ``broker``.
+    """
+    names = [s.name for s in services]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"a service is named twice: {', '.join(names)}")
+    for service in services:
+        await service.serve(broker, namespace, prefetch)
+    waits: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait(), name="stop")}
+    wait_lost = getattr(broker, "wait_lost", None)
+    lost_task: asyncio.Task[Any] | None = None
+    if wait_lost is not None:
+        lost_task = asyncio.create_task(wait_lost(), name="wait_lost")
+        waits.add(lost_task)
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        # Stop all consumers at once so they share one drain period.
+        await asyncio.gather(*(_cancel(broker, s.queue(namespace)) for s in services),
+                             return_exceptions=True)
+    if lost_task is not None and lost_task.done() and not lost_task.cancelled():
+        raise BrokerUnavailable("the RabbitMQ connection was lost and could not be restored; "
+                                "exiting so that a supervisor restarts this worker")
+    log.info("event=services_stopped services=%s", ",".join(names))
+
+
+async def _cancel(broker: Broker, queue: str) -> None:
+    try:
+        await broker.cancel(queue, drain=DRAIN_SECONDS)  # type: ignore[call-arg]
+    except TypeError:  # a broker without the drain option
+        await broker.cancel(queue)
+
+
+def run_main(services: Sequence[Service], settings: Settings | None = None,
+             prefetch: int = 16) -> int:
+    """Blocking entry point for workers; returns the process exit code.
+
+    Reads ``Settings.from_env()`` when ``settings`` is None. Expected failures (broker not
+    reachable, bad setting) print one line to stderr and return 1.
+    """
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = settings or Settings.from_env()
+        return asyncio.run(_main(services, settings, prefetch))
+    except CloudBunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _main(services: Sequence[Service], settings: Settings, prefetch: int) -> int:
+    from .amqp import AmqpBroker  # the runtime needs aio-pika; the pure part does not
+
+    names = "+".join(s.name for s in services)
+    broker = AmqpBroker(settings.amqp_url, settings.queue_type, name=f"cloudbunch-worker {names}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await broker.connect()
+        await run_services(services, broker, settings.namespace, prefetch, stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await broker.close()
+    return 0
+
+
+def load_service(spec: str) -> Service:
+    """Import ``module:attr`` and return the Service it names; ConfigError if it cannot."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{spec!r} is not MODULE:ATTRIBUTE (for example examples.pizza:menu)")
+    # Like other app loaders, find modules in the working directory even when started
+    # through a console script (whose sys.path[0] is the script's folder).
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise ConfigError(f"cannot import module {module_name!r} for {spec!r}: no such "
+                              "module (is it on PYTHONPATH?)") from None
+        raise
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigError(f"module {module_name!r} has no attribute {attr!r} "
+                              f"(for {spec!r})") from None
+    if not isinstance(target, Service):
+        raise ConfigError(f"{spec!r} is a {type(target).__name__}, not a worker_sdk.Service")
+    return target
+
