@@ -180,7 +180,8 @@ class RedisStore:
     # -- errors ---------------------------------------------------------------------------
 
     def _unavailable(self, error: BaseException) -> StoreUnavailable:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error).strip()
+        reason = text.splitlines()[0].rstrip(".") if text else type(error).__name__
         return StoreUnavailable(f"Redis is not reachable at {redact(self._url)}: {reason}; "
                                 "start it or set CLOUDBUNCH_REDIS_URL")
 

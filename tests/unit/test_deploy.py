@@ -203,3 +203,42 @@ def test_dockerfile_installs_the_distribution(pyproject: dict[str, Any]) -> None
     readme = pyproject["project"].get("readme")
     if readme:
         assert readme in copied, "setuptools needs the readme to build"
+
+
+async def test_demo_script_walks_the_whole_flow() -> None:
+    """The script the deployment plays, through the real router core in memory."""
+    from examples import pizza
+    from examples.chat import script_lines
+    from router.testing import FlowTest
+
+    lines = script_lines((ROOT / "examples" / "demo_script.txt").read_text(encoding="utf-8"))
+    shown: list[tuple[str, list[Any], list[str]]] = []
+    async with FlowTest(pizza.SERVICES, root=pizza.ROOT) as flow:
+        for line in lines:
+            out = await flow.say(line)
+            shown.append((line, out, await flow.stack()))
+
+    def after(line: str, nth: int = 1) -> tuple[list[str], list[str]]:
+        hits = [(out, stack) for said, out, stack in shown if said == line]
+        out, stack = hits[nth - 1]
+        return [str(o) for o in out], stack
+
+    # order was replaced by checkout (replace), which opened address (open).
+    out, stack = after("cola")
+    assert stack == ["pizza", "menu", "checkout", "address"]
+    # help passed down from address to the root (pass), answered as a digression (reply).
+    out, stack = after("help", 2)
+    assert stack == ["pizza", "menu", "checkout", "address"]
+    assert any("back to your order" in o for o in out)
+    # The declined card (fail) is caught by checkout, which offers to retry.
+    declined = next(out for said, out, _ in shown if said.replace(" ", "").endswith("0000"))
+    assert any("declined" in str(o) for o in declined)
+    # The good card closes payment, checkout and menu (close) up to the root.
+    out, stack = after("4242 4242 4242 4242")
+    assert stack == ["pizza"]
+    assert any("Order #1 confirmed" in o for o in out)
+    # cancel at the address form discards the frames above the root.
+    out, stack = after("cancel")
+    assert stack == ["pizza"]
+    assert any("cancelled" in o for o in out)
+    assert shown[-1][1][-1] == "<end>" and shown[-1][2] == []

@@ -1,0 +1,244 @@
+"""The ``cloudbunch`` command: router, worker, demo, session show.
+
+Expected failures (a server not reachable, a bad option) print one line and exit 1; the
+logging configuration is installed here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from worker_sdk.errors import CloudBunchError
+
+from .config import ENV, RouterConfig, load_config
+
+log = logging.getLogger("router.cli")
+
+ROUTER_OPTIONS: list[tuple[str, str, str]] = [
+    ("amqp_url", "URL", "RabbitMQ URL (amqp:// or amqps://)"),
+    ("redis_url", "URL", "Redis URL (redis:// or rediss://)"),
+    ("namespace", "NS", "prefix of every queue and key, so deployments can share servers"),
+    ("root", "SERVICE", "service opened as the root of a new session (required)"),
+    ("turn_timeout", "SECONDS", "wait for a reply this long before re-dispatching"),
+    ("max_attempts", "N", "dispatches of one turn before it fails with 'timeout'"),
+    ("max_depth", "N", "most frames on a session's stack"),
+    ("session_ttl", "SECONDS", "idle sessions are forgotten after this long"),
+    ("max_body", "BYTES", "largest message body accepted"),
+    ("seq_hold", "SECONDS", "how long a message waits for the ones numbered before it"),
+    ("queue_type", "TYPE", "'quorum' or 'classic', for every shared queue"),
+    ("max_waiting", "N", "client messages a session may have waiting; more are refused"),
+]
+
+DEFAULTS = {f: getattr(RouterConfig, f, None) for f, _, _ in ROUTER_OPTIONS}
+
+
+def _add_router_options(p: argparse.ArgumentParser, *, only: Sequence[str] | None = None,
+                        root_default: str | None = None) -> None:
+    for name, metavar, text in ROUTER_OPTIONS:
+        if only is not None and name not in only:
+            continue
+        default = root_default if name == "root" else RouterConfig.__dataclass_fields__[
+            name].default
+        shown = "required" if name == "root" and root_default is None else f"default {default}"
+        p.add_argument("--" + name.replace("_", "-"), dest=name, metavar=metavar,
+                       help=f"{text} [env {ENV[name]}; {shown}]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cloudbunch",
+        description="Stateless services, one hierarchical state machine. Every option also "
+                    "reads a CLOUDBUNCH_* environment variable (shown in each --help).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("router", help="run one router replica",
+                       description="Run one router replica. Any number may run at once. "
+                                   "SIGTERM or SIGINT stops it cleanly within 10 seconds.")
+    _add_router_options(p)
+
+    p = sub.add_parser("worker", help="run service workers: cloudbunch worker module:attr ...",
+                       description="Serve one or more services (each a worker_sdk.Service "
+                                   "named as module:attribute) until SIGTERM or SIGINT.")
+    p.add_argument("services", nargs="+", metavar="MODULE:ATTR",
+                   help="a Service object, e.g. examples.pizza:menu")
+    p.add_argument("--prefetch", type=int, default=16, metavar="N",
+                   help="dispatches handled at once per service [default 16]")
+    _add_router_options(p, only=("amqp_url", "namespace", "queue_type"))
+
+    p = sub.add_parser("demo", help="chat with the example pizza bot in the terminal",
+                       description="Run a router, the example pizza services and a terminal "
+                                   "chat in one process. Uses RabbitMQ and Redis when they "
+                                   "answer, otherwise the embedded in-memory engine.")
+    p.add_argument("--script", metavar="FILE",
+                   help="read the person's lines from FILE instead of the terminal "
+                        "('-' for stdin; piped stdin is read the same way)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--embedded", action="store_true",
+                      help="use the in-memory engine even if RabbitMQ and Redis answer")
+    mode.add_argument("--real", action="store_true",
+                      help="require RabbitMQ and Redis (fail if they do not answer)")
+    _add_router_options(p, root_default="pizza")
+
+    p = sub.add_parser("session", help="inspect sessions", description="Inspect sessions.")
+    ssub = p.add_subparsers(dest="session_command", metavar="SUBCOMMAND", required=True)
+    ps = ssub.add_parser("show", help="print a session's stack, turn in flight and waiting "
+                                      "messages", description="Print a session as stored in "
+                                                              "Redis.")
+    ps.add_argument("session", help="the session id, e.g. tg:42")
+    _add_router_options(ps, only=("redis_url", "namespace"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cloudbunch`` console script."""
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.INFO
+    if args.command == "demo":
+        level = logging.DEBUG if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return _run(args)
+    except CloudBunchError as exc:
+        print(f"cloudbunch {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name, None) for name, _, _ in ROUTER_OPTIONS}
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "router":
+        config = load_config(_options(args))
+        return _asyncio_run(run_router(config))
+    if args.command == "worker":
+        from worker_sdk.service import load_service, run_main
+        from worker_sdk.settings import Settings
+
+        services = [load_service(spec) for spec in args.services]
+        base = load_config(_options(args) | {"root": "-"})
+        settings = Settings(base.amqp_url, base.namespace, base.queue_type)
+        return run_main(services, settings, prefetch=args.prefetch)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        config = load_config(_options(args) | {"root": args.root or "pizza"})
+        mode = "embedded" if args.embedded else "real" if args.real else "auto"
+        return _asyncio_run(run_demo(config, mode=mode, script=args.script))
+    if args.command == "session":
+        config = load_config(_options(args) | {"root": "-"})
+        return _asyncio_run(show_session(config, args.session))
+    raise AssertionError(args.command)
+
+
+def _asyncio_run(coro: Any) -> int:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[no-any-return]
+    return uvloop.run(coro)  # type: ignore[no-any-return]
+
+
+async def run_router(config: RouterConfig) -> int:
+    """Run one replica until SIGTERM/SIGINT (exit 0) or until a server is lost (exit 1)."""
+    from worker_sdk.amqp import AmqpBroker
+
+    from .app import Router
+    from .redis_store import RedisStore
+
+    store = RedisStore(config.redis_url, config.namespace)
+    broker = AmqpBroker(config.amqp_url, config.queue_type, name="cloudbunch-router")
+    try:
+        await store.ping()
+        await broker.connect()
+    except BaseException:
+        await store.close()
+        raise
+    router = Router(config, broker, store)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    try:
+        await router.start()
+        print(f"cloudbunch router: consuming {router.ingress} and {router.replies} "
+              f"(root {config.root!r})", file=sys.stderr, flush=True)
+        waits = {asyncio.create_task(stop.wait()), asyncio.create_task(router.wait_failed()),
+                 asyncio.create_task(broker.wait_lost())}  # type: ignore[attr-defined]
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if not stop.is_set():
+            code = 1
+            reason = router.failure or "the RabbitMQ connection could not be restored"
+            print(f"cloudbunch router: giving up: {reason}; exiting so a supervisor restarts "
+                  "it", file=sys.stderr)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(router.stop(), 8.5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(broker.close(), 1.0)
+        with contextlib.suppress(Exception):
+            await store.close()
+    return code
+
+
+async def show_session(config: RouterConfig, session: str) -> int:
+    """Print a session's stack, turn in flight, waiting and held messages."""
+    from .core import Effect, Record
+    from .redis_store import RedisStore
+
+    store = RedisStore(config.redis_url, config.namespace)
+    try:
+        await store.ping()
+        snap = await store.load(session)
+        ttl = await store.ttl_ms(session)
+    finally:
+        await store.close()
+    if snap.record is None:
+        print(f"session {session!r}: no record in namespace {config.namespace!r} "
+              "(never seen, or expired)")
+        return 1
+    rec = Record.decode(snap.record)
+    print(f"session {session!r} (namespace {config.namespace!r}, version {snap.version}, "
+          f"expires in {ttl / 1000:.0f} s)")
+    print("stack (root first):" if rec.stack else "stack: empty")
+    for depth, frame in enumerate(rec.stack):
+        print(f"  {depth}: {frame.service}  state={frame.state!r}")
+    if rec.turn is not None:
+        t = rec.turn
+        print(f"turn in flight: {t.id} event={t.event} depth={t.depth} attempt={t.attempt} "
+              f"service={rec.stack[t.depth].service if t.depth < len(rec.stack) else '?'}")
+        if rec.chain is not None:
+            print(f"  for client message {rec.chain.origin!r} (notices to {rec.chain.reply_to})")
+    else:
+        print("turn in flight: none")
+    print(f"waiting messages: {len(rec.waiting)}")
+    for m in rec.waiting:
+        print(f"  {m.id}: {m.payload!r}" + (f" seq={m.seq}" if m.seq is not None else ""))
+    if rec.held:
+        print(f"held for seq (last accepted {rec.last_seq}): {len(rec.held)}")
+        for h in rec.held:
+            print(f"  {h.message.id}: seq={h.message.seq} {h.message.payload!r}")
+    if snap.outbox:
+        print(f"outbox (not yet confirmed published): {len(snap.outbox)}")
+        for blob in snap.outbox:
+            e = Effect.decode(blob)
+            print(f"  {e.kind} -> {e.queue}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

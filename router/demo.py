@@ -1,0 +1,141 @@
+"""``cloudbunch demo``: the example pizza bot, a router and a terminal chat in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlparse
+
+from worker_sdk import wire
+from worker_sdk.errors import BrokerUnavailable, StoreUnavailable
+
+from .config import RouterConfig
+from .engine import Engine
+
+HELP = "(type a message; /stack shows the session's stack, /end ends it, /quit leaves)"
+
+
+async def _answers(url: str, default_port: int) -> bool:
+    """Whether something listens at the URL's host and port (a quick probe, 2 s at most)."""
+    parsed = urlparse(url)
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or default_port),
+            2.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def _lines(script: str | None) -> AsyncIterator[tuple[str, bool]]:
+    """The person's lines, and whether each should be echoed (not typed at a terminal)."""
+    if script is not None and script != "-":
+        with open(script, encoding="utf-8") as fh:
+            content = fh.read().splitlines()
+        for line in content:
+            yield line, True
+        return
+    if script == "-" or not sys.stdin.isatty():
+        for line in sys.stdin.read().splitlines():
+            yield line, True
+        return
+    print(HELP)
+    while True:
+        try:
+            line = await asyncio.to_thread(input, "you> ")
+        except EOFError:
+            return
+        yield line, False
+
+
+def _show(notice: wire.Notice) -> str:
+    if notice.type == "output":
+        text = notice.payload if isinstance(notice.payload, str) else repr(notice.payload)
+        return f"bot> {text}"
+    if notice.type == "unhandled":
+        return "bot> (nobody understood that)"
+    if notice.type == "end":
+        return "bot> (conversation over: the next message starts a new one)"
+    error = notice.error or wire.ErrorInfo("error")
+    return f"bot> (error {error.code}: {error.message})"
+
+
+async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | None = None) -> int:
+    """Chat with the pizza bot; ``mode`` is auto, embedded or real."""
+    from examples.pizza import SERVICES
+
+    if script is not None and script != "-":
+        try:
+            open(script, encoding="utf-8").close()
+        except OSError as exc:
+            print(f"cloudbunch demo: cannot read script {script!r}: {exc.strerror}",
+                  file=sys.stderr)
+            return 1
+    real = False
+    if mode != "embedded":
+        real = await _answers(config.amqp_url, 5672) and await _answers(config.redis_url, 6379)
+        if mode == "real" and not real:
+            raise BrokerUnavailable(f"RabbitMQ ({_safe(config.amqp_url)}) or Redis "
+                                    f"({_safe(config.redis_url)}) does not answer; start them "
+                                    "or run without --real to use the embedded engine")
+    if real:
+        from worker_sdk.amqp import AmqpBroker
+
+        from .redis_store import RedisStore
+
+        store = RedisStore(config.redis_url, config.namespace)
+        try:
+            await store.ping()
+        except StoreUnavailable:
+            await store.close()
+            raise
+        engine = Engine(SERVICES, config, store=store, broker=AmqpBroker(
+            config.amqp_url, config.queue_type, name="cloudbunch-demo"))
+        print(f"demo: using RabbitMQ at {_safe(config.amqp_url)} and Redis at "
+              f"{_safe(config.redis_url)} (namespace {config.namespace!r})", flush=True)
+    else:
+        engine = Engine(SERVICES, config)
+        why = "as asked" if mode == "embedded" else "RabbitMQ or Redis did not answer"
+        print(f"demo: using the embedded in-memory engine ({why})", flush=True)
+
+    session = f"demo-{secrets.token_hex(4)}"
+    turns = 0
+    busy = 0.0
+    async with engine:
+        async for line, echo in _lines(script):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            if echo:
+                print(f"you> {text}")
+            if text == "/quit":
+                break
+            if text == "/stack":
+                rec = await engine.record(session)
+                frames = [f"{f.service}{'' if f.state is None else ' ' + repr(f.state)}"
+                          for f in (rec.stack if rec else [])]
+                print("stack: " + (" > ".join(frames) if frames else "(empty)"))
+                continue
+            started = time.perf_counter()
+            notices = await engine.converse(session, None if text == "/end" else text,
+                                            end=text == "/end")
+            busy += time.perf_counter() - started
+            turns += 1
+            for notice in notices:
+                print(_show(notice), flush=True)
+        await engine.converse(session, None, end=True)
+    if turns:
+        print(f"demo: {turns} messages in {busy:.2f} s "
+              f"({busy / turns * 1000:.1f} ms per message round trip)")
+    return 0
+
+
+def _safe(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url

@@ -1,0 +1,107 @@
+"""Test kit for service authors: run a multi-service flow through the real router core, in
+memory, in a few lines::
+
+    from router.testing import FlowTest
+
+    async def test_greeting():
+        async with FlowTest([menu, order], root="menu") as flow:
+            assert await flow.say("hi") == ["Pizza or drinks?"]
+            assert await flow.stack() == ["menu"]
+
+Handler exceptions fail the test by default (``raise_errors=True``): a fake must not hide
+failures. Pass ``raise_errors=False`` to test how a flow copes with a crashing service.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from worker_sdk import wire
+from worker_sdk.service import Service
+
+from .config import RouterConfig
+from .engine import Engine
+
+
+class HandlerError(AssertionError):
+    """A service handler raised during a FlowTest turn."""
+
+
+class _Catch(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.records.append(record)
+
+
+class FlowTest:
+    """An embedded deployment of ``services`` with ``root`` as the root service."""
+
+    def __init__(self, services: Sequence[Service], root: str, *, session: str = "test",
+                 raise_errors: bool = True, **options: Any) -> None:
+        options.setdefault("turn_timeout", 2.0)
+        options.setdefault("namespace", "flowtest")
+        self.engine = Engine(services, RouterConfig(root=root, **options))
+        self.session = session
+        self.raise_errors = raise_errors
+        self._catch = _Catch()
+
+    async def __aenter__(self) -> FlowTest:
+        logging.getLogger("worker_sdk").addHandler(self._catch)
+        await self.engine.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        logging.getLogger("worker_sdk").removeHandler(self._catch)
+        await self.engine.stop()
+
+    async def send(self, payload: Any, *, session: str | None = None,
+                   entry: str | None = None, meta: dict[str, Any] | None = None
+                   ) -> list[wire.Notice]:
+        """Send one message; return every notice of the chain it started."""
+        notices = await self.engine.converse(session or self.session, payload, entry=entry,
+                                             meta=meta)
+        self._check()
+        return notices
+
+    async def say(self, payload: Any, *, session: str | None = None, **kw: Any) -> list[Any]:
+        """Send one message; return the output payloads of its chain (what a person reads).
+
+        An ``unhandled``, ``end`` or ``error`` notice is appended as ``"<unhandled>"``,
+        ``"<end>"`` or ``"<error CODE>"`` so a test sees how the chain ended.
+        """
+        shown: list[Any] = []
+        for n in await self.send(payload, session=session, **kw):
+            if n.type == "output":
+                shown.append(n.payload)
+            elif n.type == "error":
+                shown.append(f"<error {n.error.code if n.error else ''}>")
+            else:
+                shown.append(f"<{n.type}>")
+        return shown
+
+    async def end(self, *, session: str | None = None) -> list[wire.Notice]:
+        """End the session (``type: end``)."""
+        return await self.engine.converse(session or self.session, None, end=True)
+
+    async def stack(self, *, session: str | None = None) -> list[str]:
+        """The services on the session's stack, root first."""
+        rec = await self.engine.record(session or self.session)
+        return [] if rec is None else [f.service for f in rec.stack]
+
+    async def states(self, *, session: str | None = None) -> list[Any]:
+        """The saved states on the session's stack, root first."""
+        rec = await self.engine.record(session or self.session)
+        return [] if rec is None else [f.state for f in rec.stack]
+
+    def _check(self) -> None:
+        if self.raise_errors and self._catch.records:
+            record = self._catch.records.pop(0)
+            self._catch.records.clear()
+            raise HandlerError(f"a service handler raised: {record.getMessage()}") from (
+                record.exc_info[1] if record.exc_info else None)

@@ -1,0 +1,271 @@
+"""The broker contract, run here on MemoryBroker (and on RabbitMQ by the integration suite)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from worker_sdk.broker import Delivery, Outgoing
+from worker_sdk.errors import ConfigError, PublishFailed
+from worker_sdk.memory import MemoryBroker
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Wait until ``check()`` is true; fail the test after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def out(queue: str, i: int | str) -> Outgoing:
+    return Outgoing(queue, str(i).encode(), f"m{i}", {"x-test": "yes"})
+
+
+class BrokerContract:
+    """What every broker adapter must do; subclasses provide the ``broker`` fixture."""
+
+    async def test_publish_reports_missing_queues(self, broker: Any, namespace: str) -> None:
+        queue = f"{namespace}.q"
+        await broker.declare(queue)
+        assert await broker.publish([out(queue, 1), out(f"{namespace}.missing", 2),
+                                     out(queue, 3)]) == [True, False, True]
+        assert await broker.publish([]) == []
+        await eventually(lambda: _count_is(broker, queue, 2))
+
+    async def test_queue_exists_and_consumer_count(self, broker: Any, namespace: str) -> None:
+        queue = f"{namespace}.q"
+        assert not await broker.queue_exists(queue)
+        assert await broker.consumer_count(queue) == 0
+        await broker.declare(queue)
+        assert await broker.queue_exists(queue)
+
+        async def handler(delivery: Delivery) -> None:
+            await delivery.ack()
+
+        await broker.consume(queue, handler, prefetch=1)
+        assert await broker.consumer_count(queue) == 1
+        await broker.cancel(queue)
+        await eventually(lambda: _consumers_are(broker, queue, 0))
+        await broker.delete(queue)
+        assert not await broker.queue_exists(queue)
+
+    async def test_redeclare_with_other_type_is_a_config_error(self, broker: Any,
+                                                               namespace: str) -> None:
+        queue = f"{namespace}.q"
+        await broker.declare(queue)
+        await broker.declare(queue)  # the same arguments: fine
+        with pytest.raises(ConfigError, match="CLOUDBUNCH_QUEUE_TYPE"):
+            await broker.declare_own(queue)
+        assert await broker.publish([out(queue, 1)]) == [True]  # the broker still works
+
+    async def test_order_of_500_messages_is_kept(self, broker: Any, namespace: str) -> None:
+        queue = f"{namespace}.q"
+        await broker.declare(queue)
+        results = await broker.publish([out(queue, i) for i in range(500)])
+        assert results == [True] * 500
+        got: list[int] = []
+        headers: list[Any] = []
+        done = asyncio.Event()
+
+        async def handler(delivery: Delivery) -> None:
+            got.append(int(delivery.body))
+            headers.append((delivery.message_id, getattr(delivery, "headers", {})))
+            await delivery.ack()
+            if len(got) == 500:
+                done.set()
+
+        # prefetch 1: handlers run one at a time, so arrival order is delivery order.
+        await broker.consume(queue, handler, prefetch=1)
+        await asyncio.wait_for(done.wait(), 30)
+        assert got == list(range(500))
+        assert headers[7] == ("m7", {"x-test": "yes"})
+
+    async def test_reject_requeues_with_redelivered_flag(self, broker: Any,
+                                                         namespace: str) -> None:
+        queue = f"{namespace}.q"
+        await broker.declare(queue)
+        seen: list[tuple[bytes, bool]] = []
+        done = asyncio.Event()
+
+        async def handler(delivery: Delivery) -> None:
+            seen.append((delivery.body, delivery.redelivered))
+            if not delivery.redelivered:
+                await delivery.reject(requeue=True)
+                await delivery.ack()  # settled already: a no-op, not an error
+            else:
+                await delivery.ack()
+                done.set()
+
+        await broker.consume(queue, handler, prefetch=1)
+        await broker.publish([out(queue, "x")])
+        await asyncio.wait_for(done.wait(), 10)
+        assert seen == [(b"x", False), (b"x", True)]
+        await eventually(lambda: _count_is(broker, queue, 0))
+
+    async def test_reject_without_requeue_drops(self, broker: Any, namespace: str) -> None:
+        queue = f"{namespace}.q"
+        await broker.declare(queue)
+        seen: list[bytes] = []
+
+        async def handler(delivery: Delivery) -> None:
+            seen.append(delivery.body)
+            await delivery.reject(requeue=False)
+
+        await broker.consume(queue, handler, prefetch=4)
+        await broker.publish([out(queue, 1), out(queue, 2)])
+        await eventually(lambda: _true(len(seen) == 2))
+        await asyncio.sleep(0.2)
+        assert seen == [b"1", b"2"]
+        await broker.cancel(queue)
+        assert await broker.message_count(queue) == 0
+
+    async def test_prefetch_bounds_unsettled_deliveries(self, broker: Any,
+                                                        namespace: str) -> None:
+        queue = f"{namespace}.q"
+        await broker.declare(queue)
+        held: list[Delivery] = []
+        running = 0
+        peak = 0
+
+        async def handler(delivery: Delivery) -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.05)
+            running -= 1
+            held.append(delivery)  # not acknowledged: keeps its prefetch slot
+
+        await broker.consume(queue, handler, prefetch=3)
+        await broker.publish([out(queue, i) for i in range(10)])
+        await eventually(lambda: _true(len(held) == 3))
+        await asyncio.sleep(0.3)
+        assert len(held) == 3 and peak <= 3 and peak >= 2  # concurrent, up to prefetch
+        for delivery in held[:2]:
+            await delivery.ack()
+        await eventually(lambda: _true(len(held) == 5))
+        await broker.cancel(queue)
+        # The 3 unacknowledged and the 5 never delivered are back in the queue.
+        await eventually(lambda: _count_is(broker, queue, 8))
+        await held[2].ack()  # after cancel: a no-op, the message stays queued
+        await asyncio.sleep(0.1)
+        assert await broker.message_count(queue) == 8
+
+    async def test_cancel_lets_running_handlers_finish(self, broker: Any,
+                                                       namespace: str) -> None:
+        queue = f"{namespace}.q"
+        await broker.declare(queue)
+        started = asyncio.Event()
+        finished: list[bytes] = []
+
+        async def handler(delivery: Delivery) -> None:
+            started.set()
+            await asyncio.sleep(0.3)
+            await delivery.ack()
+            finished.append(delivery.body)
+
+        await broker.consume(queue, handler, prefetch=1)
+        await broker.publish([out(queue, 1), out(queue, 2)])
+        await asyncio.wait_for(started.wait(), 10)
+        await broker.cancel(queue)
+        assert finished == [b"1"]
+        await eventually(lambda: _count_is(broker, queue, 1))
+
+    async def test_handler_exception_requeues(self, broker: Any, namespace: str) -> None:
+        queue = f"{namespace}.q"
+        await broker.declare(queue)
+        calls: list[bool] = []
+        done = asyncio.Event()
+
+        async def handler(delivery: Delivery) -> None:
+            calls.append(delivery.redelivered)
+            if len(calls) == 1:
+                raise RuntimeError("handler bug")
+            await delivery.ack()
+            done.set()
+
+        await broker.consume(queue, handler, prefetch=1)
+        await broker.publish([out(queue, 1)])
+        await asyncio.wait_for(done.wait(), 10)
+        assert calls == [False, True]
+
+
+async def _count_is(broker: Any, queue: str, n: int) -> bool:
+    return bool(await broker.message_count(queue) == n)
+
+
+async def _consumers_are(broker: Any, queue: str, n: int) -> bool:
+    return bool(await broker.consumer_count(queue) == n)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+class TestMemoryBroker(BrokerContract):
+    @pytest.fixture
+    async def broker(self) -> AsyncIterator[MemoryBroker]:
+        broker = MemoryBroker()
+        await broker.connect()
+        yield broker
+        await broker.close()
+
+    async def test_messages_lists_ready_bodies(self, broker: MemoryBroker) -> None:
+        await broker.declare("q")
+        await broker.publish([out("q", 1), out("q", 2)])
+        assert broker.messages("q") == [b"1", b"2"]
+        assert broker.messages("missing") == []
+
+    async def test_requeue_goes_to_the_head(self, broker: MemoryBroker) -> None:
+        await broker.declare("q")
+        await broker.publish([out("q", 1), out("q", 2), out("q", 3)])
+        first: list[Delivery] = []
+
+        async def handler(delivery: Delivery) -> None:
+            first.append(delivery)
+
+        await broker.consume("q", handler, prefetch=1)
+        await eventually(lambda: _true(len(first) == 1))
+        await broker.cancel("q")
+        assert broker.messages("q") == [b"1", b"2", b"3"]
+
+    async def test_close_stops_consumers_and_publishing(self, broker: MemoryBroker) -> None:
+        await broker.declare("q")
+        seen: list[bytes] = []
+
+        async def handler(delivery: Delivery) -> None:
+            seen.append(delivery.body)
+            await delivery.ack()
+
+        await broker.consume("q", handler, prefetch=2)
+        await broker.close()
+        assert await broker.consumer_count("q") == 0
+        with pytest.raises(PublishFailed):
+            await broker.publish([out("q", 1)])
+        await broker.connect()
+        assert await broker.publish([out("q", 1)]) == [True]
+        await asyncio.sleep(0.05)
+        assert seen == [] and broker.messages("q") == [b"1"]
+
+    async def test_consume_needs_a_declared_queue(self, broker: MemoryBroker) -> None:
+        async def handler(delivery: Delivery) -> None:
+            await delivery.ack()
+
+        with pytest.raises(ConfigError):
+            await broker.consume("nope", handler, prefetch=1)
+
+    async def test_delete_cancels_consumers(self, broker: MemoryBroker) -> None:
+        await broker.declare("q")
+
+        async def handler(delivery: Delivery) -> None:
+            await delivery.ack()
+
+        await broker.consume("q", handler, prefetch=1)
+        await broker.delete("q")
+        assert not await broker.queue_exists("q")
+        assert await broker.publish([out("q", 1)]) == [False]
