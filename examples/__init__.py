@@ -1,1 +1,1 @@
-"""Runnable example flows. ``examples.pizza`` uses every action of the contract."""
+"""Runnable examples: ``pizza`` (a flow that uses every action) and ``chat`` (a frontend)."""

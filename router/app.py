@@ -306,9 +306,8 @@ class Router:
         for effect in returned:
             assert effect.turn is not None
             log.info("event=dispatch_returned session=%s queue=%s", session, effect.queue)
-            turn, attempt = effect.turn, effect.attempt
-            await self._step_locked(session, lambda snap: Undeliverable(turn, attempt), None,
-                                    True)
+            returned_event: Event = Undeliverable(effect.turn, effect.attempt)
+            await self._step_locked(session, _constant(returned_event), None, True)
 
     # ------------------------------------------------------------------ deadlines
 
@@ -338,6 +337,10 @@ class Router:
             await self.store.settle_hint(session, lease, due)
         except Exception as exc:  # the lease makes it fire again later
             log.warning("event=deadline_failed session=%s error=%r", session, exc)
+
+
+def _constant(event: Event) -> Callable[[Snapshot], Event]:
+    return lambda snap: event
 
 
 def _outgoing(effect: Effect) -> Outgoing:

@@ -36,9 +36,6 @@ ROUTER_OPTIONS: list[tuple[str, str, str]] = [
     ("max_waiting", "N", "client messages a session may have waiting; more are refused"),
 ]
 
-DEFAULTS = {f: getattr(RouterConfig, f, None) for f, _, _ in ROUTER_OPTIONS}
-
-
 def _add_router_options(p: argparse.ArgumentParser, *, only: Sequence[str] | None = None,
                         root_default: str | None = None) -> None:
     for name, metavar, text in ROUTER_OPTIONS:
@@ -177,7 +174,7 @@ async def run_router(config: RouterConfig) -> int:
               f"(root {config.root!r})", file=sys.stderr, flush=True)
         waits = {asyncio.create_task(stop.wait()), asyncio.create_task(router.wait_failed()),
                  asyncio.create_task(broker.wait_lost())}  # type: ignore[attr-defined]
-        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        _done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         if not stop.is_set():

@@ -7,7 +7,7 @@ contract is written once. Validation raises :class:`BadBody` naming the reason a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeGuard
 
 import msgpack
 
@@ -121,8 +121,9 @@ def _check_map(obj: Any, what: str) -> dict[str, Any]:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "map", list: "array", str: "string", bytes: "binary", bool: "boolean",
-            int: "integer", float: "float", type(None): "nil"}.get(type(value), type(value).__name__)
+    names = {dict: "map", list: "array", str: "string", bytes: "binary", bool: "boolean",
+             int: "integer", float: "float", type(None): "nil"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _req_str(obj: dict[str, Any], name: str, *, nonempty: bool = True) -> str:
@@ -149,7 +150,7 @@ def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)
 
 
-def session_ok(value: Any) -> bool:
+def session_ok(value: Any) -> TypeGuard[str]:
     """Whether ``value`` is a valid session id: a string of 1..256 code points."""
     return isinstance(value, str) and 1 <= len(value) <= MAX_SESSION_LEN
 
@@ -306,8 +307,8 @@ class Dispatch:
         if event not in EVENTS:
             raise BadBody("invalid", f"field 'event' is {event!r}; expected start, message "
                                      "or result")
-        depth = body.get("depth")
-        attempt = body.get("attempt")
+        depth: Any = body.get("depth")
+        attempt: Any = body.get("attempt")
         if not _is_int(depth) or depth < 0:
             raise BadBody("invalid", "field 'depth' must be an integer >= 0")
         if not _is_int(attempt) or attempt < 1:

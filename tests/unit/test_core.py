@@ -218,7 +218,7 @@ def test_invalid_reply_fails_frame_and_dead_letters_copy() -> None:
     d = h.last_dispatch()
     assert d["result"]["ok"] is False and d["result"]["error"]["code"] == "invalid_reply"
     assert d["result"]["service"] == "c"
-    dead = [e for e in h.effects if e.kind == "dead"][0]
+    dead = next(e for e in h.effects if e.kind == "dead")
     assert dead.queue == "t.dead" and dead.headers["x-cb-source-queue"] == "t.replies"
     assert "action" in dead.headers["x-cb-detail"]
     assert h.said() == []
