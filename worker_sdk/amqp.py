@@ -332,7 +332,13 @@ class AmqpBroker:
             raise ConfigError(f"already consuming {queue!r} on this connection")
         channel = await self._conn().channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
-        declared = await channel.declare_queue(queue, passive=True)
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise ConfigError(f"cannot consume {queue!r}: no such queue (declare it first)")\
+                from None
         consumer = _Consumer(channel=channel, queue=declared, tag="")
 
         async def on_message(message: AbstractIncomingMessage) -> None:

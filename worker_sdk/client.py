@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from . import wire
@@ -142,6 +142,8 @@ class Client:
     # ------------------------------------------------------------------ receiving
 
     async def _on_delivery(self, delivery: Delivery) -> None:
+        # Deliveries run as concurrent tasks started in arrival order; nothing below awaits
+        # before _deliver, so subscribers see a session's notices in the order published.
         try:
             notice = wire.Notice.from_wire(wire.decode(delivery.body))
         except wire.BadBody as exc:
@@ -181,25 +183,13 @@ class Client:
         with contextlib.suppress(ValueError):
             self._subs.remove(sub)
 
-    async def notices(self) -> AsyncIterator[wire.Notice]:
-        """Every notice, deduplicated, until the client closes."""
-        async for notice in self._iterate(self._subscribe(None)):
-            yield notice
+    def notices(self) -> NoticeIterator:
+        """Every notice, deduplicated, from now until the client closes (or ``aclose()``)."""
+        return NoticeIterator(self, self._subscribe(None))
 
-    async def session_notices(self, session: str) -> AsyncIterator[wire.Notice]:
-        """One session's notices, deduplicated, until the client closes."""
-        async for notice in self._iterate(self._subscribe(session)):
-            yield notice
-
-    async def _iterate(self, sub: _Subscription) -> AsyncIterator[wire.Notice]:
-        try:
-            while True:
-                item = await sub.queue.get()
-                if item is _END:
-                    return
-                yield item
-        finally:
-            self._unsubscribe(sub)
+    def session_notices(self, session: str) -> NoticeIterator:
+        """One session's notices, deduplicated, from now until the client closes."""
+        return NoticeIterator(self, self._subscribe(session))
 
     async def conversation(self, session: str, payload: Any, *, timeout: float = 10.0,
                            settle: float = 0.3, entry: str | None = None,
@@ -237,6 +227,32 @@ class Client:
         finally:
             self._unsubscribe(sub)
         return collected
+
+
+class NoticeIterator:
+    """An async iterator over a subscription; it subscribes when created, not when started."""
+
+    def __init__(self, client: Client, sub: _Subscription) -> None:
+        self._client = client
+        self._sub = sub
+        self._done = False
+
+    def __aiter__(self) -> NoticeIterator:
+        return self
+
+    async def __anext__(self) -> wire.Notice:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._sub.queue.get()
+        if item is _END:
+            await self.aclose()
+            raise StopAsyncIteration
+        return item  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        """Stop receiving (notices for no one else go to the client's backlog again)."""
+        self._done = True
+        self._client._unsubscribe(self._sub)
 
 
 def _new_id() -> str:

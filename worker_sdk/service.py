@@ -336,7 +336,7 @@ async def _cancel(broker: Broker, queue: str) -> None:
 
 
 def run_main(services: Sequence[Service], settings: Settings | None = None,
-             prefetch: int = 16) -> int:
+             prefetch: int = 16, *, connect_timeout: float = 30.0) -> int:
     """Blocking entry point for workers; returns the process exit code.
 
     Reads ``Settings.from_env()`` when ``settings`` is None. Expected failures (broker not
@@ -346,7 +346,7 @@ def run_main(services: Sequence[Service], settings: Settings | None = None,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = settings or Settings.from_env()
-        return asyncio.run(_main(services, settings, prefetch))
+        return asyncio.run(_main(services, settings, prefetch, connect_timeout))
     except CloudBunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -354,11 +354,13 @@ def run_main(services: Sequence[Service], settings: Settings | None = None,
         return 0
 
 
-async def _main(services: Sequence[Service], settings: Settings, prefetch: int) -> int:
+async def _main(services: Sequence[Service], settings: Settings, prefetch: int,
+                connect_timeout: float) -> int:
     from .amqp import AmqpBroker  # the runtime needs aio-pika; the pure part does not
 
     names = "+".join(s.name for s in services)
-    broker = AmqpBroker(settings.amqp_url, settings.queue_type, name=f"cloudbunch-worker {names}")
+    broker = AmqpBroker(settings.amqp_url, settings.queue_type, name=f"cloudbunch-worker {names}",
+                        connect_timeout=connect_timeout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

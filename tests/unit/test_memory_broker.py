@@ -195,6 +195,16 @@ class BrokerContract:
         assert calls == [False, True]
 
 
+    async def test_consume_needs_a_declared_queue(self, broker: Any, namespace: str) -> None:
+        async def handler(delivery: Delivery) -> None:
+            await delivery.ack()
+
+        with pytest.raises(ConfigError, match="no such queue"):
+            await broker.consume(f"{namespace}.nope", handler, prefetch=1)
+        await broker.declare(f"{namespace}.q")  # the broker still works
+        assert await broker.publish([out(f"{namespace}.q", 1)]) == [True]
+
+
 async def _count_is(broker: Any, queue: str, n: int) -> bool:
     return bool(await broker.message_count(queue) == n)
 
@@ -251,13 +261,6 @@ class TestMemoryBroker(BrokerContract):
         assert await broker.publish([out("q", 1)]) == [True]
         await asyncio.sleep(0.05)
         assert seen == [] and broker.messages("q") == [b"1"]
-
-    async def test_consume_needs_a_declared_queue(self, broker: MemoryBroker) -> None:
-        async def handler(delivery: Delivery) -> None:
-            await delivery.ack()
-
-        with pytest.raises(ConfigError):
-            await broker.consume("nope", handler, prefetch=1)
 
     async def test_delete_cancels_consumers(self, broker: MemoryBroker) -> None:
         await broker.declare("q")
