@@ -1,0 +1,53 @@
+"""The README's tutorial: a greeter that asks for a name through a child service.
+
+Run it for real with ``cloudbunch worker examples.tutorial:greeter examples.tutorial:ask_name``
+and ``cloudbunch router --root greeter``; test it in memory with ``router.testing.FlowTest``
+(see tests/unit/test_tutorial.py).
+"""
+
+from __future__ import annotations
+
+from worker_sdk import Context, Service
+
+greeter = Service("greeter")
+ask_name = Service("ask_name")
+
+
+@greeter.on_start
+def greet(ctx: Context) -> None:
+    ctx.open("ask_name", {"prompt": "Hello! What is your name?"}, state={"visits": 1})
+
+
+@greeter.on_result("ask_name")
+def named(ctx: Context) -> None:
+    assert ctx.result is not None
+    name = ctx.result.value
+    ctx.reply(f"Nice to meet you, {name}!", state=ctx.state | {"name": name})
+
+
+@greeter.on_message
+def chat(ctx: Context) -> None:
+    if ctx.bubbled and ctx.payload == "help":
+        # A digression: the child that passed "help" stays open and gets the next message.
+        ctx.reply("I ask your name so that I can greet you properly.")
+    elif ctx.payload == "bye":
+        ctx.close(ctx.state["name"])
+    else:
+        ctx.reply(f"You said {ctx.payload!r}, {ctx.state['name']}. Say 'bye' to leave.")
+
+
+@ask_name.on_start
+def ask(ctx: Context) -> None:
+    ctx.reply(ctx.args["prompt"], state={"tries": 0})
+
+
+@ask_name.on_message
+def answer(ctx: Context) -> None:
+    name = str(ctx.payload).strip()
+    if name.lower() == "help":
+        ctx.pass_()  # not ours: the greeter below may know
+    elif not name.isalpha():
+        ctx.reply("Just letters, please. What is your name?",
+                  state={"tries": ctx.state["tries"] + 1})
+    else:
+        ctx.close(name.capitalize())

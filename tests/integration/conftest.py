@@ -1,0 +1,45 @@
+"""Fixtures of the end-to-end suites: a namespace with router and worker processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from worker_sdk.settings import DEFAULT_REDIS_URL
+
+from .procs import Harness
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    # Keep each phase's report on the item, so teardown knows whether the test failed.
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis under test (CLOUDBUNCH_REDIS_URL, else the local default)."""
+    return os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL)
+
+
+@pytest.fixture
+async def e2e(request: pytest.FixtureRequest, namespace: str, amqp_url: str,
+              redis_url: str) -> AsyncIterator[Harness]:
+    """A harness on its own namespace; processes stopped and queues and keys deleted after.
+
+    The processes' output is printed when the test failed.
+    """
+    harness = Harness(namespace, amqp_url, redis_url)
+    try:
+        await harness.open()
+        yield harness
+    finally:
+        report = getattr(request.node, "rep_call", None)
+        failed = report is None or report.failed
+        await harness.stop_all(failed)
+        await harness.cleanup()

@@ -1,0 +1,43 @@
+"""The README's tutorial flow, tested with the in-memory test kit."""
+
+from __future__ import annotations
+
+import pytest
+
+from examples.tutorial import ask_name, greeter
+from router.testing import FlowTest, HandlerError
+from worker_sdk import Context, Service
+
+
+async def test_greeter_asks_name_then_chats() -> None:
+    async with FlowTest([greeter, ask_name], root="greeter") as flow:
+        assert await flow.say("hi") == ["Hello! What is your name?"]
+        assert await flow.stack() == ["greeter", "ask_name"]
+        assert await flow.say("R2D2") == ["Just letters, please. What is your name?"]
+        assert await flow.say("ada") == ["Nice to meet you, Ada!"]
+        assert await flow.stack() == ["greeter"]
+        assert await flow.states() == [{"visits": 1, "name": "Ada"}]
+        assert await flow.say("bye") == ["<end>"]
+        assert await flow.stack() == []
+
+
+async def test_help_is_a_digression_and_the_question_stays_open() -> None:
+    async with FlowTest([greeter, ask_name], root="greeter") as flow:
+        await flow.say("hi")
+        assert await flow.say("help") == ["I ask your name so that I can greet you properly."]
+        assert await flow.stack() == ["greeter", "ask_name"]
+        assert await flow.say("ada") == ["Nice to meet you, Ada!"]
+
+
+async def test_handler_exceptions_fail_the_test_by_default() -> None:
+    broken = Service("greeter")
+
+    @broken.on_start
+    def start(ctx: Context) -> None:
+        raise KeyError("oops")
+
+    async with FlowTest([broken], root="greeter") as flow:
+        with pytest.raises(HandlerError, match="handler"):
+            await flow.say("hi")
+    async with FlowTest([broken], root="greeter", raise_errors=False) as flow:
+        assert await flow.say("hi") == ["<error exception>"]
