@@ -321,3 +321,34 @@ def wire_out(queue: str, body: bytes) -> Any:
     from worker_sdk.broker import Outgoing
 
     return Outgoing(queue, body, "m-" + str(len(body)))
+
+
+async def test_dispatch_is_requeued_when_the_reply_publish_fails() -> None:
+    from worker_sdk.errors import PublishFailed
+
+    class FlakyBroker(MemoryBroker):
+        failures = 1
+
+        async def publish(self, messages: Any) -> list[bool]:
+            if any(m.queue == "ns.replies" for m in messages) and self.failures:
+                self.failures -= 1
+                raise PublishFailed("simulated lost connection")
+            return await super().publish(messages)
+
+    broker = FlakyBroker()
+    await broker.connect()
+    svc = Service("echo")
+    seen: list[int] = []
+    svc.on_message(lambda ctx: seen.append(ctx.attempt))
+    await svc.serve(broker, "ns", prefetch=1)
+    body = wire.encode(dispatch("message", payload="x").to_wire())
+    await broker.publish([wire_out("ns.service.echo", body)])
+    for _ in range(200):
+        if broker.messages("ns.replies"):
+            break
+        await asyncio.sleep(0.01)
+    # Not acknowledged after the failed publish: handled again, answered once.
+    assert seen == [1, 1]
+    assert len(broker.messages("ns.replies")) == 1
+    assert broker.messages("ns.service.echo") == []
+    await broker.close()
