@@ -89,14 +89,13 @@ class Router:
         log.info("event=router_started namespace=%s root=%s", self.config.namespace,
                  self.config.root)
 
-    async def stop(self, grace: float = 8.0) -> None:
+    async def stop(self, grace: float = 7.0) -> None:
         """Stop consuming, let in-flight steps finish (up to ``grace`` s), stop the scanner."""
         self._stopping.set()
-        for queue in (self.ingress, self.replies):
-            with contextlib.suppress(Exception):
-                await self.broker.cancel(queue)
+        await asyncio.gather(*(self.broker.cancel(q, drain=grace)
+                               for q in (self.ingress, self.replies)), return_exceptions=True)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
+            await asyncio.wait_for(self._idle.wait(), 0.5)
         if self._scanner is not None:
             self._scanner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -256,13 +255,16 @@ class Router:
         while True:
             snap = await self.store.load(session, dedup_id)
             record = Record.decode(snap.record) if snap.record is not None else None
+            event = make_event(snap)
             if snap.outbox:
                 # Leftovers of a step that committed but may not have published (a crash, a
-                # lost connection, or another replica still at it): they go out first.
-                await self._deliver(session, record, snap.outbox, leftover=True)
+                # lost connection, or another replica still at it): they go out first. The
+                # dispatch a reply answers evidently arrived: it is not sent again.
+                answered = event.turn if isinstance(event, ReplyArrived) else None
+                await self._deliver(session, record, snap.outbox, answered=answered)
                 continue
             now = int(self.clock() * 1000)
-            out = core.step(record, session, make_event(snap), now, self.ids, self.cfg)
+            out = core.step(record, session, event, now, self.ids, self.cfg)
             if not out.changed:
                 return out
             assert out.record is not None
@@ -278,18 +280,19 @@ class Router:
                 self.stats["cas_retries"] += 1
                 continue
             self.stats["steps"] += 1
-            await self._deliver(session, new, encoded, leftover=False)
+            await self._deliver(session, new, encoded)
             return out
 
     async def _deliver(self, session: str, record: Record | None, encoded: list[bytes], *,
-                       leftover: bool) -> None:
+                       answered: str | None = None) -> None:
         """Publish outbox entries (notices and dead letters first), then discard them."""
         current = record.turn if record is not None else None
         effects = [Effect.decode(e) for e in encoded]
         first = [e for e in effects if e.kind != "dispatch"]
         # A leftover dispatch of a turn no longer in flight would only be fenced off.
         second = [e for e in effects if e.kind == "dispatch" and current is not None
-                  and e.turn == current.id and e.attempt == current.attempt]
+                  and e.turn == current.id and e.attempt == current.attempt
+                  and e.turn != answered]
         if first:
             routed = await self.broker.publish([_outgoing(e) for e in first])
             for effect, ok in zip(first, routed, strict=True):

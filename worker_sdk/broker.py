@@ -71,5 +71,6 @@ class Broker(Protocol):
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> None:
         """Start consuming ``queue`` (manual acks); the consumer survives reconnects."""
 
-    async def cancel(self, queue: str) -> None:
-        """Stop consuming ``queue``; deliveries not yet acknowledged go back to the broker."""
+    async def cancel(self, queue: str, *, drain: float = 8.0) -> None:
+        """Stop consuming ``queue``: wait up to ``drain`` s for running handlers, then hand
+        deliveries not yet acknowledged back to the broker."""
