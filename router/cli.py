@@ -21,6 +21,9 @@ from .config import ENV, RouterConfig, load_config
 
 log = logging.getLogger("router.cli")
 
+CONNECT_TIMEOUT = 10.0
+"""Seconds a starting process keeps trying to reach RabbitMQ before it gives up."""
+
 ROUTER_OPTIONS: list[tuple[str, str, str]] = [
     ("amqp_url", "URL", "RabbitMQ URL (amqp:// or amqps://)"),
     ("redis_url", "URL", "Redis URL (redis:// or rediss://)"),
@@ -102,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = logging.DEBUG if args.verbose else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not args.verbose:
+        # aio-pika and aiormq log every reconnect attempt; our own lines say what matters.
+        for name in ("aiormq", "aio_pika"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         return _run(args)
     except CloudBunchError as exc:
@@ -126,7 +133,8 @@ def _run(args: argparse.Namespace) -> int:
         services = [load_service(spec) for spec in args.services]
         base = load_config(_options(args) | {"root": "-"})
         settings = Settings(base.amqp_url, base.namespace, base.queue_type)
-        return run_main(services, settings, prefetch=args.prefetch)
+        return run_main(services, settings, prefetch=args.prefetch,
+                        connect_timeout=CONNECT_TIMEOUT)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -155,7 +163,8 @@ async def run_router(config: RouterConfig) -> int:
     from .redis_store import RedisStore
 
     store = RedisStore(config.redis_url, config.namespace)
-    broker = AmqpBroker(config.amqp_url, config.queue_type, name="cloudbunch-router")
+    broker = AmqpBroker(config.amqp_url, config.queue_type, name="cloudbunch-router",
+                        connect_timeout=CONNECT_TIMEOUT)
     try:
         await store.ping()
         await broker.connect()

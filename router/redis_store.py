@@ -11,6 +11,10 @@ slot and every script touches one slot only (Redis Cluster):
 - ``NS:{due-K}:due`` sorted sets, K in 0..7: the deadline index, member session id, score
   due time in ms; ``NS:{due-K}:n`` holds the last lease handed out from shard K.
 
+On Redis Cluster (a ``redis+cluster://`` URL, see :class:`RedisStore`) each script runs on
+the node owning its slot; the sessions spread over the primaries by their tags and the eight
+deadline shards by theirs.
+
 redis-py retries a command after a lost connection, so every write here is either
 conditional (the version, the lease) or idempotent: a repeated write changes nothing. One
 consequence: a commit whose reply was lost and which is retried reports False although the
@@ -29,8 +33,16 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    CrossSlotTransactionError,
+    InvalidPipelineStack,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -49,6 +61,14 @@ RETRIES = 4
 
 SOCKET_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 3.0
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+"""URL schemes that select Redis Cluster, and the plain scheme each stands for."""
+
+# Errors of a cluster that is down, resharding or not reachable at all (the client raises
+# RedisClusterException when no seed node answers). Two subclasses are caller mistakes.
+_CLUSTER_DOWN = (ClusterDownError, TryAgainError, RedisClusterException)
+_CLUSTER_MISUSE = (CrossSlotTransactionError, InvalidPipelineStack)
 
 # KEYS: record, outbox, dedup. ARGV[1]: dedup digest, or '' for none.
 _LOAD = """
@@ -123,13 +143,39 @@ return 1
 def redact(url: str) -> str:
     """The URL without its password, fit for logs and error messages."""
     parts = urlsplit(url)
-    if parts.password is None:
+    # By hand rather than .hostname/.port: a cluster URL may list several hosts.
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}@" if parts.username else ""
-    return urlunsplit(parts._replace(netloc=user + host))
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@{hosts}" if user else hosts))
+
+
+def split_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]] | None:
+    """For a cluster URL: a plain URL of its first seed node and the other seeds' addresses.
+
+    None for a URL of a single server. Raises ValueError for a malformed cluster URL.
+    """
+    parts = urlsplit(url)
+    scheme = CLUSTER_SCHEMES.get(parts.scheme.lower())
+    if scheme is None:
+        return None
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    seeds: list[tuple[str, int]] = []
+    for host in hosts.split(","):
+        one = urlsplit(f"//{host}")
+        try:
+            port = one.port or 6379
+        except ValueError as error:
+            raise ValueError(f"bad port in Redis Cluster URL {redact(url)}") from error
+        if not one.hostname:
+            raise ValueError(f"a host is missing in Redis Cluster URL {redact(url)}")
+        seeds.append((one.hostname, port))
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError(f"Redis Cluster has database 0 only: {redact(url)}")
+    first = hosts.split(",")[0]
+    seed = urlunsplit(parts._replace(scheme=scheme, netloc=userinfo + at + first, path=""))
+    return seed, seeds[1:]
 
 
 def _dedup_digest(dedup_id: str) -> bytes:
@@ -143,19 +189,35 @@ def _escape_glob(text: str) -> str:
 
 
 class RedisStore:
-    """Session store on Redis (standalone; the scripts are Redis Cluster safe)."""
+    """Session store on one Redis server or on a Redis Cluster, chosen by the URL.
+
+    ``redis://[user[:password]@]host[:port][/db]`` (``rediss://`` for TLS): one server.
+    ``redis+cluster://[user[:password]@]host[:port][,host[:port]...][/0]`` (and
+    ``rediss+cluster://``): a Redis Cluster. The hosts are seed nodes: any one that answers
+    is enough, the client finds the other nodes and follows resharding and failover. A
+    cluster has database 0 only. Query parameters are passed on as with ``redis://``.
+    """
 
     def __init__(self, url: str, namespace: str) -> None:
         self._url = url
         self._ns = check_namespace(namespace)
-        # No I/O here: the pool connects on first use.
-        self._redis: Redis = Redis.from_url(
-            url,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES),
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            health_check_interval=30,
-        )
+        options: dict[str, Any] = {
+            "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES),
+            "socket_timeout": SOCKET_TIMEOUT,
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "health_check_interval": 30,
+        }
+        # No I/O here: the client connects (and, on a cluster, maps the slots) on first use.
+        cluster = split_cluster_url(url)
+        self._redis: Redis | RedisCluster
+        if cluster is None:
+            self._redis = Redis.from_url(url, **options)
+        else:
+            seed, others = cluster
+            self._redis = RedisCluster.from_url(
+                seed, startup_nodes=[ClusterNode(host, port) for host, port in others],
+                **options)
+        self.is_cluster = cluster is not None
         self._load = self._redis.register_script(_LOAD)
         self._commit = self._redis.register_script(_COMMIT)
         self._discard = self._redis.register_script(_DISCARD)
@@ -191,6 +253,10 @@ class RedisStore:
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            raise self._unavailable(error) from error
+        except _CLUSTER_DOWN as error:
+            if not self.is_cluster or isinstance(error, _CLUSTER_MISUSE):
+                raise
             raise self._unavailable(error) from error
 
     # -- the port -------------------------------------------------------------------------
@@ -270,7 +336,10 @@ class RedisStore:
             return int(await self._redis.pttl(self.session_keys(session)[0]))
 
     async def delete_namespace(self) -> int:
-        """Delete every key of the namespace (tests, tools); return how many."""
+        """Delete every key of the namespace (tests, tools); return how many.
+
+        On a cluster the scan visits every primary.
+        """
         deleted = 0
         async with self._guard():
             batch: list[Any] = []
