@@ -354,8 +354,9 @@ class RedisStore:
         return deleted
 
     async def _unlink(self, keys: list[Any]) -> int:
-        # One UNLINK per key: a multi-key UNLINK fails across slots on Redis Cluster.
+        # One UNLINK per key: a multi-key UNLINK fails across slots on Redis Cluster. Sent as
+        # a raw command: the cluster pipeline's unlink() is a coroutine, not a queued command.
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
-            pipe.unlink(key)
+            pipe.execute_command("UNLINK", key)
         return sum(await pipe.execute())

@@ -82,7 +82,8 @@ class Proc:
 
     @classmethod
     async def spawn(cls, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
-        errfile = tempfile.TemporaryFile()
+        # Kept open as long as the process lives; closed by close().
+        errfile = tempfile.TemporaryFile()  # noqa: SIM115
         process = await asyncio.create_subprocess_exec(
             *argv, cwd=str(REPO), env=env or child_env(), stdin=asyncio.subprocess.DEVNULL,
             stdout=errfile, stderr=errfile)

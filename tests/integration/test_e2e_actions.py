@@ -311,7 +311,7 @@ async def test_unknown_service_refusals(e2e: Harness) -> None:
 
 async def test_depth_exceeded(e2e: Harness) -> None:
     front, s = await deploy(e2e, "A", "B", "C", max_depth=2)
-    a, b, c = s["A"], s["B"], s["C"]
+    b, c = s["B"], s["C"]
     await open_b(front, s, "s")
     mid = await front.send("s", "deeper")
     await b.reply(await b.next(), "open", service="C", state="b1")

@@ -31,13 +31,14 @@ async def dead(e2e: Harness, body: bytes, reason: str, queue: str) -> None:
     assert detail and "\n" not in detail, headers
 
 
-async def still_works(front: Frontend, a: RawService, n: int) -> None:
-    """Another session goes on meanwhile."""
+async def still_works(front: Frontend, a: RawService, n: int) -> str:
+    """Another session goes on meanwhile; return the id of the message it handled."""
     mid = await front.send("bystander", f"ping {n}")
     d = await a.next()
     assert d["session"] == "bystander", d
     await a.reply(d, "reply", output=[f"pong {n}"])
     assert await front.outputs(mid, 1) == [f"pong {n}"]
+    return mid
 
 
 async def test_bad_client_messages(e2e: Harness) -> None:
@@ -54,7 +55,15 @@ async def test_bad_client_messages(e2e: Harness) -> None:
     for body in (garbage, trailing):
         await e2e.publish(e2e.ingress, body)
         await dead(e2e, body, "undecodable", e2e.ingress)
-    await still_works(front, a, 1)
+    seen = await still_works(front, a, 1)
+
+    # Validity is judged before dedup: an invalid copy of a seen id is still dead-lettered.
+    body = pack(dict(front.body("bystander", "again", id=seen), v=2))
+    await e2e.publish(e2e.ingress, body)
+    await dead(e2e, body, "invalid", e2e.ingress)
+    notices = await front.wait(seen, 2)
+    check_notice(notices[1], "bystander", seen, "error")
+    assert notices[1]["error"]["code"] == "invalid_message"
 
     # invalid, with session and reply_to: an invalid_message notice too
     cases: list[tuple[dict[str, Any], str]] = [

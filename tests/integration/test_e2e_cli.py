@@ -41,19 +41,18 @@ async def run_cli(*args: str, timeout: float = 60.0) -> tuple[int, str, str]:
 def unreachable() -> Iterator[tuple[subprocess.Popen[bytes], Any, float]]:
     """A router pointed at a closed port, started early: it retries the connection for its
     whole connect time (~30 s) before giving up, so it runs while the other tests do."""
-    out = tempfile.TemporaryFile()
-    started = time.monotonic()
-    process = subprocess.Popen(cli("router", "--root", "A", "--namespace", "tunreachable",
-                                   "--amqp-url", UNREACHABLE),
-                               cwd=str(REPO), env=child_env(), stdin=subprocess.DEVNULL,
-                               stdout=out, stderr=out)
-    try:
-        yield process, out, started
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        out.close()
+    with tempfile.TemporaryFile() as out:
+        started = time.monotonic()
+        process = subprocess.Popen(cli("router", "--root", "A", "--namespace", "tunreachable",
+                                       "--amqp-url", UNREACHABLE),
+                                   cwd=str(REPO), env=child_env(), stdin=subprocess.DEVNULL,
+                                   stdout=out, stderr=out)
+        try:
+            yield process, out, started
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
 
 
 async def test_router_without_root_prints_one_line_and_exits_1(

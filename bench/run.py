@@ -1,0 +1,530 @@
+"""``python -m bench``: measure routed turns against a direct baseline, side by side.
+
+Everything runs on the real RabbitMQ and Redis in a random namespace, bounded in time, and
+every queue and key of that namespace is deleted at the end (keys also expire within an
+hour should cleanup never run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worker_sdk import wire
+from worker_sdk.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL
+
+from . import profile as pyspy
+from .direct import Requester
+from .embedded import Embedded
+from .load import LoadResult, closed_loop, run_all
+from .procs import REPO, CpuMeter, Proc, find_pids
+from .routed import Routed, loop_of
+from .stats import Figure, Summary, Target, format_table, ratios
+
+log = logging.getLogger("bench")
+
+RESULTS = REPO / "bench" / "results"
+SECTIONS = ("pair", "depth", "sessions", "embedded")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How long and how big each measurement is."""
+
+    runs: int
+    warmup: float
+    window: float
+    latency_window: float
+    in_flight: int
+    sessions: int
+    idle_sessions: int
+    depth: int
+    depth_sessions: int
+    profile_seconds: float
+    limit: float
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    quick = args.quick
+    return Plan(
+        runs=args.runs if args.runs is not None else (1 if quick else 3),
+        warmup=0.5 if quick else 1.0,
+        window=args.window or (1.5 if quick else 4.0),
+        latency_window=1.0 if quick else 2.5,
+        in_flight=args.in_flight,
+        sessions=1000,
+        idle_sessions=args.sessions or (10_000 if quick else 100_000),
+        depth=args.depth,
+        depth_sessions=args.in_flight,
+        profile_seconds=4.0 if quick else 10.0,
+        limit=args.limit or (150.0 if quick else 600.0),
+    )
+
+
+@dataclass
+class Bench:
+    """One run of the bench: its deployment, plan and collected figures."""
+
+    plan: Plan
+    sections: tuple[str, ...]
+    amqp_url: str
+    redis_url: str
+    queue_type: str
+    do_profile: bool
+    ns: str = field(default_factory=lambda: "bench" + secrets.token_hex(4))
+    figures: list[Figure] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+    routed: Routed | None = None
+    requester: Requester | None = None
+    responder: Proc | None = None
+    embedded: Embedded | None = None
+    main_keys: list[str] = field(default_factory=list)
+    routed_rates: list[float] = field(default_factory=list)
+    profiles: dict[str, pyspy.Profile] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ helpers
+
+    def say(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    def add(self, key: str, label: str, unit: str, runs: list[float], *,
+            target: Target | None = None, note: str = "", **extra: Any) -> Figure:
+        figure = Figure(key, label, unit, Summary.of(runs), target, note, extra)
+        self.figures.append(figure)
+        return figure
+
+    def infra_pids(self) -> dict[str, list[int]]:
+        return {"redis": find_pids("redis-server"), "rabbitmq": find_pids("beam.smp")}
+
+    async def load(self, request: Callable[[str], Awaitable[None]], keys: list[str], *,
+                   in_flight: int, latency: bool = False,
+                   meter: CpuMeter | None = None) -> LoadResult:
+        plan = self.plan
+        window = plan.latency_window if latency else plan.window
+        warmup = min(plan.warmup, 0.3) if latency else plan.warmup
+
+        def on_window(opening: bool) -> None:
+            if meter is not None:
+                (meter.start if opening else meter.stop)()
+
+        return await closed_loop(request, keys, in_flight=in_flight, warmup=warmup,
+                                 duration=window, on_window=on_window)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        needs_routed = bool({"pair", "depth", "sessions"} & set(self.sections)) \
+            or self.do_profile
+        if needs_routed:
+            self.routed = Routed(self.ns, self.amqp_url, self.redis_url, self.queue_type,
+                                 prefetch=64)
+            self.say(f"namespace {self.ns}: starting router and worker processes")
+            await self.routed.start()
+            self.report["redis"] = await self.routed.redis_info()
+            assert self.routed.worker is not None
+            self.report["worker_loop"] = loop_of(self.routed.worker.pid)
+            assert self.routed.router is not None
+            self.report["router_loop"] = loop_of(self.routed.router.pid)
+        if "pair" in self.sections:
+            loop_name = self.report.get("worker_loop", "asyncio")
+            queues = f"{self.ns}.direct.requests", f"{self.ns}.direct.replies"
+            self.requester = Requester(self.amqp_url, *queues, self.queue_type)
+            await self.requester.open()
+            self.report["rabbitmq"] = self.requester.server
+            # The baseline's service runs on the event loop the CloudBunch worker runs on,
+            # so the two differ by the router alone.
+            argv = ["-m", "bench.direct", "--amqp-url", self.amqp_url, "--queue", queues[0],
+                    "--prefetch", "64"] + (["--uvloop"] if loop_name == "uvloop" else [])
+            self.responder = await Proc.python("responder", *argv)
+            self.report["baseline_loop"] = loop_name
+            assert self.routed is not None
+            await self.routed._ready(self.responder, queues[0])
+
+    async def stop(self) -> None:
+        """Stop every process and delete every queue and key (each step bounded)."""
+        if self.embedded is not None:
+            with contextlib.suppress(Exception):
+                await self.embedded.stop()
+        if self.responder is not None:
+            await self.responder.stop()
+            self.responder.close()
+        if self.requester is not None:
+            await self.requester.close()
+        if self.routed is not None:
+            await self.routed.stop()
+
+    # ------------------------------------------------------------------ sections
+
+    async def pair(self) -> None:
+        """direct vs routed: throughput at N in flight, latency at 1 in flight, router CPU."""
+        routed, requester, plan = self.routed, self.requester, self.plan
+        assert routed is not None and requester is not None and self.responder is not None
+        await self.warm_main()
+        assert routed.router is not None and routed.worker is not None
+        pids = {"router": [routed.router.pid], "worker": [routed.worker.pid],
+                "bench": [os.getpid()], **self.infra_pids()}
+        direct_pids = {"responder": [self.responder.pid], "bench": [os.getpid()],
+                       **self.infra_pids()}
+        d_rate, r_rate, d_p50, d_p99, r_p50, r_p99 = [], [], [], [], [], []
+        cpu: dict[str, list[float]] = {}
+        d_cpu: dict[str, list[float]] = {}
+        for i in range(plan.runs):
+            meter = CpuMeter(direct_pids)
+            d = await self.load(requester.request, self.main_keys, in_flight=plan.in_flight,
+                                meter=meter)
+            for name, used in meter.used.items():
+                d_cpu.setdefault(name, []).append(1000 * used / max(d.completed, 1))
+            meter = CpuMeter(pids)
+            r = await self.load(routed.turn, self.main_keys, in_flight=plan.in_flight,
+                                meter=meter)
+            for name, used in meter.used.items():
+                cpu.setdefault(name, []).append(1000 * used / max(r.completed, 1))
+            dl = await self.load(requester.request, self.main_keys, in_flight=1, latency=True)
+            rl = await self.load(routed.turn, self.main_keys, in_flight=1, latency=True)
+            d_rate.append(d.rate)
+            r_rate.append(r.rate)
+            d_p50.append(dl.p50_ms)
+            d_p99.append(dl.p99_ms)
+            r_p50.append(rl.p50_ms)
+            r_p99.append(rl.p99_ms)
+            self.say(f"run {i + 1}/{plan.runs}: direct {d.rate:.0f}/s, routed {r.rate:.0f}/s "
+                     f"({r.rate / d.rate:.2f}); p50 direct {dl.p50_ms:.2f} ms, routed "
+                     f"{rl.p50_ms:.2f} ms; router CPU "
+                     f"{cpu.get('router', [math.nan])[-1]:.3f} ms/turn")
+        self.routed_rates = r_rate
+        n = plan.in_flight
+        self.add("direct_throughput", f"direct round trips/s ({n} in flight)", "1/s", d_rate)
+        self.add("routed_throughput", f"routed turns/s ({n} in flight, 1,000 sessions)", "1/s",
+                 r_rate)
+        self.add("ratio_throughput", "routed / direct throughput", "ratio",
+                 ratios(r_rate, d_rate), target=Target(">=", 0.50))
+        self.add("direct_p50", "direct p50 (1 in flight)", "ms", d_p50)
+        self.add("direct_p99", "direct p99 (1 in flight)", "ms", d_p99)
+        self.add("routed_p50", "routed p50 (1 in flight)", "ms", r_p50)
+        self.add("routed_p99", "routed p99 (1 in flight)", "ms", r_p99)
+        self.add("ratio_p50", "routed / direct p50", "ratio", ratios(r_p50, d_p50),
+                 target=Target("<=", 2.5))
+        self.add("router_cpu_per_turn", "router CPU per turn", "ms", cpu.get("router", []),
+                 target=Target("<=", 0.8))
+        for name in ("worker", "bench", "redis", "rabbitmq"):
+            if name in cpu:
+                self.add(f"{name}_cpu_per_turn", f"  {name} CPU per routed turn", "ms",
+                         cpu[name])
+        for name in ("responder", "bench", "rabbitmq", "redis"):
+            if name in d_cpu:
+                self.add(f"direct_{name}_cpu", f"  {name} CPU per direct round trip", "ms",
+                         d_cpu[name])
+
+    async def warm_main(self) -> None:
+        """Open the 1,000 sessions the throughput runs use (one start turn each)."""
+        if self.main_keys:
+            return
+        assert self.routed is not None
+        self.main_keys = [f"s{i:04d}" for i in range(self.plan.sessions)]
+        took = await run_all(self.routed.turn, self.main_keys, concurrency=self.plan.in_flight,
+                             timeout=120)
+        self.say(f"opened {len(self.main_keys)} sessions in {took:.1f} s")
+
+    async def depth_section(self) -> None:
+        """Turn throughput with the active frame at depth N versus depth 1."""
+        routed, plan = self.routed, self.plan
+        assert routed is not None
+        n = plan.depth_sessions
+        shallow = [f"d1-{i:04d}" for i in range(n)]
+        deep = [f"d{plan.depth}-{i:04d}" for i in range(n)]
+
+        async def build(depth: int, keys: list[str]) -> float:
+            async def one(key: str) -> None:
+                await routed.build(key, depth)
+            return await run_all(one, keys, concurrency=plan.in_flight, timeout=300)
+
+        await build(1, shallow)
+        took = await build(plan.depth, deep)
+        got = await routed.depth_of(deep[0])
+        if got != plan.depth:
+            raise RuntimeError(f"session {deep[0]!r} has {got} frames, not {plan.depth}")
+        self.say(f"built {n} stacks of {plan.depth} frames ({n * plan.depth} turns) in "
+                 f"{took:.1f} s")
+        r1, rn = [], []
+        for i in range(plan.runs):
+            a = await self.load(routed.turn, shallow, in_flight=min(plan.in_flight, n))
+            b = await self.load(routed.turn, deep, in_flight=min(plan.in_flight, n))
+            r1.append(a.rate)
+            rn.append(b.rate)
+            self.say(f"run {i + 1}/{plan.runs}: depth 1 {a.rate:.0f}/s, depth {plan.depth} "
+                     f"{b.rate:.0f}/s ({b.rate / a.rate:.2f})")
+        self.add("depth1_throughput", f"turns/s, top frame at depth 1 ({n} sessions)", "1/s",
+                 r1)
+        self.add("depthN_throughput", f"turns/s, top frame at depth {plan.depth}", "1/s", rn)
+        self.add("ratio_depth", f"depth {plan.depth} / depth 1 throughput", "ratio",
+                 ratios(rn, r1), target=Target(">=", 0.9),
+                 build_turns_per_s=n * plan.depth / took)
+
+    async def sessions_section(self) -> None:
+        """Redis memory per idle session, and throughput with many sessions live."""
+        routed, plan = self.routed, self.plan
+        assert routed is not None
+        if not self.routed_rates:
+            await self.warm_main()
+            for _ in range(plan.runs):
+                r = await self.load(routed.turn, self.main_keys, in_flight=plan.in_flight)
+                self.routed_rates.append(r.rate)
+        # What the router itself leaves for a new session after one answered message.
+        made = [f"fresh-{i:02d}" for i in range(20)]
+        await run_all(routed.turn, made, concurrency=20, timeout=60)
+        made_bytes = [await routed.session_bytes(s) for s in made]
+        count = plan.idle_sessions
+        keys = [f"idle-{i:06d}" for i in range(count)]
+        await asyncio.sleep(0.5)
+        before = await routed.used_memory()
+        took = await routed.write_sessions(keys)
+        await asyncio.sleep(0.5)
+        after = await routed.used_memory()
+        per = (after - before) / count
+        synth_bytes = [await routed.session_bytes(s) for s in random.sample(keys, 200)]
+        self.say(f"wrote {count:,} idle sessions in {took:.1f} s ({count / took:,.0f}/s): "
+                 f"used_memory +{(after - before) / 1e6:.1f} MB, {per:.0f} B per session")
+        self.add("memory_per_session", f"Redis used_memory per idle session "
+                 f"({count:,}, 100 B state)", "B", [per], target=Target("<=", 1024),
+                 note="one measurement (before/after), not a median",
+                 sessions=count, used_memory_before=before, used_memory_after=after,
+                 write_seconds=took,
+                 memory_usage_keys_synthetic=sum(synth_bytes) / len(synth_bytes),
+                 memory_usage_keys_router_made=sum(made_bytes) / len(made_bytes),
+                 written_by="RedisStore.commit with a router.core.Record of the shape the "
+                            "router leaves after one answered message (the router itself "
+                            "opens sessions at its turn rate, too slow for this many)")
+        rates = []
+        for i in range(plan.runs):
+            sample = random.sample(keys, plan.sessions)
+            r = await self.load(routed.turn, sample, in_flight=plan.in_flight)
+            rates.append(r.rate)
+            self.say(f"run {i + 1}/{plan.runs}: {r.rate:.0f} turns/s over 1,000 of "
+                     f"{count:,} live sessions")
+        self.add("many_sessions_throughput", f"routed turns/s, {count:,} live sessions", "1/s",
+                 rates, note="1,000 sessions driven, a new random sample of the live ones "
+                             "each run")
+        base = Summary.of(self.routed_rates).median
+        self.add("ratio_many_sessions", f"throughput {count:,} / 1,000 live sessions",
+                 "ratio", [r / base for r in rates],
+                 note="against the median routed throughput with 1,000 sessions")
+
+    async def embedded_section(self) -> None:
+        """Turns per second fully in process (memory broker and store)."""
+        plan = self.plan
+        self.embedded = Embedded(self.ns + "e")
+        await self.embedded.start()
+        keys = [f"e{i:04d}" for i in range(plan.sessions)]
+        await run_all(self.embedded.turn, keys, concurrency=plan.in_flight, timeout=60)
+        rates, p50 = [], []
+        for _ in range(plan.runs):
+            r = await self.load(self.embedded.turn, keys, in_flight=plan.in_flight)
+            lat = await self.load(self.embedded.turn, keys, in_flight=1, latency=True)
+            rates.append(r.rate)
+            p50.append(lat.p50_ms)
+        self.say(f"embedded: {Summary.of(rates).median:.0f} turns/s")
+        self.add("embedded_throughput", f"embedded turns/s ({plan.in_flight} in flight)",
+                 "1/s", rates)
+        self.add("embedded_p50", "embedded p50 (1 in flight)", "ms", p50)
+        await self.embedded.stop()
+        self.embedded = None
+
+    async def profile_section(self) -> None:
+        """py-spy on the router, then on the worker, each under the throughput load."""
+        routed, plan = self.routed, self.plan
+        assert routed is not None and routed.router is not None and routed.worker is not None
+        await self.warm_main()
+        outdir = Path(tempfile.gettempdir()) / "cloudbunch-bench"
+        outdir.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for name, proc in (("router", routed.router), ("worker", routed.worker)):
+            out = outdir / f"profile-{name}-{stamp}.txt"
+            spy = await pyspy.record(proc.pid, plan.profile_seconds, out)
+            try:
+                r = await closed_loop(routed.turn, self.main_keys, in_flight=plan.in_flight,
+                                      warmup=0.0, duration=plan.profile_seconds + 0.5)
+                code = await asyncio.wait_for(spy.process.wait(), 30)
+            finally:
+                await spy.stop()
+                output = spy.output()
+                spy.close()
+            if code != 0 or not out.exists():
+                raise RuntimeError(f"py-spy failed ({code}): {output}")
+            prof = pyspy.parse_raw(out.read_text())
+            self.profiles[name] = prof
+            self.report.setdefault("profile", {})[name] = {
+                "raw_file": str(out), "turns_per_s_while_sampled": r.rate, **prof.to_json()}
+            self.say(f"profiled {name} for {plan.profile_seconds:.0f} s at {r.rate:.0f} "
+                     f"turns/s: {out}")
+
+
+# ---------------------------------------------------------------------- machine and output
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"nproc": os.cpu_count(), "kernel": platform.release(),
+                            "python": platform.python_version()}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        first = Path("/proc/meminfo").read_text().splitlines()[0]
+        info["memory_gb"] = round(int(first.split()[1]) / 1024 / 1024, 1)
+    for dist in ("aio-pika", "aiormq", "redis", "msgpack", "uvloop", "msgspec"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            info[dist] = importlib.metadata.version(dist)
+    with contextlib.suppress(Exception):
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                                        capture_output=True, text=True,
+                                        timeout=5).stdout.strip()
+    return info
+
+
+def message_sizes() -> dict[str, int]:
+    """Bytes of each message of one routed turn (and so of the baseline's two)."""
+    from .direct import answer_body, request_body
+    from .services import PAYLOAD, state
+
+    session, ident = "s0123", secrets.token_urlsafe(16)
+    client = wire.ClientMessage(session, ident, "benchxxxxxxxx.client.xxxxxxxxxxxx",
+                                payload=PAYLOAD, seq=12)
+    dispatch = request_body(session, ident, 11)
+    reply = answer_body({"session": session, "turn": ident, "state": state(11),
+                         "payload": PAYLOAD})
+    notice = wire.Notice(session, ident, ident, "output", PAYLOAD)
+    return {"client_message": len(wire.encode(client.to_wire())), "dispatch": len(dispatch),
+            "reply": len(reply), "notice": len(wire.encode(notice.to_wire())),
+            "direct_request": len(dispatch), "direct_answer": len(reply)}
+
+
+def save(report: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(report["started"]))
+    path = RESULTS / f"{stamp}.json"
+    text = json.dumps(report, indent=2, sort_keys=False) + "\n"
+    path.write_text(text)
+    (RESULTS / "latest.json").write_text(text)
+    return path
+
+
+async def run(args: argparse.Namespace) -> int:
+    plan = make_plan(args)
+    sections = tuple(s for s in SECTIONS if s in args.only) if args.only else SECTIONS
+    bench = Bench(plan, sections, args.amqp_url, args.redis_url, args.queue_type, args.profile)
+    bench.report.update({"started": time.time(), "namespace": bench.ns, "quick": args.quick,
+                         "plan": plan.__dict__ if hasattr(plan, "__dict__") else
+                         {f: getattr(plan, f) for f in plan.__slots__},
+                         "queue_type": args.queue_type, "machine": machine(),
+                         "message_bytes": message_sizes()})
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    began = time.monotonic()
+    try:
+        async with asyncio.timeout(plan.limit):
+            await bench.start()
+            if "pair" in sections:
+                await bench.pair()
+            if "depth" in sections:
+                await bench.depth_section()
+            if "sessions" in sections:
+                await bench.sessions_section()
+            if "embedded" in sections:
+                await bench.embedded_section()
+            if args.profile:
+                await bench.profile_section()
+    except TimeoutError:
+        bench.say(f"stopped: the bench exceeded its {plan.limit:.0f} s bound")
+        raise
+    finally:
+        bench.say("cleaning up (processes, queues, keys)")
+        await bench.stop()
+    bench.report["seconds"] = round(time.monotonic() - began, 1)
+    bench.report["figures"] = {f.key: f.to_json() for f in bench.figures}
+    path = save(bench.report)
+    m = bench.report["machine"]
+    print(f"CloudBunch bench ({'quick, ' if args.quick else ''}{plan.runs} run(s), median and "
+          f"range) on {m.get('nproc')} CPUs, RabbitMQ "
+          f"{bench.report.get('rabbitmq', {}).get('version', '?')}, Redis "
+          f"{bench.report.get('redis', {}).get('redis_version', '?')}, {args.queue_type} "
+          "queues, persistent messages, publisher confirms")
+    print(format_table(bench.figures))
+    for name, prof in bench.profiles.items():
+        print()
+        print(pyspy.format_profile(f"profile of the {name} process", prof))
+    print(f"\nresults: {path.relative_to(REPO)} (and bench/results/latest.json); "
+          f"{bench.report['seconds']:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true",
+                   help="short windows, 1 run, 10,000 idle sessions: a smoke run (< 1 min)")
+    p.add_argument("--runs", type=int, default=None, metavar="N",
+                   help="runs per figure (median and range reported) [default 3; 1 quick]")
+    p.add_argument("--only", type=lambda s: tuple(s.split(",")), default=None,
+                   metavar="LIST", help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    p.add_argument("--profile", action="store_true",
+                   help="then sample the router and the worker with py-spy under load")
+    p.add_argument("--window", type=float, default=None, metavar="S",
+                   help="seconds each throughput window lasts [default 4; 1.5 quick]")
+    p.add_argument("--in-flight", type=int, default=200, metavar="N",
+                   help="requests in flight in throughput runs [default 200]")
+    p.add_argument("--sessions", type=int, default=None, metavar="N",
+                   help="idle sessions for the memory figure [default 100,000; 10,000 quick]")
+    p.add_argument("--depth", type=int, default=30, metavar="N",
+                   help="frames on the deep stacks [default 30]")
+    p.add_argument("--queue-type", default="quorum", choices=("quorum", "classic"),
+                   help="type of the shared queues, routed and direct alike [default quorum]")
+    p.add_argument("--limit", type=float, default=None, metavar="S",
+                   help="stop (and clean up) after this many seconds [default 600; 150 quick]")
+    p.add_argument("--amqp-url", default=os.environ.get("CLOUDBUNCH_AMQP_URL",
+                                                        DEFAULT_AMQP_URL))
+    p.add_argument("--redis-url", default=os.environ.get("CLOUDBUNCH_REDIS_URL",
+                                                         DEFAULT_REDIS_URL))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    unknown = set(args.only or ()) - set(SECTIONS)
+    if unknown:
+        print(f"python -m bench: unknown section(s) {', '.join(sorted(unknown))}",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        runner: Callable[[Any], int] = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        return runner(run(args))
+    except KeyboardInterrupt:
+        return 130
+    except (TimeoutError, asyncio.CancelledError):
+        return 1
