@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 LEASE_MS = 5_000
 """How long a claimed deadline hint is held before another replica may fire it again."""
+LEFTOVER_GRACE_MS = 1_000
+"""How long a fresh outbox is left to the replica that wrote it before another re-sends it."""
 RETRY_FOR_S = 20.0
 """How long a delivery's step is retried on store or broker errors before it is handed back."""
 
@@ -76,6 +78,8 @@ class Router:
         """Set when the replica cannot go on (store lost for good)."""
         self._failed = asyncio.Event()
         self._store_down_since: float | None = None
+        self._unsent: set[str] = set()
+        """Sessions whose outbox this replica failed to publish: no grace on retry."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -256,6 +260,13 @@ class Router:
             snap = await self.store.load(session, dedup_id)
             record = Record.decode(snap.record) if snap.record is not None else None
             event = make_event(snap)
+            if snap.outbox and record is not None and session not in self._unsent and (
+                    self.clock() * 1000 - record.stamp_ms < LEFTOVER_GRACE_MS):
+                # Most likely another replica is publishing these right now and will discard
+                # them in a moment: re-sending would only make copies. Look again shortly.
+                self.stats["leftover_waits"] += 1
+                await asyncio.sleep(0.005)
+                continue
             if snap.outbox:
                 # Leftovers of a step that committed but may not have published (a crash, a
                 # lost connection, or another replica still at it): they go out first. The
@@ -272,11 +283,13 @@ class Router:
             due = new.due_ms(self.cfg)
             old_due = record.due_ms(self.cfg) if record is not None else None
             encoded = [e.encode() for e in out.effects]
+            self._unsent.add(session)  # if the commit's answer is lost, retry without grace
             applied = await self.store.commit(
                 session, snap.version, new.encode(), append=encoded, remember=out.remember,
                 expire_at_ms=new.expire_at_ms(self.cfg),
                 hint_ms=due if hint and due is not None and due != old_due else None)
             if not applied:
+                self._unsent.discard(session)
                 self.stats["cas_retries"] += 1
                 continue
             self.stats["steps"] += 1
@@ -286,6 +299,7 @@ class Router:
     async def _deliver(self, session: str, record: Record | None, encoded: list[bytes], *,
                        answered: str | None = None) -> None:
         """Publish outbox entries (notices and dead letters first), then discard them."""
+        self._unsent.add(session)
         current = record.turn if record is not None else None
         effects = [Effect.decode(e) for e in encoded]
         first = [e for e in effects if e.kind != "dispatch"]
@@ -306,6 +320,7 @@ class Router:
             returned = [e for e, ok in zip(second, routed, strict=True) if not ok]
             self.stats["dispatches"] += len(second) - len(returned)
         await self.store.discard(session, encoded)
+        self._unsent.discard(session)
         for effect in returned:
             assert effect.turn is not None
             log.info("event=dispatch_returned session=%s queue=%s", session, effect.queue)

@@ -26,7 +26,8 @@ CONNECT_TIMEOUT = 10.0
 
 ROUTER_OPTIONS: list[tuple[str, str, str]] = [
     ("amqp_url", "URL", "RabbitMQ URL (amqp:// or amqps://)"),
-    ("redis_url", "URL", "Redis URL (redis:// or rediss://)"),
+    ("redis_url", "URL", "Redis URL (redis://, rediss://, or redis+cluster://HOST:PORT,... "
+                          "for a Redis Cluster)"),
     ("namespace", "NS", "prefix of every queue and key, so deployments can share servers"),
     ("root", "SERVICE", "service opened as the root of a new session (required)"),
     ("turn_timeout", "SECONDS", "wait for a reply this long before re-dispatching"),

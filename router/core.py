@@ -94,6 +94,8 @@ class Record:
     held: list[Held] = field(default_factory=list)
     last_seq: int = 0
     activity_ms: int = 0
+    stamp_ms: int = 0
+    """When the record (and so its outbox) was last written."""
 
     def due_ms(self, cfg: CoreConfig) -> int | None:
         """When this record next needs a deadline event, if ever."""
@@ -126,6 +128,7 @@ class Record:
             "h": [[h.message.to_wire(), h.arrived_ms] for h in self.held],
             "q": self.last_seq,
             "a": self.activity_ms,
+            "m": self.stamp_ms,
         })
 
     @classmethod
@@ -144,6 +147,7 @@ class Record:
             held=[Held(ClientMessage.from_wire(m), at) for m, at in raw["h"]],
             last_seq=raw["q"],
             activity_ms=raw["a"],
+            stamp_ms=raw.get("m", 0),
         )
 
 
@@ -250,6 +254,7 @@ def step(record: Record | None, session: str, event: Event, now_ms: int, new_id:
         case Tick():
             if not run.tick():
                 return Outcome(record)
+    rec.stamp_ms = now_ms
     run.out.record = rec
     run.out.changed = True
     return run.out

@@ -75,16 +75,8 @@ async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | No
             print(f"cloudbunch demo: cannot read script {script!r}: {exc.strerror}",
                   file=sys.stderr)
             return 1
-    real = False
-    if mode != "embedded":
-        real = await _answers(config.amqp_url, 5672) and await _answers(config.redis_url, 6379)
-        if mode == "real" and not real:
-            raise BrokerUnavailable(f"RabbitMQ ({_safe(config.amqp_url)}) or Redis "
-                                    f"({_safe(config.redis_url)}) does not answer; start them "
-                                    "or run without --real to use the embedded engine")
-    if real:
-        from worker_sdk.amqp import AmqpBroker
-
+    store = None
+    if mode != "embedded" and await _answers(config.amqp_url, 5672):
         from .redis_store import RedisStore
 
         store = RedisStore(config.redis_url, config.namespace)
@@ -92,7 +84,14 @@ async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | No
             await store.ping()
         except StoreUnavailable:
             await store.close()
-            raise
+            store = None
+    if mode == "real" and store is None:
+        raise BrokerUnavailable(f"RabbitMQ ({_safe(config.amqp_url)}) or Redis "
+                                f"({_safe(config.redis_url)}) does not answer; start them "
+                                "or run without --real to use the embedded engine")
+    if store is not None:
+        from worker_sdk.amqp import AmqpBroker
+
         engine = Engine(SERVICES, config, store=store, broker=AmqpBroker(
             config.amqp_url, config.queue_type, name="cloudbunch-demo"))
         print(f"demo: using RabbitMQ at {_safe(config.amqp_url)} and Redis at "
@@ -135,7 +134,6 @@ async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | No
 
 
 def _safe(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
+    from worker_sdk.amqp import redact
+
+    return redact(url)

@@ -526,6 +526,8 @@ class Generator:
         body, echo, _ = getattr(self, f"_in_{kind}")()
         verdict = ingress_verdict(body, self.max_body)
         case = Case(kind, "ingress", body, verdict, echo=echo)
+        # Only the valid kinds may be valid: a stray valid `end` would end live sessions.
+        assert bool(verdict.reasons) == (echo is None), (kind, body[:100])
         if verdict.notice or echo is not None:
             value = verdict.value
             case.session = value["session"]
@@ -548,9 +550,10 @@ class Generator:
 
     def _in_field_defect(self) -> tuple[bytes, Any, Any]:
         name = self.rng.choice(list(CLIENT_DEFECTS))
-        body = _set(self.client_body(), name, self.rng.choice(CLIENT_DEFECTS[name]))
-        if self.rng.random() < 0.2:
+        body = self.client_body()
+        if name != "type" and self.rng.random() < 0.2:
             body["type"] = "end"
+        body = _set(body, name, self.rng.choice(CLIENT_DEFECTS[name]))
         return pack(body), None, None
 
     def _in_unaddressed(self) -> tuple[bytes, Any, Any]:

@@ -221,6 +221,7 @@ async def test_each_role_can_do_its_job_and_no_more(users: Users) -> None:
         assert await web.allowed(publish(ingress))
         await web.refused(declare(f"{ns}.client.{secrets.token_hex(6)}", shared=False))
         await web.refused(declare(other_q, shared=False))
+        await web.refused(declare("", shared=False))  # server-named: amq.gen-...
         await web.refused(declare(ingress))
         await web.refused(consume(ingress))
         await web.refused(consume(replies))
