@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import IO
 
@@ -39,13 +41,30 @@ def find_pids(comm: str) -> list[int]:
     return sorted(found)
 
 
+def busy_seconds() -> float | None:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat), or None."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: everything but idle and iowait.
+    values = [int(v) for v in first[1:9]]
+    return (sum(values) - values[3] - values[4]) / _TICKS
+
+
 class CpuMeter:
-    """CPU seconds used by named processes between :meth:`start` and :meth:`stop`."""
+    """CPU seconds used by named processes between :meth:`start` and :meth:`stop`.
+
+    ``used["others"]`` is what every other process of the machine used meanwhile (all busy
+    CPU time minus the named processes): the load this measurement competed with.
+    """
 
     def __init__(self, pids: dict[str, list[int]]) -> None:
         self.pids = {name: list(p) for name, p in pids.items() if p}
         self._start: dict[str, float] = {}
+        self._began = 0.0
         self.used: dict[str, float] = {}
+        self.seconds = 0.0
 
     def _read(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -53,15 +72,27 @@ class CpuMeter:
             values = [cpu_seconds(pid) for pid in pids]
             if all(v is not None for v in values):
                 out[name] = sum(v for v in values if v is not None)
+        busy = busy_seconds()
+        if busy is not None:
+            out["system"] = busy
         return out
 
     def start(self) -> None:
         self._start = self._read()
+        self._began = time.monotonic()
 
     def stop(self) -> None:
         end = self._read()
+        self.seconds = time.monotonic() - self._began
         self.used = {name: end[name] - self._start[name] for name in end
                      if name in self._start}
+        if "system" in self.used:
+            ours = sum(v for k, v in self.used.items() if k != "system")
+            self.used["others"] = max(0.0, self.used.pop("system") - ours)
+
+    def others_cores(self) -> float:
+        """CPUs' worth of work other processes did during the window."""
+        return self.used.get("others", math.nan) / self.seconds if self.seconds else math.nan
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -22,15 +22,48 @@ class Profile:
     self_: Counter[str] = field(default_factory=Counter)
     inclusive: Counter[str] = field(default_factory=Counter)
     areas: Counter[str] = field(default_factory=Counter)
+    stacks: list[tuple[frozenset[str], int]] = field(default_factory=list)
 
     def top(self, counter: Counter[str], n: int) -> list[tuple[str, float]]:
         return [(name, 100.0 * c / self.samples) for name, c in counter.most_common(n)]
+
+    def share(self, needles: tuple[str, ...]) -> float:
+        """Percent of samples with a frame containing any of ``needles`` on the stack."""
+        hits = sum(count for names, count in self.stacks
+                   if any(needle in name for name in names for needle in needles))
+        return 100.0 * hits / self.samples if self.samples else 0.0
+
+    def parts(self) -> list[tuple[str, float]]:
+        return [(label, self.share(needles)) for label, needles in PARTS]
 
     def to_json(self, n: int = 25) -> dict[str, object]:
         return {"samples": self.samples,
                 "self_pct": [[k, round(v, 1)] for k, v in self.top(self.self_, n)],
                 "inclusive_pct": [[k, round(v, 1)] for k, v in self.top(self.inclusive, n)],
-                "area_self_pct": [[k, round(v, 1)] for k, v in self.top(self.areas, n)]}
+                "area_self_pct": [[k, round(v, 1)] for k, v in self.top(self.areas, n)],
+                "parts_pct": [[k, round(v, 1)] for k, v in self.parts()]}
+
+
+PARTS: list[tuple[str, tuple[str, ...]]] = [
+    ("redis-py (every Redis round trip)", ("(redis/",)),
+    ("  store.load", ("RedisStore.load ",)),
+    ("  store.commit (+ hint ZADD)", ("RedisStore.commit ",)),
+    ("  store.discard", ("RedisStore.discard ",)),
+    ("  deadline scanner (claim, Tick step, settle)", ("Router._scan_loop ", "Router._fire ")),
+    ("aio-pika / aiormq / pamqp (AMQP)", ("(aiormq/", "(aio_pika/", "(pamqp/")),
+    ("  broker.publish", ("AmqpBroker.publish ",)),
+    ("  delivery.ack", ("AmqpDelivery.ack ",)),
+    ("socket writes (StreamWriter.write/writelines, transport.write)",
+     ("StreamWriter.write", "Transport.write")),
+    ("router core.step", ("step (router/core.py)",)),
+    ("  copy.deepcopy of the record", ("deepcopy (copy.py)",)),
+    ("Record/Effect encode+decode", ("Record.decode ", "Record.encode ", "Effect.decode ",
+                                     "Effect.encode ")),
+    ("tenacity (retry wrapper per delivery)", ("(tenacity/",)),
+    ("logging", ("(logging/",)),
+    ("Service.handle (the service's own code)", ("Service.handle ",)),
+]
+"""Labelled parts of a step, each matched by substrings of ``function (file)`` frames."""
 
 
 def frame_name(frame: str) -> tuple[str, str]:
@@ -51,12 +84,12 @@ def area_of(file: str) -> str:
     parts = [p for p in path.split("/") if p]
     if not parts:
         return "other"
+    for i, part in enumerate(parts[:-1]):
+        if part.startswith("python3"):  # a full standard library path
+            parts = parts[i + 1:]
+            break
     if parts[0] in ("router", "worker_sdk", "bench") and len(parts) > 1:
         return f"{parts[0]}.{parts[1].removesuffix('.py')}"
-    if len(parts) >= 2 and parts[-2] == "asyncio":
-        return "asyncio"
-    if parts[0].startswith("python3") and len(parts) > 1:
-        parts = parts[1:]
     head = parts[0].removesuffix(".py")
     return {"<frozen importlib._bootstrap>": "import"}.get(head, head)
 
@@ -77,8 +110,10 @@ def parse_raw(text: str) -> Profile:
         leaf, leaf_area = names[-1]
         prof.self_[leaf] += count
         prof.areas[leaf_area] += count
-        for name in {n for n, _ in names}:
+        unique = frozenset(n for n, _ in names)
+        for name in unique:
             prof.inclusive[name] += count
+        prof.stacks.append((unique, count))
     return prof
 
 
@@ -101,8 +136,9 @@ async def record(pid: int, seconds: float, out: Path, rate: int = 100) -> Proc:
 def format_profile(title: str, prof: Profile, n: int = 15) -> str:
     """Top self and inclusive functions and areas, as text."""
     lines = [f"{title}: {prof.samples} samples (CPU-active stacks only)"]
-    for heading, counter in (("self", prof.self_), ("inclusive", prof.inclusive),
-                             ("self by area", prof.areas)):
+    for heading, counter in (("self", prof.self_), ("self by area", prof.areas)):
         lines.append(f"  top {heading}:")
         lines.extend(f"    {pct:5.1f}%  {name}" for name, pct in prof.top(counter, n))
+    lines.append("  parts (share of samples with it on the stack; parts overlap):")
+    lines.extend(f"    {pct:5.1f}%  {label}" for label, pct in prof.parts() if pct > 0)
     return "\n".join(lines)

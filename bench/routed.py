@@ -54,6 +54,8 @@ class Routed:
         self._early: dict[str, wire.Notice] = {}
         self._collector: asyncio.Task[None] | None = None
         self.service_queue = wire.service_queue(namespace, SERVICE)
+        self.outputs: dict[str, str] = {}
+        """The last output of each process, kept when it stops."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -96,6 +98,7 @@ class Routed:
         procs = [p for p in (self.worker, self.router) if p is not None]
         await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
         for proc in procs:
+            self.outputs[proc.name] = proc.output()
             proc.close()
         names = wire.queue_names(self.ns)
         for queue in (*names.values(), self.service_queue):
@@ -164,7 +167,7 @@ class Routed:
         return Record(session, stack=[Frame(SERVICE, state(0))], last_seq=1,
                       activity_ms=now_ms).encode()
 
-    async def write_sessions(self, sessions: list[str], concurrency: int = 128) -> float:
+    async def write_sessions(self, sessions: list[str], concurrency: int = 64) -> float:
         """Write idle sessions through RedisStore.commit as the router would; return seconds."""
         began = time.monotonic()
         now_ms = int(time.time() * 1000)

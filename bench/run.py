@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -73,7 +74,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         sessions=1000,
         idle_sessions=args.sessions or (10_000 if quick else 100_000),
         depth=args.depth,
-        depth_sessions=args.in_flight,
+        depth_sessions=60 if quick else args.in_flight,
         profile_seconds=4.0 if quick else 10.0,
         limit=args.limit or (150.0 if quick else 600.0),
     )
@@ -97,8 +98,8 @@ class Bench:
     responder: Proc | None = None
     embedded: Embedded | None = None
     main_keys: list[str] = field(default_factory=list)
-    routed_rates: list[float] = field(default_factory=list)
     profiles: dict[str, pyspy.Profile] = field(default_factory=dict)
+    others: list[float] = field(default_factory=list)
 
     # ------------------------------------------------------------------ helpers
 
@@ -114,19 +115,33 @@ class Bench:
     def infra_pids(self) -> dict[str, list[int]]:
         return {"redis": find_pids("redis-server"), "rabbitmq": find_pids("beam.smp")}
 
+    def our_pids(self) -> dict[str, list[int]]:
+        """The processes of the bench (and the servers), by role."""
+        pids: dict[str, list[int]] = {"bench": [os.getpid()], **self.infra_pids()}
+        if self.routed is not None and self.routed.router is not None:
+            pids["router"] = [self.routed.router.pid]
+        if self.routed is not None and self.routed.worker is not None:
+            pids["worker"] = [self.routed.worker.pid]
+        if self.responder is not None:
+            pids["responder"] = [self.responder.pid]
+        return pids
+
     async def load(self, request: Callable[[str], Awaitable[None]], keys: list[str], *,
                    in_flight: int, latency: bool = False,
                    meter: CpuMeter | None = None) -> LoadResult:
+        """One measured window; the CPU other processes used meanwhile is kept too."""
         plan = self.plan
         window = plan.latency_window if latency else plan.window
         warmup = min(plan.warmup, 0.3) if latency else plan.warmup
+        meter = meter or CpuMeter(self.our_pids())
 
         def on_window(opening: bool) -> None:
-            if meter is not None:
-                (meter.start if opening else meter.stop)()
+            (meter.start if opening else meter.stop)()
 
-        return await closed_loop(request, keys, in_flight=in_flight, warmup=warmup,
-                                 duration=window, on_window=on_window)
+        result = await closed_loop(request, keys, in_flight=in_flight, warmup=warmup,
+                                   duration=window, on_window=on_window)
+        self.others.append(meter.others_cores())
+        return result
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,24 +194,25 @@ class Bench:
         assert routed is not None and requester is not None and self.responder is not None
         await self.warm_main()
         assert routed.router is not None and routed.worker is not None
-        pids = {"router": [routed.router.pid], "worker": [routed.worker.pid],
-                "bench": [os.getpid()], **self.infra_pids()}
-        direct_pids = {"responder": [self.responder.pid], "bench": [os.getpid()],
-                       **self.infra_pids()}
+        pids = self.our_pids()
         d_rate, r_rate, d_p50, d_p99, r_p50, r_p99 = [], [], [], [], [], []
         cpu: dict[str, list[float]] = {}
         d_cpu: dict[str, list[float]] = {}
         for i in range(plan.runs):
-            meter = CpuMeter(direct_pids)
+            meter = CpuMeter(pids)
             d = await self.load(requester.request, self.main_keys, in_flight=plan.in_flight,
                                 meter=meter)
-            for name, used in meter.used.items():
-                d_cpu.setdefault(name, []).append(1000 * used / max(d.completed, 1))
+            for name in ("responder", "bench", "rabbitmq", "redis"):
+                if name in meter.used:
+                    d_cpu.setdefault(name, []).append(1000 * meter.used[name] /
+                                                      max(d.completed, 1))
             meter = CpuMeter(pids)
             r = await self.load(routed.turn, self.main_keys, in_flight=plan.in_flight,
                                 meter=meter)
-            for name, used in meter.used.items():
-                cpu.setdefault(name, []).append(1000 * used / max(r.completed, 1))
+            for name in ("router", "worker", "bench", "rabbitmq", "redis"):
+                if name in meter.used:
+                    cpu.setdefault(name, []).append(1000 * meter.used[name] /
+                                                    max(r.completed, 1))
             dl = await self.load(requester.request, self.main_keys, in_flight=1, latency=True)
             rl = await self.load(routed.turn, self.main_keys, in_flight=1, latency=True)
             d_rate.append(d.rate)
@@ -209,7 +225,6 @@ class Bench:
                      f"({r.rate / d.rate:.2f}); p50 direct {dl.p50_ms:.2f} ms, routed "
                      f"{rl.p50_ms:.2f} ms; router CPU "
                      f"{cpu.get('router', [math.nan])[-1]:.3f} ms/turn")
-        self.routed_rates = r_rate
         n = plan.in_flight
         self.add("direct_throughput", f"direct round trips/s ({n} in flight)", "1/s", d_rate)
         self.add("routed_throughput", f"routed turns/s ({n} in flight, 1,000 sessions)", "1/s",
@@ -282,11 +297,13 @@ class Bench:
         """Redis memory per idle session, and throughput with many sessions live."""
         routed, plan = self.routed, self.plan
         assert routed is not None
-        if not self.routed_rates:
-            await self.warm_main()
-            for _ in range(plan.runs):
-                r = await self.load(routed.turn, self.main_keys, in_flight=plan.in_flight)
-                self.routed_rates.append(r.rate)
+        # The reference: the same load over 1,000 sessions, measured just before the many
+        # are written (so both are close in time on a machine whose load drifts).
+        await self.warm_main()
+        base_rates = []
+        for _ in range(plan.runs):
+            r = await self.load(routed.turn, self.main_keys, in_flight=plan.in_flight)
+            base_rates.append(r.rate)
         # What the router itself leaves for a new session after one answered message.
         made = [f"fresh-{i:02d}" for i in range(20)]
         await run_all(routed.turn, made, concurrency=20, timeout=60)
@@ -322,10 +339,11 @@ class Bench:
         self.add("many_sessions_throughput", f"routed turns/s, {count:,} live sessions", "1/s",
                  rates, note="1,000 sessions driven, a new random sample of the live ones "
                              "each run")
-        base = Summary.of(self.routed_rates).median
+        self.add("few_sessions_throughput", "routed turns/s, 1,000 live sessions", "1/s",
+                 base_rates, note="measured just before the idle sessions were written")
         self.add("ratio_many_sessions", f"throughput {count:,} / 1,000 live sessions",
-                 "ratio", [r / base for r in rates],
-                 note="against the median routed throughput with 1,000 sessions")
+                 "ratio", ratios(rates, base_rates),
+                 note="run i with many sessions against run i with 1,000")
 
     async def embedded_section(self) -> None:
         """Turns per second fully in process (memory broker and store)."""
@@ -417,6 +435,13 @@ def message_sizes() -> dict[str, int]:
             "direct_request": len(dispatch), "direct_answer": len(reply)}
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 def save(report: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(report["started"]))
@@ -432,10 +457,10 @@ async def run(args: argparse.Namespace) -> int:
     sections = tuple(s for s in SECTIONS if s in args.only) if args.only else SECTIONS
     bench = Bench(plan, sections, args.amqp_url, args.redis_url, args.queue_type, args.profile)
     bench.report.update({"started": time.time(), "namespace": bench.ns, "quick": args.quick,
-                         "plan": plan.__dict__ if hasattr(plan, "__dict__") else
-                         {f: getattr(plan, f) for f in plan.__slots__},
+                         "plan": dataclasses.asdict(plan),
                          "queue_type": args.queue_type, "machine": machine(),
-                         "message_bytes": message_sizes()})
+                         "message_bytes": message_sizes(),
+                         "loadavg_start": _loadavg()})
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     if task is not None:
@@ -460,6 +485,11 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         bench.say("cleaning up (processes, queues, keys)")
         await bench.stop()
+    bench.add("others_load", "CPUs used by other processes in the windows", "CPUs",
+              [v for v in bench.others if not math.isnan(v)],
+              note="all busy CPU time minus the bench's processes and the servers; a "
+                   "shared machine makes every figure noisier")
+    bench.report["loadavg_end"] = _loadavg()
     bench.report["seconds"] = round(time.monotonic() - began, 1)
     bench.report["figures"] = {f.key: f.to_json() for f in bench.figures}
     path = save(bench.report)

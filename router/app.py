@@ -88,8 +88,8 @@ class Router:
         for queue in (self.ingress, self.replies, self.dead):
             await self.broker.declare(queue)
         self._scanner = asyncio.create_task(self._scan_loop(), name="cloudbunch-scanner")
-        await self.broker.consume(self.ingress, self._guard(self.on_ingress), prefetch=64)
-        await self.broker.consume(self.replies, self._guard(self.on_reply), prefetch=64)
+        for queue, handler in ((self.ingress, self.on_ingress), (self.replies, self.on_reply)):
+            await self.broker.consume(queue, self._guard(handler, queue), prefetch=64)
         log.info("event=router_started namespace=%s root=%s", self.config.namespace,
                  self.config.root)
 
@@ -113,7 +113,8 @@ class Router:
 
     # ------------------------------------------------------------------ consumers
 
-    def _guard(self, handler: Callable[[Delivery], Any]) -> Callable[[Delivery], Any]:
+    def _guard(self, handler: Callable[[Delivery], Any],
+               source: str) -> Callable[[Delivery], Any]:
         async def guarded(delivery: Delivery) -> None:
             self._busy += 1
             self._idle.clear()
@@ -126,14 +127,34 @@ class Router:
                         await handler(delivery)
                 self._store_ok()
             except Exception as exc:
-                self._store_error(exc)
-                log.warning("event=delivery_requeued error=%r", exc)
-                await delivery.reject(requeue=True)
+                if _transient(exc):
+                    self._store_error(exc)
+                    log.warning("event=delivery_requeued error=%r", exc)
+                    await delivery.reject(requeue=True)
+                else:
+                    await self._contain(delivery, source, exc)
             finally:
                 self._busy -= 1
                 if not self._busy:
                     self._idle.set()
         return guarded
+
+    async def _contain(self, delivery: Delivery, source: str, exc: Exception) -> None:
+        """A delivery that makes the router fail (a bug, not bad input): requeueing it would
+        loop forever, so it goes to the dead-letter queue with reason ``internal``."""
+        log.error("event=router_error queue=%s", source, exc_info=exc)
+        self.stats["internal_errors"] += 1
+        try:
+            problem = wire.BadBody("invalid", f"{type(exc).__name__}: {exc}")
+            headers = core.dead_headers(problem, source) | {"x-cb-reason": "internal"}
+            digest = hashlib.sha256(delivery.body).hexdigest()[:32]
+            await self.broker.publish([Outgoing(self.dead, delivery.body, f"dead-{digest}",
+                                                headers)])
+        except Exception:
+            log.exception("event=dead_letter_failed queue=%s", source)
+            await delivery.reject(requeue=True)
+            return
+        await delivery.ack()
 
     def _store_ok(self) -> None:
         self._store_down_since = None

@@ -8,7 +8,6 @@ atomically, then publishes the effects.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -109,6 +108,19 @@ class Record:
         due = self.due_ms(cfg)
         base = self.activity_ms if due is None else max(self.activity_ms, due)
         return base + cfg.session_ttl_ms
+
+    def copy(self) -> Record:
+        """A copy the core may change. States and payloads are shared: the core replaces
+        them, never changes them in place (and a deep copy could exhaust the stack)."""
+        turn = self.turn
+        return Record(
+            session=self.session,
+            stack=[Frame(f.service, f.state) for f in self.stack],
+            turn=None if turn is None else Turn(
+                turn.id, turn.depth, turn.event, turn.attempt, turn.deadline_ms, turn.body,
+                turn.opened_by, turn.replaced),
+            chain=self.chain, waiting=list(self.waiting), held=list(self.held),
+            last_seq=self.last_seq, activity_ms=self.activity_ms, stamp_ms=self.stamp_ms)
 
     # -- encoding (stored in the session store as one msgpack blob)
 
@@ -237,7 +249,7 @@ class Outcome:
 def step(record: Record | None, session: str, event: Event, now_ms: int, new_id: IdFactory,
          cfg: CoreConfig) -> Outcome:
     """Apply one event to one session. Never mutates ``record``."""
-    rec = copy.deepcopy(record) if record is not None else Record(session, activity_ms=now_ms)
+    rec = record.copy() if record is not None else Record(session, activity_ms=now_ms)
     run = _Step(rec, now_ms, new_id, cfg)
     match event:
         case ClientArrived(message, seen):

@@ -6,6 +6,7 @@ contract is written once. Validation raises :class:`BadBody` naming the reason a
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeGuard
 
@@ -47,6 +48,7 @@ class BadBody(Exception):
     """A body that breaks the contract; ``reason`` is one of too_large, undecodable, invalid."""
 
     def __init__(self, reason: Reason, detail: str) -> None:
+        detail = _one_line(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason: Reason = reason
         self.detail = detail
@@ -77,25 +79,45 @@ def decode(body: bytes) -> Any:
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise BadBody("undecodable", _one_line(f"not msgpack: {exc}" if str(exc) else
                                                "not msgpack")) from None
-    if _has_bytes_key(value):
-        raise BadBody("undecodable", "a map key is not a string")
+    problem = _tree_problem(value)
+    if problem:
+        raise BadBody("undecodable", problem)
     return value
 
 
-def _has_bytes_key(value: Any) -> bool:
-    """True when some map, at any depth, has a binary (non-string) key."""
-    stack = [value]
+MAX_NESTING: Final = 512
+"""Levels of nesting decoded (the body itself is level 1). The contract lets a party choose
+between 512 and 2,000; 512 leaves room to embed a decoded value in the router's own records
+and dispatches without reaching the encoder's limit."""
+
+
+def _tree_problem(value: Any) -> str | None:
+    """Why a decoded value breaks the contract: a binary map key, or too deep a nesting."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, level = stack.pop()
+        if level > MAX_NESTING:
+            return f"nesting deeper than {MAX_NESTING} levels"
         if isinstance(item, dict):
             for key, sub in item.items():
                 if not isinstance(key, str):
-                    return True
+                    return "a map key is not a string"
                 if isinstance(sub, (dict, list)):
-                    stack.append(sub)
+                    stack.append((sub, level + 1))
         elif isinstance(item, list):
-            stack.extend(sub for sub in item if isinstance(sub, (dict, list)))
-    return False
+            stack.extend((sub, level + 1) for sub in item if isinstance(sub, (dict, list)))
+    return None
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = 40
+_repr.maxother = 40
+_repr.maxlevel = 3
+
+
+def _show(value: Any) -> str:
+    """A short, safe rendering of a bad value for a one-line detail."""
+    return _repr.repr(value)
 
 
 def _one_line(text: str) -> str:
@@ -116,7 +138,8 @@ def _check_map(obj: Any, what: str) -> dict[str, Any]:
     if version is ABSENT:
         raise BadBody("invalid", "required field 'v' is missing")
     if not _is_int(version) or version != VERSION:
-        raise BadBody("invalid", f"field 'v' is {version!r}; this party speaks version {VERSION}")
+        raise BadBody("invalid",
+                      f"field 'v' is {_show(version)}; this party speaks version {VERSION}")
     return obj
 
 
@@ -225,7 +248,7 @@ class ClientMessage:
         body = _check_map(obj, "client message")
         kind = _req_str(body, "type")
         if kind not in CLIENT_TYPES:
-            raise BadBody("invalid", f"field 'type' is {kind!r}; expected 'message' or 'end'")
+            raise BadBody("invalid", f"field 'type' is {_show(kind)}; expected 'message' or 'end'")
         session = _session(body)
         msg_id = _req_str(body, "id")
         reply_to = _req_str(body, "reply_to")
@@ -305,7 +328,7 @@ class Dispatch:
         body = _check_map(obj, "dispatch")
         event = _req_str(body, "event")
         if event not in EVENTS:
-            raise BadBody("invalid", f"field 'event' is {event!r}; expected start, message "
+            raise BadBody("invalid", f"field 'event' is {_show(event)}; expected start, message "
                                      "or result")
         depth: Any = body.get("depth")
         attempt: Any = body.get("attempt")
@@ -314,7 +337,7 @@ class Dispatch:
         if not _is_int(attempt) or attempt < 1:
             raise BadBody("invalid", "field 'attempt' must be an integer >= 1")
         result = body.get("result")
-        return cls(session=_req_str(body, "session"), turn=_req_str(body, "turn"),
+        return cls(session=_session(body), turn=_req_str(body, "turn"),
                    event=event, depth=depth, attempt=attempt,  # type: ignore[arg-type]
                    state=body.get("state"), args=body.get("args"), payload=body.get("payload"),
                    bubbled=bool(_opt(body, "bubbled", bool, "a boolean")),
@@ -360,7 +383,7 @@ class Reply:
         turn = _req_str(body, "turn", nonempty=False)
         action = _req_str(body, "action")
         if action not in ACTIONS:
-            raise BadBody("invalid", f"field 'action' is {action!r}; expected one of "
+            raise BadBody("invalid", f"field 'action' is {_show(action)}; expected one of "
                                      "reply, open, close, replace, pass, fail")
         output = body.get("output")
         if output is None:
@@ -405,9 +428,9 @@ class Notice:
         body = _check_map(obj, "notice")
         kind = _req_str(body, "type")
         if kind not in NOTICE_TYPES:
-            raise BadBody("invalid", f"field 'type' is {kind!r}")
+            raise BadBody("invalid", f"field 'type' is {_show(kind)}")
         error = body.get("error")
-        return cls(session=_req_str(body, "session"), id=_req_str(body, "id"),
+        return cls(session=_session(body), id=_req_str(body, "id"),
                    in_reply_to=_req_str(body, "in_reply_to", nonempty=False),
                    type=kind, payload=body.get("payload"),  # type: ignore[arg-type]
                    error=None if error is None else ErrorInfo.from_wire(error))
