@@ -38,7 +38,7 @@ from .embedded import Embedded
 from .load import LoadResult, closed_loop, run_all
 from .procs import REPO, CpuMeter, Proc, find_pids
 from .routed import Routed, loop_of
-from .stats import Figure, Summary, Target, format_table, ratios
+from .stats import Figure, Summary, Target, format_markdown, format_table, ratios
 
 log = logging.getLogger("bench")
 
@@ -500,6 +500,9 @@ async def run(args: argparse.Namespace) -> int:
           f"{bench.report.get('redis', {}).get('redis_version', '?')}, {args.queue_type} "
           "queues, persistent messages, publisher confirms")
     print(format_table(bench.figures))
+    if args.markdown:
+        print()
+        print(format_markdown(bench.figures))
     for name, prof in bench.profiles.items():
         print()
         print(pyspy.format_profile(f"profile of the {name} process", prof))
@@ -518,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="LIST", help=f"comma-separated sections of {', '.join(SECTIONS)}")
     p.add_argument("--profile", action="store_true",
                    help="then sample the router and the worker with py-spy under load")
+    p.add_argument("--markdown", action="store_true",
+                   help="also print the table as Markdown (docs/benchmarks.md)")
     p.add_argument("--window", type=float, default=None, metavar="S",
                    help="seconds each throughput window lasts [default 4; 1.5 quick]")
     p.add_argument("--in-flight", type=int, default=200, metavar="N",

@@ -119,12 +119,18 @@ class Router:
             self._busy += 1
             self._idle.clear()
             try:
-                async for attempt in AsyncRetrying(
-                        stop=stop_after_delay(RETRY_FOR_S), reraise=True,
-                        wait=wait_exponential(multiplier=0.05, max=2.0),
-                        retry=retry_if_exception(_transient)):
-                    with attempt:
-                        await handler(delivery)
+                try:
+                    await handler(delivery)
+                except Exception as exc:
+                    if not _transient(exc):
+                        raise
+                    # Only now pay for a retry loop: the common case has no failure.
+                    async for attempt in AsyncRetrying(
+                            stop=stop_after_delay(RETRY_FOR_S), reraise=True,
+                            wait=wait_exponential(multiplier=0.05, max=2.0),
+                            retry=retry_if_exception(_transient)):
+                        with attempt:
+                            await handler(delivery)
                 self._store_ok()
             except Exception as exc:
                 if _transient(exc):
@@ -314,11 +320,13 @@ class Router:
                 self.stats["cas_retries"] += 1
                 continue
             self.stats["steps"] += 1
-            await self._deliver(session, new, encoded)
+            # A deadline just cleared: drop its hint now rather than let the scanner find it.
+            unhint = old_due if hint and due is None else None
+            await self._deliver(session, new, encoded, unhint_ms=unhint)
             return out
 
     async def _deliver(self, session: str, record: Record | None, encoded: list[bytes], *,
-                       answered: str | None = None) -> None:
+                       answered: str | None = None, unhint_ms: int | None = None) -> None:
         """Publish outbox entries (notices and dead letters first), then discard them."""
         self._unsent.add(session)
         current = record.turn if record is not None else None
@@ -340,7 +348,7 @@ class Router:
             routed = await self.broker.publish([_outgoing(e) for e in second])
             returned = [e for e, ok in zip(second, routed, strict=True) if not ok]
             self.stats["dispatches"] += len(second) - len(returned)
-        await self.store.discard(session, encoded)
+        await self.store.discard(session, encoded, unhint_ms=unhint_ms)
         self._unsent.discard(session)
         for effect in returned:
             assert effect.turn is not None

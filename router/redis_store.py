@@ -206,6 +206,9 @@ class RedisStore:
             "socket_timeout": SOCKET_TIMEOUT,
             "socket_connect_timeout": CONNECT_TIMEOUT,
             "health_check_interval": 30,
+            # The router runs up to two prefetch windows of steps at once, each holding a
+            # connection for a moment: more than redis-py's default of 100.
+            "max_connections": 512,
         }
         # No I/O here: the client connects (and, on a cluster, maps the slots) on first use.
         cluster = split_cluster_url(url)
@@ -274,22 +277,43 @@ class RedisStore:
                      append: Sequence[bytes] = (), remember: str | None = None,
                      expire_at_ms: int, hint_ms: int | None = None) -> bool:
         """Compare-and-set the record, append to the outbox, remember an id, set expiry."""
+        digest = _dedup_digest(remember) if remember is not None else b""
+        keys = self.session_keys(session)
+        args: list[bytes | int] = [expected_version, record, expire_at_ms, digest, *append]
         async with self._guard():
-            if hint_ms is not None:
-                # Before the record: a stale hint is harmless, a missing one loses a deadline.
+            if hint_ms is None:
+                return bool(await self._commit(keys=keys, args=args))
+            # The hint goes before the record: a stale hint is harmless, a missing one loses
+            # a deadline. On one server both travel in one round trip, executed in order.
+            if self.is_cluster:
                 await self._redis.zadd(self._hint_key(session), {session: hint_ms})
-            digest = _dedup_digest(remember) if remember is not None else b""
-            applied = await self._commit(
-                keys=self.session_keys(session),
-                args=[expected_version, record, expire_at_ms, digest, *append])
+                return bool(await self._commit(keys=keys, args=args))
+            pipe: Any = self._redis.pipeline(transaction=False)
+            pipe.zadd(self._hint_key(session), {session: hint_ms})
+            await self._commit(keys=keys, args=args, client=pipe)
+            _, applied = await pipe.execute()
         return bool(applied)
 
-    async def discard(self, session: str, entries: Sequence[bytes]) -> None:
-        """Remove exactly these entries (one occurrence each) from the outbox."""
-        if not entries:
-            return
+    async def discard(self, session: str, entries: Sequence[bytes], *,
+                      unhint_ms: int | None = None) -> None:
+        """Remove exactly these entries (one occurrence each) from the outbox; and if
+        ``unhint_ms`` is given, remove the session's hint if it still equals that."""
+        outbox = [self.session_keys(session)[1]]
+        unhint: list[str | int] = [session, unhint_ms or 0, ""]
         async with self._guard():
-            await self._discard(keys=[self.session_keys(session)[1]], args=list(entries))
+            if unhint_ms is None:
+                if entries:
+                    await self._discard(keys=outbox, args=list(entries))
+            elif not entries:
+                await self._settle(keys=[self._hint_key(session)], args=unhint)
+            elif self.is_cluster:
+                await self._discard(keys=outbox, args=list(entries))
+                await self._settle(keys=[self._hint_key(session)], args=unhint)
+            else:
+                pipe: Any = self._redis.pipeline(transaction=False)
+                await self._discard(keys=outbox, args=list(entries), client=pipe)
+                await self._settle(keys=[self._hint_key(session)], args=unhint, client=pipe)
+                await pipe.execute()
 
     async def add_hint(self, session: str, due_ms: int) -> None:
         """Set the session's deadline hint to ``due_ms``."""
@@ -304,6 +328,17 @@ class RedisStore:
         start = self._next_shard
         self._next_shard = (start + 1) % HINT_SHARDS
         async with self._guard():
+            if not self.is_cluster:
+                # One round trip for all shards, each claiming its share of ``limit``.
+                pipe: Any = self._redis.pipeline(transaction=False)
+                for step in range(min(limit, HINT_SHARDS)):
+                    share = limit // HINT_SHARDS + (step < limit % HINT_SHARDS)
+                    await self._claim(keys=self._shard((start + step) % HINT_SHARDS),
+                                      args=[now_ms, lease_ms, share], client=pipe)
+                for reply in await pipe.execute():
+                    claimed.extend((reply[i].decode(), int(reply[i + 1]))
+                                   for i in range(0, len(reply), 2))
+                return claimed
             for step in range(HINT_SHARDS):
                 if len(claimed) >= limit:
                     break

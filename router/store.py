@@ -48,8 +48,11 @@ class SessionStore(Protocol):
         ``hint_ms``, if given, is written to the deadline index *before* the atomic part.
         """
 
-    async def discard(self, session: str, entries: Sequence[bytes]) -> None:
-        """Remove exactly these entries (one occurrence each) from the outbox."""
+    async def discard(self, session: str, entries: Sequence[bytes], *,
+                      unhint_ms: int | None = None) -> None:
+        """Remove exactly these entries (one occurrence each) from the outbox; and if
+        ``unhint_ms`` is given, remove the session's hint if it still equals that (the
+        session's deadline was just cleared)."""
 
     async def add_hint(self, session: str, due_ms: int) -> None:
         """Set the session's deadline hint to ``due_ms``."""
@@ -138,9 +141,13 @@ class MemoryStore:
             del self._sessions[session]
         return True
 
-    async def discard(self, session: str, entries: Sequence[bytes]) -> None:
-        """Remove exactly these entries (one occurrence each) from the outbox."""
+    async def discard(self, session: str, entries: Sequence[bytes], *,
+                      unhint_ms: int | None = None) -> None:
+        """Remove exactly these entries (one occurrence each) from the outbox; and if
+        ``unhint_ms`` is given, remove the session's hint if it still equals that."""
         await asyncio.sleep(0)
+        if unhint_ms is not None and self._hints.get(session) == unhint_ms:
+            del self._hints[session]
         state = self._get(session)
         if state is None:
             return

@@ -258,6 +258,18 @@ class StoreContract:
         await store.settle_hint("s", first, None)  # the first claimer settles late
         assert [s for s, _ in await store.claim_due(second, 5000)] == ["s"]
 
+    async def test_discard_removes_a_cleared_deadline_hint_only_if_unchanged(
+            self, store: Any) -> None:
+        await store.add_hint("a", 1000)
+        await store.add_hint("b", 2000)
+        await store.add_hint("c", 1000)
+        await store.discard("a", [], unhint_ms=1000)  # a's deadline cleared: hint goes
+        await store.discard("b", [], unhint_ms=1000)  # another step rewrote b's hint: stays
+        [(_, lease)] = await store.claim_due(1000, 5000)  # c
+        await store.discard("c", [], unhint_ms=1000)  # a scanner holds c's lease: stays
+        claimed = {s for s, _ in await store.claim_due(lease + 1, 5000)}
+        assert claimed == {"b", "c"}
+
     async def test_claim_respects_the_limit_and_misses_nothing(self, store: Any) -> None:
         sessions = {f"s{i}" for i in range(20)}
         for i, session in enumerate(sorted(sessions)):

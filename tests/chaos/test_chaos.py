@@ -1,0 +1,103 @@
+"""Sustained faults under load: the guarantees of docs/protocol.md checked against a model.
+
+Three router processes and three worker processes per service (four worker processes) run
+the flow of :mod:`tests.chaos.flow` for several hundred sessions, while a fault injector
+kills processes (``kill -9`` and SIGTERM, each replaced at once), closes every broker
+connection and kills every Redis client connection, at random instants. Each session sends
+its next message only after its previous chain finished, so the notices of a session have
+one right order. The run is reproducible in its plan and schedule with ``CHAOS_SEED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+import time
+
+import pytest
+
+from .conftest import ChaosHarness
+from .load import (
+    Faults,
+    Figures,
+    Frontend,
+    check,
+    drive,
+    make_plans,
+    make_schedule,
+    queue_counts,
+    read_stacks,
+    standard_cluster,
+    wait_drained,
+)
+
+pytestmark = [pytest.mark.infra, pytest.mark.disruptive]
+
+SESSIONS = int(os.environ.get("CHAOS_SESSIONS", "300"))
+MESSAGES = 6
+WINDOW = float(os.environ.get("CHAOS_WINDOW", "60"))
+"""Seconds over which the load is spread and the faults fall."""
+FAULTS = {"kill9": 16, "sigterm": 8, "amqp": 2, "redis": 2}
+if os.environ.get("CHAOS_FAULTS"):  # development: e.g. kill9=4,sigterm=2,amqp=0,redis=0
+    FAULTS = {k: int(v) for k, v in (kv.split("=") for kv in os.environ["CHAOS_FAULTS"].split(","))}
+ACTIONS = {"reply", "open", "close", "replace", "pass", "fail"}
+
+
+@pytest.mark.timeout(330)
+async def test_no_loss_no_duplicate_no_disorder_under_kills_and_cuts(
+        chaos: ChaosHarness, capsys: pytest.CaptureFixture[str]) -> None:
+    seed = int(os.environ.get("CHAOS_SEED") or secrets.randbits(32))
+    rng = random.Random(seed)
+    plans, actions = make_plans(SESSIONS, MESSAGES, rng)
+    assert set(actions) == ACTIONS, actions
+    cluster = standard_cluster(chaos, turn_timeout=2, max_attempts=10)
+    await cluster.start()
+    front = Frontend(chaos)
+    await front.start()
+    faults = Faults(cluster, rng)
+    schedule = make_schedule(rng, (0.03 * WINDOW, 0.9 * WINDOW), FAULTS)
+    started = time.monotonic()
+    injector = asyncio.create_task(faults.run(schedule, started))
+    try:
+        await drive(front, plans, rng, spread=0.3 * WINDOW,
+                    think=(0.05 * WINDOW, 0.19 * WINDOW), chain_timeout=45)
+        await injector
+        load_seconds = time.monotonic() - started
+        recovery = await cluster.wait_consumers(30)
+        left = await wait_drained(chaos.ns, 30)
+        stacks = await read_stacks(chaos, plans)
+        await asyncio.sleep(1.0)  # a late copy or a second run of a chain would show now
+    finally:
+        injector.cancel()
+        await asyncio.gather(injector, return_exceptions=True)
+    stats = await cluster.stop()
+    answered = cluster.turns_answered()
+    after_stop = {q: c for q, c in (await queue_counts(chaos.ns)).items() if c[0] or c[1]}
+    await front.close()
+
+    figures = Figures(kills=faults.kills, cuts=faults.cuts)
+    check(plans, front, stacks, figures)
+    figures.extra = {
+        "kill9": faults.counts["kill9"], "sigterm": faults.counts["sigterm"],
+        "amqp_cuts": faults.counts["amqp"], "redis_cuts": faults.counts["redis"],
+        "notice_copies": front.copies, "publish_retries": front.publish_retries,
+        "chain_timeouts": front.chain_timeouts, "turns_answered": sum(answered.values()),
+        "redispatches_answered": sum(n for a, n in answered.items() if a != "1"),
+        "replies_dropped":
+            stats.get("replies_dropped", 0), "unexpected_exits": len(cluster.unexpected),
+        "unclean_stops": len(cluster.unclean_stops()), "undrained": len(left),
+        "left_after_stop": len(after_stop), "load_s": round(load_seconds, 1),
+        "total_s": round(time.monotonic() - started, 1), "seed": seed,
+    }
+    with capsys.disabled():
+        print(f"\nchaos: {figures.line()}", flush=True)
+    report = "\n".join([*faults.journal, *figures.problems[:40], *cluster.unexpected,
+                        *cluster.unclean_stops(), f"not drained: {left}",
+                        f"left after stop: {after_stop}", f"last consumers wait {recovery:.1f}s"])
+    assert figures.bad == 0, report
+    assert faults.kills >= 20 and faults.cuts >= 3, report
+    assert not left and not after_stop, report
+    assert not cluster.unexpected and not cluster.unclean_stops(), report
+
