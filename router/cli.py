@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from worker_sdk.errors import CloudBunchError
+from worker_sdk.service import run_event_loop
 
 from .config import ENV, RouterConfig, load_config
 
@@ -126,7 +127,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "router":
         config = load_config(_options(args))
-        return _asyncio_run(run_router(config))
+        return run_event_loop(run_router(config))
     if args.command == "worker":
         from worker_sdk.service import load_service, run_main
         from worker_sdk.settings import Settings
@@ -141,19 +142,11 @@ def _run(args: argparse.Namespace) -> int:
 
         config = load_config(_options(args) | {"root": args.root or "pizza"})
         mode = "embedded" if args.embedded else "real" if args.real else "auto"
-        return _asyncio_run(run_demo(config, mode=mode, script=args.script))
+        return run_event_loop(run_demo(config, mode=mode, script=args.script))
     if args.command == "session":
         config = load_config(_options(args) | {"root": "-"})
-        return _asyncio_run(show_session(config, args.session))
+        return run_event_loop(show_session(config, args.session))
     raise AssertionError(args.command)
-
-
-def _asyncio_run(coro: Any) -> int:
-    try:
-        import uvloop  # type: ignore[import-not-found]
-    except ImportError:
-        return asyncio.run(coro)  # type: ignore[no-any-return]
-    return uvloop.run(coro)  # type: ignore[no-any-return]
 
 
 async def run_router(config: RouterConfig) -> int:

@@ -200,6 +200,10 @@ class Service:
 
     async def handle(self, dispatch: wire.Dispatch) -> wire.Reply:
         """Run the matching handler (or the default) and build the reply; never raises."""
+        return (await self._handle(dispatch))[0]
+
+    async def _handle(self, dispatch: wire.Dispatch) -> tuple[wire.Reply, bytes]:
+        """The reply and its encoded body (encoding is where an unencodable state fails)."""
         ctx = Context(dispatch, self.name)
         handler = self._pick(dispatch)
         try:
@@ -210,14 +214,15 @@ class Service:
                 if inspect.isawaitable(outcome):
                     await outcome
             reply = ctx.to_reply()
-            wire.encode(reply.to_wire())  # an unencodable state or output fails here, not later
+            body = wire.encode(reply.to_wire())
         except Exception as exc:
             log.exception("event=handler_exception session=%s turn=%s service=%s",
                           dispatch.session, dispatch.turn, self.name)
             text = " ".join(str(exc).split())
-            return wire.Reply(session=dispatch.session, turn=dispatch.turn, action="fail",
-                              error=wire.ErrorInfo("exception", f"{type(exc).__name__}: {text}"))
-        return reply
+            reply = wire.Reply(session=dispatch.session, turn=dispatch.turn, action="fail",
+                               error=wire.ErrorInfo("exception", f"{type(exc).__name__}: {text}"))
+            body = wire.encode(reply.to_wire())
+        return reply, body
 
     def _pick(self, dispatch: wire.Dispatch) -> HandlerFn | None:
         if dispatch.event == "start":
@@ -258,8 +263,7 @@ class Service:
                         self.name, delivery.message_id, exc.reason, exc.detail)
             await delivery.ack()
             return
-        reply = await self.handle(dispatch)
-        body = wire.encode(reply.to_wire())
+        reply, body = await self._handle(dispatch)
         message = Outgoing(replies, body, f"{dispatch.turn}.{dispatch.attempt}.r")
         try:
             (routed,) = await broker.publish([message])
@@ -276,7 +280,7 @@ class Service:
             await delivery.reject(requeue=True)
             return
         await delivery.ack()
-        log.info("event=turn_answered session=%s turn=%s service=%s event_type=%s attempt=%d "
+        log.debug("event=turn_answered session=%s turn=%s service=%s event_type=%s attempt=%d "
                  "action=%s", dispatch.session, dispatch.turn, self.name, dispatch.event,
                  dispatch.attempt, reply.action)
 
@@ -346,7 +350,7 @@ def run_main(services: Sequence[Service], settings: Settings | None = None,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = settings or Settings.from_env()
-        return asyncio.run(_main(services, settings, prefetch, connect_timeout))
+        return run_event_loop(_main(services, settings, prefetch, connect_timeout))
     except CloudBunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -373,6 +377,15 @@ async def _main(services: Sequence[Service], settings: Settings, prefetch: int,
             loop.remove_signal_handler(sig)
         await broker.close()
     return 0
+
+
+def run_event_loop(coro: Any) -> int:
+    """asyncio.run, on uvloop when it is installed (the ``fast`` extra)."""
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[no-any-return]
+    return uvloop.run(coro)  # type: ignore[no-any-return]
 
 
 def load_service(spec: str) -> Service:
