@@ -283,6 +283,7 @@ class Router:
 
     async def _step_locked(self, session: str, make_event: Callable[[Snapshot], Event],
                            dedup_id: str | None, hint: bool) -> Outcome:
+        pause = 0.002
         while True:
             snap = await self.store.load(session, dedup_id)
             record = Record.decode(snap.record) if snap.record is not None else None
@@ -292,7 +293,8 @@ class Router:
                 # Most likely another replica is publishing these right now and will discard
                 # them in a moment: re-sending would only make copies. Look again shortly.
                 self.stats["leftover_waits"] += 1
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.1)
                 continue
             if snap.outbox:
                 # Leftovers of a step that committed but may not have published (a crash, a

@@ -110,12 +110,19 @@ class Client:
         return self._seqs.get(session, 0)
 
     async def send(self, session: str, payload: Any, *, entry: str | None = None,
-                   meta: dict[str, Any] | None = None) -> str:
-        """Send a person's message; return its id (the notices' ``in_reply_to``)."""
-        seq = self._seqs.get(session, 0) + 1
-        self._seqs[session] = seq
-        msg = wire.ClientMessage(session=session, id=_new_id(), reply_to=self.reply_queue,
-                                 payload=payload, seq=seq, entry=entry, meta=meta)
+                   meta: dict[str, Any] | None = None, id: str | None = None,
+                   seq: int | None = None) -> str:
+        """Send a person's message; return its id (the notices' ``in_reply_to``).
+
+        To re-send a message whose publish failed (the router may or may not have it),
+        pass its ``id`` and ``seq`` again: the router ignores a copy it has seen.
+        """
+        if seq is None:
+            seq = self._seqs.get(session, 0) + 1
+            self._seqs[session] = seq
+        msg = wire.ClientMessage(session=session, id=id or _new_id(),
+                                 reply_to=self.reply_queue, payload=payload, seq=seq,
+                                 entry=entry, meta=meta)
         try:
             await self._publish(msg)
         except NoRouter:

@@ -16,6 +16,7 @@ turns that saved it and appears in its outputs, so a turn applied twice or lost 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ SLEEP = float(os.environ.get("CHAOS_SLEEP", "0.005"))
 """Longest simulated work per turn, in seconds (a random fraction of it is slept)."""
 
 _KEEP: Any = object()
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,9 @@ def _service(name: str) -> Service:
     svc = Service(name)
 
     async def handle(ctx: Context) -> None:
+        if ctx.attempt > 1:  # counted by the chaos test
+            log.info("event=chaos_redispatch session=%s turn=%s attempt=%d", ctx.session,
+                     ctx.turn, ctx.attempt)
         if SLEEP:
             await asyncio.sleep(random.uniform(0, SLEEP))
         result = ctx.result

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import random
 import re
 import signal
@@ -151,7 +152,8 @@ class Frontend:
             session=session, id=msg_id, reply_to=self.client.reply_queue, payload=payload,
             seq=seq).to_wire())
         message = Outgoing(self.harness.ingress, body, msg_id)
-        while True:
+        give_up = time.monotonic() + 60
+        while time.monotonic() < give_up:
             try:
                 async with asyncio.timeout(10):
                     if await self.broker.publish([message]) == [True]:
@@ -160,6 +162,7 @@ class Frontend:
                 log.debug("publish of %s failed: %r", msg_id, exc)
             self.publish_retries += 1
             await asyncio.sleep(0.25)
+        raise AssertionError(f"the broker did not confirm client message {msg_id!r} in 60 s")
 
     async def wait(self, session: str, msg_id: str, count: int, timeout: float) -> bool:
         """Wait until ``count`` notices of ``msg_id`` arrived; False after ``timeout`` s."""
@@ -198,6 +201,13 @@ async def drive(front: Frontend, plans: Sequence[Plan], rng: random.Random, *,
 # ---------------------------------------------------------------------------- processes
 
 
+def peek(proc: Proc) -> str:
+    """A process's output so far, read without moving the file offset it shares with the
+    child (``Proc.output`` seeks it, so the child's next write would land at the start)."""
+    fd = proc._errfile.fileno()
+    return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
+
 @dataclass
 class Slot:
     """A place for one process; a killed process is replaced in its slot."""
@@ -221,6 +231,9 @@ class Cluster:
     """Processes sent SIGTERM: each must exit 0 within 10 s."""
     unexpected: list[str] = field(default_factory=list)
     """Processes that exited without being killed: name, code and the end of their output."""
+    frozen: set[str] = field(default_factory=set)
+    """Slots whose process is stopped (SIGSTOP) for a while: no other fault touches them."""
+    _thaws: set[asyncio.Task[None]] = field(default_factory=set)
 
     def add_router(self) -> None:
         h = self.harness
@@ -283,17 +296,14 @@ class Cluster:
         """Whether the slot's process has started consuming (by what it logged)."""
         if slot.proc is None or slot.proc.returncode is not None:
             return False
-        out = slot.proc.output()
+        out = peek(slot.proc)
         if slot.name.startswith("router"):
             return "cloudbunch router: consuming" in out
         return out.count("event=service_serving") >= len(slot.queues)
 
-    def turns_answered(self) -> Counter[str]:
-        """Turns answered by every worker process so far, by attempt ("1", "2"...)."""
-        attempts: Counter[str] = Counter()
-        for proc in self.harness.procs:
-            attempts.update(re.findall(r"event=turn_answered .*? attempt=(\d+)", proc.output()))
-        return attempts
+    def redispatches(self) -> int:
+        """Re-dispatched turns (attempt > 1) answered by the workers (they log each one)."""
+        return sum(peek(p).count("event=chaos_redispatch") for p in self.harness.procs)
 
     def check_exits(self) -> list[Slot]:
         """Slots whose process exited on its own (recorded in ``unexpected``)."""
@@ -326,6 +336,28 @@ class Cluster:
             old.process.send_signal(signal.SIGTERM)
         self.retired.append(old)
         await self.spawn(slot)
+
+    async def freeze(self, slot: Slot, seconds: float) -> None:
+        """SIGSTOP the slot's process and SIGCONT it ``seconds`` later (a long GC pause, a
+        stalled VM): longer than the turn timeout, its turns are dispatched again elsewhere
+        and its late replies must be fenced off."""
+        proc = slot.proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)
+        self.frozen.add(slot.name)
+
+        async def thaw() -> None:
+            await asyncio.sleep(seconds)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
+            self.frozen.discard(slot.name)
+
+        task = asyncio.create_task(thaw())
+        self._thaws.add(task)
+        task.add_done_callback(self._thaws.discard)
+
+    async def thaw_all(self) -> None:
+        await asyncio.gather(*self._thaws)
 
     async def stop(self) -> dict[str, int]:
         """SIGTERM every process; return the router stats summed over those that stopped
@@ -382,10 +414,11 @@ async def kill_redis_clients(redis_url: str) -> int:
 
 @dataclass
 class Faults:
-    """Executes a schedule of faults: kill9, sigterm, amqp (cut), redis (cut)."""
+    """Executes a schedule of faults: kill9, sigterm, freeze, amqp (cut), redis (cut)."""
 
     cluster: Cluster
     rng: random.Random
+    freeze_s: float = 3.0
     counts: Counter[str] = field(default_factory=Counter)
     journal: list[str] = field(default_factory=list)
 
@@ -396,24 +429,34 @@ class Faults:
             if delay > 0:
                 await asyncio.sleep(delay)
             await self.inject(kind, t0)
+        await self.cluster.thaw_all()
         await self.cluster.respawn_exited()
 
     async def inject(self, kind: str, t0: float) -> None:
         harness = self.cluster.harness
         what = kind
-        if kind in ("kill9", "sigterm"):
-            slots = [s for s in self.cluster.slots if s.proc is not None]
-            if kind == "sigterm":
-                # A process still importing has no handler yet and would die of the signal:
-                # a rolling restart stops processes that run.
+        if kind in ("kill9", "sigterm", "freeze"):
+            cluster = self.cluster
+            slots = [s for s in cluster.slots if s.proc is not None and s.name not in
+                     cluster.frozen]
+            if kind != "kill9":
+                # A process still importing has no signal handler yet and would die of
+                # SIGTERM: a rolling restart (and a pause) hits processes that run.
                 for _ in range(100):
-                    slots = [s for s in self.cluster.slots if self.cluster.ready(s)]
+                    slots = [s for s in slots if cluster.ready(s)]
                     if slots:
                         break
                     await asyncio.sleep(0.1)
+                    slots = [s for s in cluster.slots if s.proc is not None and s.name not in
+                             cluster.frozen]
             slot = self.rng.choice(slots)
             what = f"{kind} {slot.proc.name if slot.proc else '?'}"
-            await (self.cluster.kill9(slot) if kind == "kill9" else self.cluster.sigterm(slot))
+            if kind == "kill9":
+                await cluster.kill9(slot)
+            elif kind == "sigterm":
+                await cluster.sigterm(slot)
+            else:
+                await cluster.freeze(slot, self.freeze_s)
         elif kind == "amqp":
             await close_all_connections()
             await harness.reopen()  # type: ignore[attr-defined]

@@ -2,8 +2,9 @@
 
 Three router processes and three worker processes per service (four worker processes) run
 the flow of :mod:`tests.chaos.flow` for several hundred sessions, while a fault injector
-kills processes (``kill -9`` and SIGTERM, each replaced at once), closes every broker
-connection and kills every Redis client connection, at random instants. Each session sends
+kills processes (``kill -9`` and SIGTERM, each replaced at once), pauses some (SIGSTOP for
+longer than the turn timeout, then SIGCONT), closes every broker connection and kills every
+Redis client connection, at random instants. Each session sends
 its next message only after its previous chain finished, so the notices of a session have
 one right order. The run is reproducible in its plan and schedule with ``CHAOS_SEED``.
 """
@@ -39,7 +40,7 @@ SESSIONS = int(os.environ.get("CHAOS_SESSIONS", "300"))
 MESSAGES = 6
 WINDOW = float(os.environ.get("CHAOS_WINDOW", "60"))
 """Seconds over which the load is spread and the faults fall."""
-FAULTS = {"kill9": 16, "sigterm": 8, "amqp": 2, "redis": 2}
+FAULTS = {"kill9": 16, "sigterm": 8, "freeze": 4, "amqp": 2, "redis": 2}
 if os.environ.get("CHAOS_FAULTS"):  # development: e.g. kill9=4,sigterm=2,amqp=0,redis=0
     FAULTS = {k: int(v) for k, v in (kv.split("=") for kv in os.environ["CHAOS_FAULTS"].split(","))}
 ACTIONS = {"reply", "open", "close", "replace", "pass", "fail"}
@@ -73,7 +74,6 @@ async def test_no_loss_no_duplicate_no_disorder_under_kills_and_cuts(
         injector.cancel()
         await asyncio.gather(injector, return_exceptions=True)
     stats = await cluster.stop()
-    answered = cluster.turns_answered()
     after_stop = {q: c for q, c in (await queue_counts(chaos.ns)).items() if c[0] or c[1]}
     await front.close()
 
@@ -81,12 +81,12 @@ async def test_no_loss_no_duplicate_no_disorder_under_kills_and_cuts(
     check(plans, front, stacks, figures)
     figures.extra = {
         "kill9": faults.counts["kill9"], "sigterm": faults.counts["sigterm"],
-        "amqp_cuts": faults.counts["amqp"], "redis_cuts": faults.counts["redis"],
+        "freezes": faults.counts["freeze"], "amqp_cuts": faults.counts["amqp"],
+        "redis_cuts": faults.counts["redis"],
         "notice_copies": front.copies, "publish_retries": front.publish_retries,
-        "chain_timeouts": front.chain_timeouts, "turns_answered": sum(answered.values()),
-        "redispatches_answered": sum(n for a, n in answered.items() if a != "1"),
-        "replies_dropped":
-            stats.get("replies_dropped", 0), "unexpected_exits": len(cluster.unexpected),
+        "chain_timeouts": front.chain_timeouts, "redispatches": cluster.redispatches(),
+        **{k: stats.get(k, 0) for k in ("replies_dropped", "leftover_waits", "cas_retries")},
+        "unexpected_exits": len(cluster.unexpected),
         "unclean_stops": len(cluster.unclean_stops()), "undrained": len(left),
         "left_after_stop": len(after_stop), "load_s": round(load_seconds, 1),
         "total_s": round(time.monotonic() - started, 1), "seed": seed,

@@ -36,8 +36,9 @@ MESSAGES = 4
 
 
 def small_cluster(chaos: ChaosHarness) -> Cluster:
-    """Two routers and two workers serving every service."""
-    cluster = Cluster(chaos, {"turn_timeout": 2, "max_attempts": 10}, sleep=0.02)
+    """Two routers and two workers serving every service. Turns take up to 0.3 s, so that
+    about a third of the sessions have a chain in flight at any instant."""
+    cluster = Cluster(chaos, {"turn_timeout": 2, "max_attempts": 10}, sleep=0.3)
     cluster.add_router()
     cluster.add_router()
     cluster.add_worker(SERVICES)

@@ -99,8 +99,9 @@ class Proc:
 
     def output(self) -> str:
         """Everything the process wrote so far (stdout and stderr together)."""
-        self._errfile.seek(0)
-        return self._errfile.read().decode(errors="replace")
+        # pread: seeking the shared file would move the child's write position too.
+        fd = self._errfile.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     async def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, wait up to ``timeout`` s, then SIGKILL; return the exit code."""
