@@ -21,9 +21,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     setattr(item, f"rep_{report.when}", report)
 
 
-@pytest.fixture
-def redis_url() -> str:
-    """The Redis under test (CLOUDBUNCH_REDIS_URL, else the local default)."""
+@pytest.fixture(params=["redis", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The Redis under test: the single server (CLOUDBUNCH_REDIS_URL, else the local
+    default), then a Redis Cluster, so every end-to-end test runs against both."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
     return os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL)
 
 
