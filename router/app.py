@@ -16,7 +16,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +79,8 @@ class Router:
         self._failed = asyncio.Event()
         self._store_down_since: float | None = None
         self._unsent: set[str] = set()
+        self._cache = _RecordCache(max_age=min(5.0, config.session_ttl / 4))
+        self._fast = _FastPathGate()
         """Sessions whose outbox this replica failed to publish: no grace on retry."""
 
     # ------------------------------------------------------------------ lifecycle
@@ -284,9 +286,20 @@ class Router:
     async def _step_locked(self, session: str, make_event: Callable[[Snapshot], Event],
                            dedup_id: str | None, hint: bool) -> Outcome:
         pause = 0.002
+        # Not after a failed publish of ours: that outbox must go out first.
+        cached = self._cache.get(session) if session not in self._unsent else None
         while True:
-            snap = await self.store.load(session, dedup_id)
-            record = Record.decode(snap.record) if snap.record is not None else None
+            fast = cached is not None and self._fast.use()
+            if fast:
+                # Fast path: no load. The commit's compare-and-set on the version (and its
+                # refusal of a remembered message id) proves the cached record current.
+                assert cached is not None
+                version, record = cached
+                snap = Snapshot(version, None)
+            else:
+                snap = await self.store.load(session, dedup_id)
+                record = Record.decode(snap.record) if snap.record is not None else None
+            cached = None
             event = make_event(snap)
             if snap.outbox and record is not None and session not in self._unsent and (
                     self.clock() * 1000 - record.stamp_ms < LEFTOVER_GRACE_MS):
@@ -306,6 +319,9 @@ class Router:
             now = int(self.clock() * 1000)
             out = core.step(record, session, event, now, self.ids, self.cfg)
             if not out.changed:
+                if fast:
+                    continue  # "nothing to do" from a cached record is not proof: load
+                self._cache.put(session, snap.version, record)
                 return out
             assert out.record is not None
             new = out.record
@@ -317,10 +333,14 @@ class Router:
                 session, snap.version, new.encode(), append=encoded, remember=out.remember,
                 expire_at_ms=new.expire_at_ms(self.cfg),
                 hint_ms=due if hint and due is not None and due != old_due else None)
+            if fast:
+                self._fast.outcome(applied)
             if not applied:
                 self._unsent.discard(session)
+                self._cache.drop(session)
                 self.stats["cas_retries"] += 1
                 continue
+            self._cache.put(session, snap.version + 1, new)
             self.stats["steps"] += 1
             # A deadline just cleared: drop its hint now rather than let the scanner find it.
             unhint = old_due if hint and due is None else None
@@ -386,6 +406,58 @@ class Router:
             await self.store.settle_hint(session, lease, due)
         except Exception as exc:  # the lease makes it fire again later
             log.warning("event=deadline_failed session=%s error=%r", session, exc)
+
+
+class _RecordCache:
+    """The records this replica last wrote or read, to skip the load of the next step.
+
+    Only a hint: a stale entry makes the commit's compare-and-set fail, and the step then
+    loads. Entries expire quickly (a session that expired in Redis restarts at version 0).
+    """
+
+    def __init__(self, max_age: float, size: int = 10_000) -> None:
+        self.max_age = max_age
+        self.size = size
+        self._entries: OrderedDict[str, tuple[int, Record | None, float]] = OrderedDict()
+
+    def get(self, session: str) -> tuple[int, Record | None] | None:
+        entry = self._entries.get(session)
+        if entry is None:
+            return None
+        if time.monotonic() - entry[2] > self.max_age:
+            del self._entries[session]
+            return None
+        return entry[0], entry[1]
+
+    def put(self, session: str, version: int, record: Record | None) -> None:
+        self._entries[session] = (version, record, time.monotonic())
+        self._entries.move_to_end(session)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def drop(self, session: str) -> None:
+        self._entries.pop(session, None)
+
+
+class _FastPathGate:
+    """Whether skipping the load pays: with several replicas sharing sessions, cached
+    records are often stale and a failed commit costs more than the load it saved."""
+
+    def __init__(self) -> None:
+        self.score = 1.0
+        self._skipped = 0
+
+    def use(self) -> bool:
+        if self.score >= 0.5:
+            return True
+        self._skipped += 1
+        if self._skipped >= 32:  # probe now and then: the replicas may have changed
+            self._skipped = 0
+            return True
+        return False
+
+    def outcome(self, applied: bool) -> None:
+        self.score = 0.9 * self.score + (0.1 if applied else 0.0)
 
 
 def _constant(event: Event) -> Callable[[Snapshot], Event]:

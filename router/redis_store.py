@@ -84,6 +84,7 @@ return {rec[1], rec[2], out, seen}
 _COMMIT = f"""
 local v = tonumber(redis.call('HGET', KEYS[1], 'v')) or 0
 if v ~= tonumber(ARGV[1]) then return 0 end
+if ARGV[4] ~= '' and redis.call('LPOS', KEYS[3], ARGV[4]) then return 0 end
 redis.call('HSET', KEYS[1], 'v', v + 1, 'b', ARGV[2])
 local n = #ARGV
 local i = 5
@@ -93,7 +94,7 @@ while i <= n do
   redis.call('RPUSH', KEYS[2], unpack(ARGV, i, j))
   i = j + 1
 end
-if ARGV[4] ~= '' and not redis.call('LPOS', KEYS[3], ARGV[4]) then
+if ARGV[4] ~= '' then
   redis.call('LPUSH', KEYS[3], ARGV[4])
   redis.call('LTRIM', KEYS[3], 0, {DEDUP_MEMORY - 1})
 end

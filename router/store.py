@@ -40,10 +40,11 @@ class SessionStore(Protocol):
     async def commit(self, session: str, expected_version: int, record: bytes, *,
                      append: Sequence[bytes] = (), remember: str | None = None,
                      expire_at_ms: int, hint_ms: int | None = None) -> bool:
-        """Compare-and-set: if the version is still ``expected_version``, write the record
-        (version + 1), append ``append`` to the outbox, remember ``remember`` (keeping the
-        last DEDUP_MEMORY ids), and make every key of the session expire at
-        ``expire_at_ms``; all atomically. Return False (and change nothing) otherwise.
+        """Compare-and-set: if the version is still ``expected_version`` and ``remember`` is
+        not remembered yet, write the record (version + 1), append ``append`` to the outbox,
+        remember ``remember`` (keeping the last DEDUP_MEMORY ids), and make every key of the
+        session expire at ``expire_at_ms``; all atomically. Return False (and change
+        nothing) otherwise.
 
         ``hint_ms``, if given, is written to the deadline index *before* the atomic part.
         """
@@ -127,12 +128,14 @@ class MemoryStore:
         state = self._get(session)
         if (state.version if state is not None else 0) != expected_version:
             return False
+        if state is not None and remember is not None and remember in state.seen:
+            return False
         if state is None:
             state = self._sessions[session] = _Session(0, b"", expire_at_ms)
         state.version += 1
         state.record = bytes(record)
         state.outbox.extend(bytes(entry) for entry in append)
-        if remember is not None and remember not in state.seen:
+        if remember is not None:
             state.seen[remember] = None
             while len(state.seen) > DEDUP_MEMORY:
                 del state.seen[next(iter(state.seen))]

@@ -270,6 +270,16 @@ class StoreContract:
         claimed = {s for s, _ in await store.claim_due(lease + 1, 5000)}
         assert claimed == {"b", "c"}
 
+    async def test_commit_refuses_an_id_already_remembered(self, store: Any,
+                                                           clock: Clock) -> None:
+        expire = clock.now_ms() + FAR
+        assert await store.commit("s", 0, b"r1", remember="m1", expire_at_ms=expire)
+        assert not await store.commit("s", 1, b"r2", append=[b"x"], remember="m1",
+                                      expire_at_ms=expire)
+        snap = await store.load("s")
+        assert (snap.version, snap.record, snap.outbox) == (1, b"r1", [])
+        assert await store.commit("s", 1, b"r2", remember="m2", expire_at_ms=expire)
+
     async def test_claim_respects_the_limit_and_misses_nothing(self, store: Any) -> None:
         sessions = {f"s{i}" for i in range(20)}
         for i, session in enumerate(sorted(sessions)):
