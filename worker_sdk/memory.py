@@ -172,6 +172,12 @@ class MemoryBroker:
         self._closed = False
         self._lost: asyncio.Event | None = None
 
+    def connection(self) -> MemoryBroker:
+        """Another connection to the same queues, as a second process would have."""
+        other = MemoryBroker(self.queue_type)
+        other._queues = self._queues
+        return other
+
     async def connect(self) -> None:
         self._closed = False
 

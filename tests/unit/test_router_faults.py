@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 
 from router.app import Router
 from router.config import RouterConfig
-from router.core import Record
+from router.core import ClientArrived, Record, ReplyArrived
 from router.store import MemoryStore, Snapshot
-from worker_sdk import Client, Context, MemoryBroker, Service
+from worker_sdk import Client, Context, MemoryBroker, Service, wire
 from worker_sdk.broker import Outgoing
 from worker_sdk.errors import PublishFailed, StoreUnavailable
 from worker_sdk.service import run_services
@@ -109,17 +109,20 @@ def _expected(session: str, count: int) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_no_loss_no_duplicate_no_reorder_under_faults(seed: int) -> None:
+@pytest.mark.parametrize("seed,replicas", [(1, 1), (2, 1), (3, 2), (4, 3)])
+async def test_no_loss_no_duplicate_no_reorder_under_faults(seed: int, replicas: int) -> None:
+    """With several replicas, each one's cached records go stale behind the others' steps:
+    the compare-and-set must catch every such step."""
     rng = random.Random(seed)
     memory = MemoryBroker()
-    broker = FlakyBroker(memory, rng, rate=0.15)
     store = FlakyStore(rng, rate=0.1)
     config = RouterConfig(root="root", namespace="f", turn_timeout=0.5, max_attempts=50)
-    router = Router(config, broker, store)  # type: ignore[arg-type]
+    routers = [Router(config, FlakyBroker(memory.connection(), rng, rate=0.15),  # type: ignore[arg-type]
+                      store) for _ in range(replicas)]
     stop = asyncio.Event()
     services = asyncio.create_task(run_services(_services(), memory, "f", 8, stop))
-    await router.start()
+    for router in routers:
+        await router.start()
     client = Client(memory, "f")
     await client.start()
     sessions = [f"s{i}" for i in range(12)]
@@ -149,10 +152,44 @@ async def test_no_loss_no_duplicate_no_reorder_under_faults(seed: int) -> None:
             assert snap.record is not None
             rec = Record.decode(snap.record)
             assert [f.service for f in rec.stack] == ["root"] and rec.turn is None
-        assert broker.faults > 10 and store.faults > 10, (broker.faults, store.faults)
+        faults = sum(r.broker.faults for r in routers)  # type: ignore[attr-defined]
+        assert faults > 10 and store.faults > 10, (faults, store.faults)
+        if replicas > 1:
+            assert sum(r.stats["cas_retries"] for r in routers) > 0, "no stale cache was hit"
     finally:
         collector.cancel()
         stop.set()
-        await router.stop(grace=1)
+        for router in routers:
+            await router.stop(grace=1)
         await services
         await client.close()
+
+
+async def test_a_stale_cached_record_never_drops_a_valid_reply() -> None:
+    """Replica A caches the session at its first turn; replica B then runs two more steps.
+    A reply for B's turn reaching A must be applied, not fenced off by A's stale copy."""
+    memory = MemoryBroker()
+    store = MemoryStore()
+    config = RouterConfig(root="root", namespace="c")
+    a, b = Router(config, memory.connection(), store), Router(config, memory.connection(), store)
+    for queue in ("c.ingress", "c.replies", "c.dead", "c.service.root", "fe"):
+        await memory.declare(queue)
+
+    def message(msg_id: str) -> Callable[[Snapshot], ClientArrived]:
+        msg = wire.ClientMessage("s", msg_id, "fe", payload=msg_id)
+        return lambda snap: ClientArrived(msg, snap.seen)
+
+    def reply_to(rec: Record | None) -> ReplyArrived:
+        assert rec is not None and rec.turn is not None
+        answer = wire.Reply("s", rec.turn.id, "reply", state={"at": rec.turn.id})
+        return ReplyArrived(rec.turn.id, answer)
+
+    first = await a.run_step("s", message("m1"), dedup_id="m1")
+    await b.run_step("s", lambda snap: reply_to(first.record))
+    second = await b.run_step("s", message("m2"), dedup_id="m2")
+    applied = await a.run_step("s", lambda snap: reply_to(second.record))
+    assert applied.changed and applied.dropped is None
+    assert applied.record is not None and applied.record.turn is None
+    # And a message id B already took is a duplicate for A too, whatever A cached.
+    again = await a.run_step("s", message("m2"), dedup_id="m2")
+    assert not again.changed and again.dropped
