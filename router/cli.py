@@ -10,12 +10,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from worker_sdk.errors import CloudBunchError
+from worker_sdk.errors import CloudBunchError, ConfigError
 from worker_sdk.service import run_event_loop
 
 from .config import ENV, RouterConfig, load_config
@@ -53,6 +54,16 @@ def _add_router_options(p: argparse.ArgumentParser, *, only: Sequence[str] | Non
                        help=f"{text} [env {ENV[name]}; {shown}]")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloudbunch",
@@ -71,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "named as module:attribute) until SIGTERM or SIGINT.")
     p.add_argument("services", nargs="+", metavar="MODULE:ATTR",
                    help="a Service object, e.g. examples.pizza:menu")
-    p.add_argument("--prefetch", type=int, default=16, metavar="N",
-                   help="dispatches handled at once per service [default 16]")
+    p.add_argument("--prefetch", type=_positive, default=None, metavar="N",
+                   help="dispatches handled at once per service "
+                        "[env CLOUDBUNCH_PREFETCH; default 16]")
     _add_router_options(p, only=("amqp_url", "namespace", "queue_type"))
 
     p = sub.add_parser("demo", help="chat with the example pizza bot in the terminal",
@@ -87,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use the in-memory engine even if RabbitMQ and Redis answer")
     mode.add_argument("--real", action="store_true",
                       help="require RabbitMQ and Redis (fail if they do not answer)")
-    _add_router_options(p, root_default="pizza")
+    _add_router_options(p, only=[n for n, _, _ in ROUTER_OPTIONS
+                                 if n not in ("root", "namespace")])
+    p.add_argument("--namespace", dest="namespace", metavar="NS",
+                   help="prefix of the demo's queues and keys [env CLOUDBUNCH_DEMO_NAMESPACE; "
+                        "default cbdemo, so the demo never mixes with a deployment in 'cb']")
 
     p = sub.add_parser("session", help="inspect sessions", description="Inspect sessions.")
     ssub = p.add_subparsers(dest="session_command", metavar="SUBCOMMAND", required=True)
@@ -120,6 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _positive_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return _positive(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{name} {exc}") from None
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name, None) for name, _, _ in ROUTER_OPTIONS}
 
@@ -135,12 +161,16 @@ def _run(args: argparse.Namespace) -> int:
         services = [load_service(spec) for spec in args.services]
         base = load_config(_options(args) | {"root": "-"})
         settings = Settings(base.amqp_url, base.namespace, base.queue_type)
-        return run_main(services, settings, prefetch=args.prefetch,
+        prefetch = args.prefetch
+        if prefetch is None:
+            prefetch = _positive_env("CLOUDBUNCH_PREFETCH", 16)
+        return run_main(services, settings, prefetch=prefetch,
                         connect_timeout=CONNECT_TIMEOUT)
     if args.command == "demo":
         from .demo import run_demo
 
-        config = load_config(_options(args) | {"root": args.root or "pizza"})
+        namespace = args.namespace or os.environ.get("CLOUDBUNCH_DEMO_NAMESPACE", "cbdemo")
+        config = load_config(_options(args) | {"root": "pizza", "namespace": namespace})
         mode = "embedded" if args.embedded else "real" if args.real else "auto"
         return run_event_loop(run_demo(config, mode=mode, script=args.script))
     if args.command == "session":

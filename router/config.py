@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from worker_sdk.errors import ConfigError
 from worker_sdk.settings import (
@@ -19,6 +20,17 @@ from worker_sdk.settings import (
 )
 
 from .core import CoreConfig
+
+AMQP_SCHEMES = ("amqp", "amqps")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def check_url(url: str, schemes: tuple[str, ...], where: str) -> None:
+    """Refuse a URL whose scheme no client here understands (it would hang or crash later)."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in schemes:
+        raise ConfigError(f"{where} must start with {' or '.join(s + '://' for s in schemes)}, "
+                          f"not {url.split('@')[-1]!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +51,8 @@ class RouterConfig:
     max_waiting: int = 1_000
 
     def __post_init__(self) -> None:
+        check_url(self.amqp_url, AMQP_SCHEMES, "--amqp-url / CLOUDBUNCH_AMQP_URL")
+        check_url(self.redis_url, REDIS_SCHEMES, "--redis-url / CLOUDBUNCH_REDIS_URL")
         if not self.root:
             raise ConfigError("no root service: pass --root NAME or set CLOUDBUNCH_ROOT")
         check_namespace(self.namespace)

@@ -7,6 +7,7 @@ import secrets
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlparse
 
 from worker_sdk import wire
@@ -14,6 +15,8 @@ from worker_sdk.errors import BrokerUnavailable, StoreUnavailable
 
 from .config import RouterConfig
 from .engine import Engine
+
+DEFAULT_SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "demo_script.txt"
 
 HELP = "(type a message; /stack shows the session's stack, /end ends it, /quit leaves)"
 
@@ -40,7 +43,12 @@ async def _lines(script: str | None) -> AsyncIterator[tuple[str, bool]]:
             yield line, True
         return
     if script == "-" or not sys.stdin.isatty():
-        for line in sys.stdin.read().splitlines():
+        piped = sys.stdin.read().splitlines()
+        if script is None and not any(line.strip() for line in piped):
+            # Nothing piped in (CI, `< /dev/null`): play the example conversation.
+            print(f"demo: no input on stdin; playing {DEFAULT_SCRIPT}", flush=True)
+            piped = DEFAULT_SCRIPT.read_text(encoding="utf-8").splitlines()
+        for line in piped:
             yield line, True
         return
     print(HELP)

@@ -41,6 +41,7 @@ from redis.exceptions import (
     CrossSlotTransactionError,
     InvalidPipelineStack,
     RedisClusterException,
+    RedisError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -356,9 +357,14 @@ class RedisStore:
                                args=[session, lease, "" if due_ms is None else due_ms])
 
     async def ping(self) -> None:
-        """Raise StoreUnavailable if Redis does not answer."""
+        """Raise StoreUnavailable if Redis does not answer (or what answers is not Redis)."""
         async with self._guard():
-            await self._redis.ping()
+            try:
+                await self._redis.ping()
+            except RedisError as error:
+                if isinstance(error, (RedisConnectionError, RedisTimeoutError)):
+                    raise
+                raise self._unavailable(error) from error
 
     async def close(self) -> None:
         """Release connections."""

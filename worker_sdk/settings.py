@@ -44,6 +44,10 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read CLOUDBUNCH_AMQP_URL, CLOUDBUNCH_NAMESPACE and CLOUDBUNCH_QUEUE_TYPE."""
         env = os.environ if env is None else env
+        url = env.get("CLOUDBUNCH_AMQP_URL", DEFAULT_AMQP_URL)
+        if not url.lower().startswith(("amqp://", "amqps://")):
+            raise ConfigError("CLOUDBUNCH_AMQP_URL must start with amqp:// or amqps://, "
+                              f"not {url.split('@')[-1]!r}")
         return cls(
             amqp_url=env.get("CLOUDBUNCH_AMQP_URL", DEFAULT_AMQP_URL),
             namespace=check_namespace(env.get("CLOUDBUNCH_NAMESPACE", DEFAULT_NAMESPACE)),
