@@ -38,12 +38,54 @@ class CoreConfig:
 # ---------------------------------------------------------------------------- record
 
 
-@dataclass(slots=True)
-class Frame:
-    """One open service on the stack and its saved state."""
+_LAZY: Any = object()
 
-    service: str
-    state: Any = None
+
+class Frame:
+    """One open service on the stack and its saved state.
+
+    The state is kept encoded as it was stored, and decoded only when read: a step touches
+    one or two frames, so a deep stack costs little more than a shallow one.
+    """
+
+    __slots__ = ("_packed", "_state", "service")
+
+    def __init__(self, service: str, state: Any = None, *, packed: bytes | None = None) -> None:
+        self.service = service
+        self._state = _LAZY if packed is not None else state
+        self._packed = packed
+
+    @property
+    def state(self) -> Any:
+        if self._state is _LAZY:
+            assert self._packed is not None
+            self._state = wire.decode_stored(self._packed)
+        return self._state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._state = value
+        self._packed = None
+
+    def packed(self) -> bytes:
+        """The state, encoded (once)."""
+        if self._packed is None:
+            self._packed = wire.encode(self._state)
+        return self._packed
+
+    def copy(self) -> Frame:
+        other = Frame(self.service)
+        other._state, other._packed = self._state, self._packed
+        return other
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Frame) and self.service == other.service
+                and self.state == other.state)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Frame({self.service!r}, {self.state!r})"
 
 
 @dataclass(slots=True)
@@ -115,7 +157,7 @@ class Record:
         turn = self.turn
         return Record(
             session=self.session,
-            stack=[Frame(f.service, f.state) for f in self.stack],
+            stack=[f.copy() for f in self.stack],
             turn=None if turn is None else Turn(
                 turn.id, turn.depth, turn.event, turn.attempt, turn.deadline_ms, turn.body,
                 turn.opened_by, turn.replaced),
@@ -129,11 +171,12 @@ class Record:
         chain = self.chain
         return wire.encode({
             "s": self.session,
-            "k": [[f.service, f.state] for f in self.stack],
+            "k": [[f.service, f.packed()] for f in self.stack],
             "t": None if turn is None else [
                 turn.id, turn.depth, turn.event, turn.attempt, turn.deadline_ms, turn.body,
                 turn.opened_by,
-                None if turn.replaced is None else [turn.replaced.service, turn.replaced.state]],
+                None if turn.replaced is None else [turn.replaced.service,
+                                                    turn.replaced.packed()]],
             "c": None if chain is None else [chain.origin, chain.reply_to, chain.payload,
                                                chain.meta],
             "w": [m.to_wire() for m in self.waiting],
@@ -150,10 +193,10 @@ class Record:
         c = raw["c"]
         return cls(
             session=raw["s"],
-            stack=[Frame(s, st) for s, st in raw["k"]],
+            stack=[Frame(s, packed=st) for s, st in raw["k"]],
             turn=None if t is None else Turn(
                 id=t[0], depth=t[1], event=t[2], attempt=t[3], deadline_ms=t[4], body=t[5],
-                opened_by=t[6], replaced=None if t[7] is None else Frame(t[7][0], t[7][1])),
+                opened_by=t[6], replaced=None if t[7] is None else Frame(t[7][0], packed=t[7][1])),
             chain=None if c is None else Chain(c[0], c[1], c[2], c[3]),
             waiting=[ClientMessage.from_wire(m) for m in raw["w"]],
             held=[Held(ClientMessage.from_wire(m), at) for m, at in raw["h"]],

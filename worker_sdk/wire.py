@@ -91,6 +91,11 @@ between 512 and 2,000; 512 leaves room to embed a decoded value in the router's 
 and dispatches without reaching the encoder's limit."""
 
 
+def decode_stored(blob: bytes) -> Any:
+    """Decode a value this party encoded itself (no contract checks: it passed them)."""
+    return msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
 def _tree_problem(value: Any) -> str | None:
     """Why a decoded value breaks the contract: a binary map key, or too deep a nesting."""
     stack: list[tuple[Any, int]] = [(value, 1)]
