@@ -68,7 +68,6 @@ class Router:
         self.stats: Counter[str] = Counter()
         self._locks: dict[str, asyncio.Lock] = {}
         self._lock_users: Counter[str] = Counter()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -79,9 +78,9 @@ class Router:
         self._failed = asyncio.Event()
         self._store_down_since: float | None = None
         self._unsent: set[str] = set()
+        """Sessions whose outbox this replica may not have published: no grace on retry."""
         self._cache = _RecordCache(max_age=min(5.0, config.session_ttl / 4))
         self._fast = _FastPathGate()
-        """Sessions whose outbox this replica failed to publish: no grace on retry."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -154,10 +153,7 @@ class Router:
         self.stats["internal_errors"] += 1
         try:
             problem = wire.BadBody("invalid", f"{type(exc).__name__}: {exc}")
-            headers = core.dead_headers(problem, source) | {"x-cb-reason": "internal"}
-            digest = hashlib.sha256(delivery.body).hexdigest()[:32]
-            await self.broker.publish([Outgoing(self.dead, delivery.body, f"dead-{digest}",
-                                                headers)])
+            await self._dead_letter(delivery.body, problem, source, reason="internal")
         except Exception:
             log.exception("event=dead_letter_failed queue=%s", source)
             await delivery.reject(requeue=True)
@@ -240,13 +236,17 @@ class Router:
         return wire.BadBody("too_large", f"body is {len(body)} bytes; max-body is "
                                          f"{self.config.max_body}")
 
-    async def _dead_letter(self, body: bytes, problem: wire.BadBody, source: str) -> None:
+    async def _dead_letter(self, body: bytes, problem: wire.BadBody, source: str, *,
+                           reason: str | None = None) -> None:
+        """Publish ``body`` unchanged to ``NS.dead`` with the reason headers (guarantee 8)."""
         self.stats["dead_letters"] += 1
-        log.warning("event=dead_letter queue=%s reason=%s detail=%r", source, problem.reason,
-                    problem.detail)
+        headers = core.dead_headers(problem, source)
+        if reason is not None:
+            headers["x-cb-reason"] = reason
+        log.warning("event=dead_letter queue=%s reason=%s detail=%r", source,
+                    headers["x-cb-reason"], problem.detail)
         digest = hashlib.sha256(body).hexdigest()[:32]
-        await self.broker.publish([Outgoing(self.dead, body, f"dead-{digest}",
-                                            core.dead_headers(problem, source))])
+        await self.broker.publish([Outgoing(self.dead, body, f"dead-{digest}", headers)])
 
     async def _reject_client_message(self, body: bytes, obj: Any,
                                      problem: wire.BadBody) -> None:

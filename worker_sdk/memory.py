@@ -265,6 +265,11 @@ class MemoryBroker:
         target = self._queues.get(queue)
         return [] if target is None else [m.body for m in target.ready]
 
+    def headers(self, queue: str) -> list[dict[str, str]]:
+        """The headers of the ready messages of ``queue``, head first."""
+        target = self._queues.get(queue)
+        return [] if target is None else [dict(m.headers) for m in target.ready]
+
     def queues(self) -> list[str]:
         """The names of the declared queues."""
         return sorted(self._queues)

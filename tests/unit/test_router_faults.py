@@ -193,3 +193,30 @@ async def test_a_stale_cached_record_never_drops_a_valid_reply() -> None:
     # And a message id B already took is a duplicate for A too, whatever A cached.
     again = await a.run_step("s", message("m2"), dedup_id="m2")
     assert not again.changed and again.dropped
+
+
+async def test_a_delivery_that_hits_a_router_bug_is_dead_lettered_not_requeued() -> None:
+    class BrokenStore(MemoryStore):
+        async def load(self, session: str, dedup_id: str | None = None) -> Snapshot:
+            raise RuntimeError("a bug")
+
+    memory = MemoryBroker()
+    router = Router(RouterConfig(root="root", namespace="b"), memory, BrokenStore())
+    await router.start()
+    try:
+        msg = wire.ClientMessage("s", "m1", "fe", payload="hi")
+        await memory.publish([Outgoing("b.ingress", wire.encode(msg.to_wire()), "m1")])
+        for _ in range(200):
+            if memory.messages("b.dead"):
+                break
+            await asyncio.sleep(0.01)
+        assert memory.messages("b.dead") == [wire.encode(msg.to_wire())]
+        [headers] = memory.headers("b.dead")
+        assert headers["x-cb-reason"] == "internal"
+        assert headers["x-cb-detail"] == "RuntimeError: a bug"
+        assert headers["x-cb-source-queue"] == "b.ingress"
+        await asyncio.sleep(0.05)
+        assert memory.messages("b.ingress") == [], "acknowledged, not requeued"
+        assert router.stats["internal_errors"] == 1
+    finally:
+        await router.stop(grace=1)
