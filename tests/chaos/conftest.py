@@ -11,7 +11,7 @@ import pytest
 
 # The hook keeps each phase's report on the item, so teardown knows whether the test failed.
 from tests.integration.conftest import pytest_runtest_makereport  # noqa: F401
-from tests.integration.procs import Harness
+from tests.integration.procs import Harness, opened
 from worker_sdk.settings import DEFAULT_REDIS_URL
 
 TAIL = 40
@@ -69,12 +69,5 @@ async def chaos(request: pytest.FixtureRequest, namespace: str, amqp_url: str,
 
     The processes' output is printed when the test failed.
     """
-    harness = ChaosHarness(namespace, amqp_url, redis_url)
-    try:
-        await harness.open()
+    async with opened(ChaosHarness(namespace, amqp_url, redis_url), request.node) as harness:
         yield harness
-    finally:
-        report = getattr(request.node, "rep_call", None)
-        failed = report is None or report.failed
-        await harness.stop_all(failed)
-        await harness.cleanup()

@@ -10,7 +10,7 @@ import pytest
 
 from worker_sdk.settings import DEFAULT_REDIS_URL
 
-from .procs import Harness
+from .procs import Harness, opened
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -37,12 +37,5 @@ async def e2e(request: pytest.FixtureRequest, namespace: str, amqp_url: str,
 
     The processes' output is printed when the test failed.
     """
-    harness = Harness(namespace, amqp_url, redis_url)
-    try:
-        await harness.open()
+    async with opened(Harness(namespace, amqp_url, redis_url), request.node) as harness:
         yield harness
-    finally:
-        report = getattr(request.node, "rep_call", None)
-        failed = report is None or report.failed
-        await harness.stop_all(failed)
-        await harness.cleanup()

@@ -16,10 +16,10 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aio_pika
 import msgpack
@@ -234,6 +234,22 @@ class DeadLetter:
     body: bytes
     headers: dict[str, Any]
     message_id: str | None
+
+
+HarnessT = TypeVar("HarnessT", bound="Harness")
+
+
+@contextlib.asynccontextmanager
+async def opened(harness: HarnessT, node: Any) -> AsyncIterator[HarnessT]:
+    """Open ``harness``; afterwards stop its processes (printing their output if the test
+    ``node`` failed) and delete its queues and keys."""
+    try:
+        await harness.open()
+        yield harness
+    finally:
+        report = getattr(node, "rep_call", None)
+        await harness.stop_all(report is None or report.failed)
+        await harness.cleanup()
 
 
 class Harness:
