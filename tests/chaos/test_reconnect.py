@@ -50,6 +50,23 @@ def pids(cluster: Cluster) -> list[int]:
     return [s.proc.pid for s in cluster.slots if s.proc is not None]
 
 
+async def start_load(chaos: ChaosHarness) -> tuple[
+        random.Random, list, Cluster, list[int], Frontend, dict[str, int],  # type: ignore[type-arg]
+        asyncio.Task[None]]:
+    """Start the small cluster and a frontend driving SESSIONS conversations through it."""
+    rng = random.Random(int(os.environ.get("CHAOS_SEED") or secrets.randbits(32)))
+    plans, _ = make_plans(SESSIONS, MESSAGES, rng)
+    cluster = small_cluster(chaos)
+    await cluster.start()
+    before = pids(cluster)
+    front = Frontend(chaos, "reconnect-frontend")
+    await front.start()
+    consumers = dict(cluster.expected_consumers()) | {front.client.reply_queue: 1}
+    load = asyncio.create_task(drive(front, plans, rng, spread=3.0, think=(0.1, 1.0),
+                                     chain_timeout=45))
+    return rng, plans, cluster, before, front, consumers, load
+
+
 async def finish(chaos: ChaosHarness, cluster: Cluster, front: Frontend, load: asyncio.Task[None],
                  plans: list, figures: Figures) -> None:  # type: ignore[type-arg]
     """Let the load end, then check every chain, stack and queue against the model."""
@@ -65,16 +82,7 @@ async def finish(chaos: ChaosHarness, cluster: Cluster, front: Frontend, load: a
 @pytest.mark.timeout(180)
 async def test_every_consumer_comes_back_after_the_broker_closes_all_connections(
         chaos: ChaosHarness, capsys: pytest.CaptureFixture[str]) -> None:
-    rng = random.Random(int(os.environ.get("CHAOS_SEED") or secrets.randbits(32)))
-    plans, _ = make_plans(SESSIONS, MESSAGES, rng)
-    cluster = small_cluster(chaos)
-    await cluster.start()
-    before = pids(cluster)
-    front = Frontend(chaos, "reconnect-frontend")
-    await front.start()
-    consumers = dict(cluster.expected_consumers()) | {front.client.reply_queue: 1}
-    load = asyncio.create_task(drive(front, plans, rng, spread=3.0, think=(0.1, 1.0),
-                                     chain_timeout=45))
+    _, plans, cluster, before, front, consumers, load = await start_load(chaos)
     try:
         await asyncio.sleep(2.5)
         in_flight = front.in_flight
@@ -104,16 +112,7 @@ async def test_every_consumer_comes_back_after_the_broker_closes_all_connections
 @pytest.mark.timeout(180)
 async def test_routers_keep_working_after_redis_kills_every_client_connection(
         chaos: ChaosHarness, capsys: pytest.CaptureFixture[str]) -> None:
-    rng = random.Random(int(os.environ.get("CHAOS_SEED") or secrets.randbits(32)))
-    plans, _ = make_plans(SESSIONS, MESSAGES, rng)
-    cluster = small_cluster(chaos)
-    await cluster.start()
-    before = pids(cluster)
-    front = Frontend(chaos, "reconnect-frontend")
-    await front.start()
-    consumers = dict(cluster.expected_consumers()) | {front.client.reply_queue: 1}
-    load = asyncio.create_task(drive(front, plans, rng, spread=3.0, think=(0.1, 1.0),
-                                     chain_timeout=45))
+    rng, plans, cluster, before, front, consumers, load = await start_load(chaos)
     killed: list[int] = []
     in_flight: list[int] = []
     try:
