@@ -182,6 +182,12 @@ class AmqpBroker:
             with contextlib.suppress(Exception):
                 await connection.close()
 
+    def is_connected(self) -> bool:
+        """Whether the connection is up now (False while reconnecting or after close)."""
+        connection = self._connection
+        return (connection is not None and connection.connected.is_set()
+                and not connection.is_closed)
+
     async def wait_lost(self) -> None:
         """Return once the connection has been down for more than ``give_up_after`` seconds."""
         down_since: float | None = None
