@@ -17,9 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from worker_sdk.errors import CloudBunchError, ConfigError
+from worker_sdk.logs import configure as configure_logging
 from worker_sdk.service import run_event_loop
 
 from .config import ENV, RouterConfig, load_config
+from .probes import ProcessOptions, add_process_options, process_options
 
 log = logging.getLogger("router.cli")
 
@@ -76,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run one router replica. Any number may run at once. "
                                    "SIGTERM or SIGINT stops it cleanly within 10 seconds.")
     _add_router_options(p)
+    add_process_options(p)
 
     p = sub.add_parser("worker", help="run service workers: cloudbunch worker module:attr ...",
                        description="Serve one or more services (each a worker_sdk.Service "
@@ -86,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dispatches handled at once per service "
                         "[env CLOUDBUNCH_PREFETCH; default 16]")
     _add_router_options(p, only=("amqp_url", "namespace", "queue_type"))
+    add_process_options(p)
 
     p = sub.add_parser("demo", help="chat with the example pizza bot in the terminal",
                        description="Run a router, the example pizza services and a terminal "
@@ -112,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "Redis.")
     ps.add_argument("session", help="the session id, e.g. tg:42")
     _add_router_options(ps, only=("redis_url", "namespace"))
+
+    from .status import add_arguments as add_status_arguments
+
+    p = sub.add_parser("status", help="one screen for an operator: queues, workers, dead "
+                                      "letters; exit 1 when something needs a person",
+                       description="Show every service queue's depth and consumers, the "
+                                   "routers' queues and the dead letters' reasons. Exit "
+                                   "status 1 when a queue has messages and no consumer, or "
+                                   "dead letters are growing.")
+    add_status_arguments(p)
+    _add_router_options(p, only=("amqp_url", "namespace"))
     return parser
 
 
@@ -119,16 +134,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cloudbunch`` console script."""
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
-    if args.command == "demo":
+    if args.command in ("demo", "status"):
         level = logging.DEBUG if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        ops = process_options(args)
+    except CloudBunchError as exc:
+        print(f"cloudbunch {args.command}: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(level, ops.log_format)
     if not args.verbose:
         # aio-pika and aiormq log every reconnect attempt; our own lines say what matters.
         for name in ("aiormq", "aio_pika"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        return _run(args)
+        return _run(args, ops)
     except CloudBunchError as exc:
         print(f"cloudbunch {args.command}: {exc}", file=sys.stderr)
         return 1
@@ -150,10 +169,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name, None) for name, _, _ in ROUTER_OPTIONS}
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, ops: ProcessOptions) -> int:
     if args.command == "router":
         config = load_config(_options(args))
-        return run_event_loop(run_router(config))
+        return run_event_loop(run_router(config, metrics_port=ops.metrics_port))
     if args.command == "worker":
         from worker_sdk.service import load_service, run_main
         from worker_sdk.settings import Settings
@@ -165,7 +184,8 @@ def _run(args: argparse.Namespace) -> int:
         if prefetch is None:
             prefetch = _positive_env("CLOUDBUNCH_PREFETCH", 16)
         return run_main(services, settings, prefetch=prefetch,
-                        connect_timeout=CONNECT_TIMEOUT)
+                        connect_timeout=CONNECT_TIMEOUT, metrics_port=ops.metrics_port,
+                        configure_logging=False)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -176,6 +196,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "session":
         config = load_config(_options(args) | {"root": "-"})
         return run_event_loop(show_session(config, args.session))
+    if args.command == "status":
+        from .status import run_status
+
+        config = load_config(_options(args) | {"root": "-"})
+        return run_event_loop(run_status(config.amqp_url, config.namespace, args,
+                                         os.environ.get("CLOUDBUNCH_MANAGEMENT_URL")))
     raise AssertionError(args.command)
 
 
