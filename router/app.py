@@ -18,7 +18,8 @@ import secrets
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import Any
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
@@ -30,6 +31,9 @@ from . import core
 from .config import RouterConfig
 from .core import ClientArrived, Effect, Event, Outcome, Record, ReplyArrived, Tick, Undeliverable
 from .store import SessionStore, Snapshot
+
+if TYPE_CHECKING:
+    from .metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,11 @@ class Router:
 
     def __init__(self, config: RouterConfig, broker: Broker, store: SessionStore, *,
                  clock: Callable[[], float] = time.time,
-                 ids: Callable[[], str] = new_id) -> None:
+                 ids: Callable[[], str] = new_id, metrics: RouterMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
+        """Prometheus metrics (router.metrics), or None: not measured."""
+        self._consuming = False
         self.cfg = config.core()
         self.broker = broker
         self.store = store
@@ -91,12 +98,14 @@ class Router:
         self._scanner = asyncio.create_task(self._scan_loop(), name="cloudbunch-scanner")
         for queue, handler in ((self.ingress, self.on_ingress), (self.replies, self.on_reply)):
             await self.broker.consume(queue, self._guard(handler, queue), prefetch=64)
+        self._consuming = True
         log.info("event=router_started namespace=%s root=%s", self.config.namespace,
                  self.config.root)
 
     async def stop(self, grace: float = 7.0) -> None:
         """Stop consuming, let in-flight steps finish (up to ``grace`` s), stop the scanner."""
         self._stopping.set()
+        self._consuming = False
         await asyncio.gather(*(self.broker.cancel(q, drain=grace)
                                for q in (self.ingress, self.replies)), return_exceptions=True)
         with contextlib.suppress(TimeoutError):
@@ -108,6 +117,16 @@ class Router:
         log.info("event=router_stopped %s", " ".join(f"{k}={v}" for k, v in
                                                       sorted(self.stats.items())))
 
+    def not_ready(self) -> str | None:
+        """Why this replica should get no traffic now (None: ready): /readyz."""
+        if not self._consuming:
+            return "not consuming (starting or stopping)"
+        if not self.broker.is_connected():
+            return "not connected to RabbitMQ (reconnecting)"
+        if self._store_down_since is not None:
+            return "Redis is not answering (retrying)"
+        return None
+
     async def wait_failed(self) -> None:
         """Return when the replica cannot go on (the store stayed unreachable)."""
         await self._failed.wait()
@@ -116,7 +135,11 @@ class Router:
 
     def _guard(self, handler: Callable[[Delivery], Any],
                source: str) -> Callable[[Delivery], Any]:
+        label = source.rsplit(".", 1)[-1]
+
         async def guarded(delivery: Delivery) -> None:
+            if self.metrics is not None:
+                self.metrics.deliveries.labels(label).inc()
             self._busy += 1
             self._idle.clear()
             try:
@@ -162,10 +185,15 @@ class Router:
 
     def _store_ok(self) -> None:
         self._store_down_since = None
+        if self.metrics is not None:
+            self.metrics.dependency("redis", True)
 
     def _store_error(self, exc: BaseException) -> None:
         if not _transient(exc):
             return
+        if self.metrics is not None and (isinstance(exc, StoreUnavailable) or
+                                         type(exc).__module__.startswith("redis")):
+            self.metrics.dependency("redis", False)
         now = time.monotonic()
         if self._store_down_since is None:
             self._store_down_since = now
@@ -192,8 +220,11 @@ class Router:
             await self._reject_client_message(body, obj, problem)
             await delivery.ack()
             return
-        await self.run_step(message.session, lambda snap: ClientArrived(message, snap.seen),
-                            dedup_id=message.id)
+        out = await self.run_step(message.session,
+                                  lambda snap: ClientArrived(message, snap.seen),
+                                  dedup_id=message.id)
+        if out.dropped and self.metrics is not None:
+            self.metrics.duplicates.inc()
         self.stats["client_messages"] += 1
         await delivery.ack()
 
@@ -229,6 +260,8 @@ class Router:
         out = await self.run_step(session, lambda snap: event)
         if out.dropped:
             self.stats["replies_dropped"] += 1
+            if self.metrics is not None:
+                self.metrics.fenced.inc()
             log.info("event=reply_dropped session=%s turn=%s why=%r", session, turn, out.dropped)
         await delivery.ack()
 
@@ -243,6 +276,8 @@ class Router:
         headers = core.dead_headers(problem, source)
         if reason is not None:
             headers["x-cb-reason"] = reason
+        if self.metrics is not None:
+            self.metrics.dead_letter(source, headers["x-cb-reason"])
         log.warning("event=dead_letter queue=%s reason=%s detail=%r", source,
                     headers["x-cb-reason"], problem.detail)
         digest = hashlib.sha256(body).hexdigest()[:32]
@@ -262,8 +297,12 @@ class Router:
                              error=wire.ErrorInfo("invalid_message", problem.detail))
         routed = await self.broker.publish([Outgoing(reply_to, wire.encode(notice.to_wire()),
                                                      nid)])
+        if self.metrics is not None:
+            self.metrics.notices.labels("error").inc()
         if not routed[0]:
             self.stats["notices_dropped"] += 1
+            if self.metrics is not None:
+                self.metrics.notices_dropped.inc()
 
     # ------------------------------------------------------------------ the step
 
@@ -286,6 +325,7 @@ class Router:
     async def _step_locked(self, session: str, make_event: Callable[[Snapshot], Event],
                            dedup_id: str | None, hint: bool) -> Outcome:
         pause = 0.002
+        m = self.metrics
         # Not after a failed publish of ours: that outbox must go out first.
         cached = self._cache.get(session) if session not in self._unsent else None
         while True:
@@ -297,7 +337,10 @@ class Router:
                 version, record = cached
                 snap = Snapshot(version, None)
             else:
+                started = perf_counter()
                 snap = await self.store.load(session, dedup_id)
+                if m is not None:
+                    m.phase("load", perf_counter() - started)
                 record = Record.decode(snap.record) if snap.record is not None else None
             cached = None
             event = make_event(snap)
@@ -317,7 +360,10 @@ class Router:
                 await self._deliver(session, record, snap.outbox, answered=answered)
                 continue
             now = int(self.clock() * 1000)
+            started = perf_counter()
             out = core.step(record, session, event, now, self.ids, self.cfg)
+            if m is not None:
+                m.phase("core", perf_counter() - started)
             if not out.changed:
                 if fast:
                     continue  # "nothing to do" from a cached record is not proof: load
@@ -329,10 +375,13 @@ class Router:
             old_due = record.due_ms(self.cfg) if record is not None else None
             encoded = [e.encode() for e in out.effects]
             self._unsent.add(session)  # if the commit's answer is lost, retry without grace
+            started = perf_counter()
             applied = await self.store.commit(
                 session, snap.version, new.encode(), append=encoded, remember=out.remember,
                 expire_at_ms=new.expire_at_ms(self.cfg),
                 hint_ms=due if hint and due is not None and due != old_due else None)
+            if m is not None:
+                m.phase("commit", perf_counter() - started)
             if fast:
                 self._fast.outcome(applied)
             if not applied:
@@ -342,6 +391,8 @@ class Router:
                 continue
             self._cache.put(session, snap.version + 1, new)
             self.stats["steps"] += 1
+            if m is not None:
+                m.stepped(event, record, out)
             # A deadline just cleared: drop its hint now rather than let the scanner find it.
             unhint = old_due if hint and due is None else None
             await self._deliver(session, new, encoded, unhint_ms=unhint)
@@ -353,6 +404,8 @@ class Router:
         self._unsent.add(session)
         current = record.turn if record is not None else None
         effects = [Effect.decode(e) for e in encoded]
+        m = self.metrics
+        started = perf_counter()
         first = [e for e in effects if e.kind != "dispatch"]
         # A leftover dispatch of a turn no longer in flight would only be fenced off.
         second = [e for e in effects if e.kind == "dispatch" and current is not None
@@ -363,6 +416,8 @@ class Router:
             for effect, ok in zip(first, routed, strict=True):
                 if not ok:
                     self.stats["notices_dropped"] += 1
+                    if m is not None:
+                        m.notices_dropped.inc()
                     log.info("event=notice_dropped session=%s queue=%s (no such queue)",
                              session, effect.queue)
         returned: list[Effect] = []
@@ -370,7 +425,12 @@ class Router:
             routed = await self.broker.publish([_outgoing(e) for e in second])
             returned = [e for e, ok in zip(second, routed, strict=True) if not ok]
             self.stats["dispatches"] += len(second) - len(returned)
+        if m is not None:
+            m.phase("publish", perf_counter() - started)
+            started = perf_counter()
         await self.store.discard(session, encoded, unhint_ms=unhint_ms)
+        if m is not None:
+            m.phase("discard", perf_counter() - started)
         self._unsent.discard(session)
         for effect in returned:
             assert effect.turn is not None

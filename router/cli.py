@@ -205,8 +205,11 @@ def _run(args: argparse.Namespace, ops: ProcessOptions) -> int:
     raise AssertionError(args.command)
 
 
-async def run_router(config: RouterConfig) -> int:
-    """Run one replica until SIGTERM/SIGINT (exit 0) or until a server is lost (exit 1)."""
+async def run_router(config: RouterConfig, *, metrics_port: int | None = None) -> int:
+    """Run one replica until SIGTERM/SIGINT (exit 0) or until a server is lost (exit 1).
+
+    With ``metrics_port``, serve /metrics, /healthz and /readyz on it.
+    """
     from worker_sdk.amqp import AmqpBroker
 
     from .app import Router
@@ -215,13 +218,26 @@ async def run_router(config: RouterConfig) -> int:
     store = RedisStore(config.redis_url, config.namespace)
     broker = AmqpBroker(config.amqp_url, config.queue_type, name="cloudbunch-router",
                         connect_timeout=CONNECT_TIMEOUT)
+    metrics = None
+    if metrics_port is not None:
+        from .metrics import RouterMetrics
+
+        metrics = RouterMetrics(config.core())
+    router = Router(config, broker, store, metrics=metrics)
+    probes = None
+    if metrics_port is not None:
+        from .probes import start_router_probes
+
+        probes = await start_router_probes(router, metrics_port)
     try:
         await store.ping()
         await broker.connect()
     except BaseException:
         await store.close()
+        if probes is not None:
+            probes[1].cancel()
+            await probes[0].close()
         raise
-    router = Router(config, broker, store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -232,7 +248,7 @@ async def run_router(config: RouterConfig) -> int:
         print(f"cloudbunch router: consuming {router.ingress} and {router.replies} "
               f"(root {config.root!r})", file=sys.stderr, flush=True)
         waits = {asyncio.create_task(stop.wait()), asyncio.create_task(router.wait_failed()),
-                 asyncio.create_task(broker.wait_lost())}  # type: ignore[attr-defined]
+                 asyncio.create_task(broker.wait_lost())}
         _done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
@@ -244,6 +260,9 @@ async def run_router(config: RouterConfig) -> int:
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(router.stop(), 8.5)
+        if probes is not None:
+            probes[1].cancel()
+            await probes[0].close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(broker.close(), 1.0)
         with contextlib.suppress(Exception):

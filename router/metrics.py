@@ -14,7 +14,13 @@ import logging
 from collections.abc import Callable
 
 import msgpack
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 from .core import (
     ClientArrived,
@@ -44,6 +50,7 @@ class RouterMetrics:
 
     def __init__(self, cfg: CoreConfig, registry: CollectorRegistry | None = None) -> None:
         self.cfg = cfg
+        disable_created_metrics()  # the *_created series only double the scrape
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.deliveries = Counter("cloudbunch_router_deliveries",

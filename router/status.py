@@ -173,7 +173,7 @@ class Inspector:
         return found
 
     def _turns(self) -> dict[str, float]:
-        totals: Counter[str] = Counter()
+        totals: dict[str, float] = {}
         for url in self.metrics_urls:
             try:
                 with urllib.request.urlopen(url, timeout=3) as response:
@@ -186,8 +186,9 @@ class Inspector:
                     continue
                 for sample in family.samples:
                     if sample.name.endswith("_total"):
-                        totals[sample.labels.get("service", "")] += sample.value
-        return dict(totals)
+                        key = sample.labels.get("service", "")
+                        totals[key] = totals.get(key, 0.0) + sample.value
+        return totals
 
 
 async def collect(broker: AmqpBroker, namespace: str, services: list[str], *,

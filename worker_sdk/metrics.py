@@ -6,7 +6,13 @@ session or a turn.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0, 30.0)
@@ -16,6 +22,7 @@ class WorkerMetrics:
     """The worker's metrics, registered in their own registry (one per process, or per test)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # the *_created series only double the scrape
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.deliveries = Counter("cloudbunch_worker_deliveries", "Dispatches received",

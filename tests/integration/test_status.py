@@ -4,26 +4,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
 import pytest
 
-from worker_sdk.settings import DEFAULT_REDIS_URL
-
-from .procs import SHARED_ARGS, Harness, child_env, cli, opened, pack
+from .procs import SHARED_ARGS, Harness, child_env, cli, pack
 
 pytestmark = pytest.mark.infra
-
-
-@pytest.fixture
-async def ops(request: pytest.FixtureRequest, namespace: str,
-              amqp_url: str) -> AsyncIterator[Harness]:
-    redis_url = os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL)
-    async with opened(Harness(namespace, amqp_url, redis_url), request.node) as harness:
-        yield harness
 
 
 async def status(h: Harness, *args: str) -> tuple[int, str]:
@@ -51,7 +39,7 @@ async def test_a_service_without_workers_needs_a_person(ops: Harness) -> None:
     lonely = f"{h.ns}.service.lonely"
     h.queues.add(lonely)
     channel = await h._conn.channel()  # type: ignore[union-attr]
-    await channel.declare_queue(lonely, durable=True, arguments=SHARED_ARGS)
+    queue = await channel.declare_queue(lonely, durable=True, arguments=SHARED_ARGS)
     for n in range(2):
         await h.publish(lonely, pack({"n": n}))
 
@@ -64,7 +52,7 @@ async def test_a_service_without_workers_needs_a_person(ops: Harness) -> None:
     assert lines[f"{h.ns}.service.greeter"] == ["0", "1"]
     assert lines[h.ingress] == ["0", "1"] and lines[h.replies] == ["0", "1"]
 
-    await channel.queue_purge(lonely)
+    await queue.purge()
     code, out = await status(h, "--service", "greeter", "--service", "lonely")
     assert code == 0, out
     assert "nothing needs a person" in out
