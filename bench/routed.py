@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,9 @@ class Routed:
     """The routed deployment of one bench run and a client that measures round trips."""
 
     def __init__(self, namespace: str, amqp_url: str, redis_url: str, queue_type: str,
-                 *, prefetch: int) -> None:
+                 *, prefetch: int, process_args: Sequence[str] = ()) -> None:
         self.ns = namespace
+        self.process_args = list(process_args)
         self.amqp_url = amqp_url
         self.redis_url = redis_url
         self.queue_type = queue_type
@@ -63,7 +65,7 @@ class Routed:
         await self.broker.connect()
         await self.store.ping()
         common = ["--namespace", self.ns, "--queue-type", self.queue_type,
-                  "--amqp-url", self.amqp_url]
+                  "--amqp-url", self.amqp_url, *self.process_args]
         self.router = await Proc.python(
             "router", "-m", "router.cli", "router", *common, "--redis-url", self.redis_url,
             "--root", SERVICE, "--session-ttl", str(SESSION_TTL_S))

@@ -90,6 +90,8 @@ class Bench:
     redis_url: str
     queue_type: str
     do_profile: bool
+    process_args: tuple[str, ...] = ()
+    """Extra options of the router and worker processes (--metrics-port 0, ...)."""
     ns: str = field(default_factory=lambda: "bench" + secrets.token_hex(4))
     figures: list[Figure] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
@@ -150,7 +152,7 @@ class Bench:
             or self.do_profile
         if needs_routed:
             self.routed = Routed(self.ns, self.amqp_url, self.redis_url, self.queue_type,
-                                 prefetch=64)
+                                 prefetch=64, process_args=self.process_args)
             self.say(f"namespace {self.ns}: starting router and worker processes")
             await self.routed.start()
             self.report["redis"] = await self.routed.redis_info()
@@ -455,10 +457,13 @@ def save(report: dict[str, Any]) -> Path:
 async def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     sections = tuple(s for s in SECTIONS if s in args.only) if args.only else SECTIONS
-    bench = Bench(plan, sections, args.amqp_url, args.redis_url, args.queue_type, args.profile)
+    process_args = ("--metrics-port", "0") if args.metrics else ()
+    bench = Bench(plan, sections, args.amqp_url, args.redis_url, args.queue_type, args.profile,
+                  process_args)
     bench.report.update({"started": time.time(), "namespace": bench.ns, "quick": args.quick,
                          "plan": dataclasses.asdict(plan),
                          "queue_type": args.queue_type, "machine": machine(),
+                         "metrics": args.metrics,
                          "message_bytes": message_sizes(),
                          "loadavg_start": _loadavg()})
     task = asyncio.current_task()
@@ -521,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="LIST", help=f"comma-separated sections of {', '.join(SECTIONS)}")
     p.add_argument("--profile", action="store_true",
                    help="then sample the router and the worker with py-spy under load")
+    p.add_argument("--metrics", action="store_true",
+                   help="router and worker serve Prometheus metrics (--metrics-port 0), to "
+                        "measure what metrics cost")
     p.add_argument("--markdown", action="store_true",
                    help="also print the table as Markdown (docs/benchmarks.md)")
     p.add_argument("--window", type=float, default=None, metavar="S",
