@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from examples import pizza
+from router import demo_flow as pizza
 from router.config import ENV
 from worker_sdk import Service, wire
 
@@ -170,7 +170,7 @@ def test_each_example_service_has_workers_scaled_on_its_queue(
     name = f"cloudbunch-worker-{service}"
     deployment = objects[("Deployment", name)]
     assert _container(deployment)["command"] == ["cloudbunch", "worker",
-                                                 f"examples.pizza:{service}"]
+                                                 f"router.demo_flow:{service}"]
     env = _env_sources(objects, deployment)
     namespace = env["CLOUDBUNCH_NAMESPACE"]
     assert f"-service-{service}:" in env["CLOUDBUNCH_AMQP_URL"], "the service's own user"
