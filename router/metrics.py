@@ -184,6 +184,9 @@ class RouterMetrics:
             if event.message.type == "message" and out.remember is None:
                 self.busy.inc()
             self.backlog.observe(len(after.waiting) + len(after.held))
+        if after.turn is not None and after.turn.event == "idle" and (
+                turn is None or turn.id != after.turn.id):
+            self.idle_fired.inc()
         chain = before.chain if before is not None else None
         if chain is not None and (after.chain is None or after.chain.origin != chain.origin):
             outcome = next((k for k in ("error", "end", "unhandled") if k in kinds), "reply")

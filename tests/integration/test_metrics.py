@@ -241,3 +241,24 @@ async def test_readiness_follows_the_router_connections(
         await server.close()
         await broker.close()
         await store.close()
+
+
+@pytest.mark.disruptive
+async def test_readiness_flips_during_a_broker_cut(ops: Harness) -> None:
+    """The broker closes every connection: /readyz says 503 while the router reconnects, then
+    200 again; the outage is counted. Cuts every client's connection: run alone."""
+    from tests.chaos.load import close_all_connections
+
+    router = await ops.router(root="greeter", metrics_port=0)
+    url = f"http://127.0.0.1:{await port_of(router)}"
+    assert (await fetch(url + "/readyz"))[0] == 200
+    await close_all_connections("readiness test")
+
+    async def status_is(code: int) -> bool:
+        return (await fetch(url + "/readyz"))[0] == code
+
+    await eventually(lambda: status_is(503), 10, "/readyz 503 while reconnecting")
+    await eventually(lambda: status_is(200), 40, "/readyz 200 once reconnected")
+    found = samples((await fetch(url + "/metrics"))[1])
+    assert value(found, "cloudbunch_router_outages_total", dependency="rabbitmq") >= 1
+    assert value(found, "cloudbunch_router_dependency_up", dependency="rabbitmq") == 1
