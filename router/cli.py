@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prefix of the demo's queues and keys [env CLOUDBUNCH_DEMO_NAMESPACE; "
                         "default cbdemo, so the demo never mixes with a deployment in 'cb']")
 
+    p = sub.add_parser("web", help="serve the web chat: a page and a WebSocket per tab",
+                       description="Run one web chat gateway replica (any number may run "
+                                   "behind a load balancer). SIGTERM or SIGINT stops it.")
+    from .channels.web.command import add_arguments as add_web_arguments
+
+    add_web_arguments(p)
+
     p = sub.add_parser("session", help="inspect sessions", description="Inspect sessions.")
     ssub = p.add_subparsers(dest="session_command", metavar="SUBCOMMAND", required=True)
     ps = ssub.add_parser("show", help="print a session's stack, turn in flight and waiting "
@@ -173,6 +180,10 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(_options(args) | {"root": "pizza", "namespace": namespace})
         mode = "embedded" if args.embedded else "real" if args.real else "auto"
         return run_event_loop(run_demo(config, mode=mode, script=args.script))
+    if args.command == "web":
+        from .channels.web.command import run as run_web
+
+        return run_web(vars(args))
     if args.command == "session":
         config = load_config(_options(args) | {"root": "-"})
         return run_event_loop(show_session(config, args.session))

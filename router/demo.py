@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 from worker_sdk import wire
 from worker_sdk.errors import BrokerUnavailable, StoreUnavailable
+from worker_sdk.quick_replies import plain_text
 
 from .config import RouterConfig
 from .engine import Engine
@@ -62,8 +63,7 @@ async def _lines(script: str | None) -> AsyncIterator[tuple[str, bool]]:
 
 def _show(notice: wire.Notice) -> str:
     if notice.type == "output":
-        text = notice.payload if isinstance(notice.payload, str) else repr(notice.payload)
-        return f"bot> {text}"
+        return f"bot> {plain_text(notice.payload)}"
     if notice.type == "unhandled":
         return "bot> (nobody understood that)"
     if notice.type == "end":
