@@ -440,8 +440,8 @@ class WebGateway:
                     log.warning("event=web_flood session=%s refused=%s", conn.session, refused)
                     await conn.ws.close(code=CLOSE_POLICY, message=b"too many refused frames")
                     break
-                # One error frame per refused frame, but never more than the page can use.
-                if refused <= 5:
+                # One error frame per refused frame; a flood gets a few, not one per frame.
+                if exc.code != "rate_limited" or refused <= 5:
                     await _send_error(conn.ws, exc)
             except CloudBunchError as exc:
                 log.warning("event=web_send_failed session=%s error=%s", conn.session, exc)
@@ -454,18 +454,25 @@ class WebGateway:
         if msg.type != WSMsgType.TEXT:
             raise _Refused("bad_frame", "Frames must be JSON text.")
         data: str = msg.data
-        size = len(data.encode("utf-8", "surrogatepass"))
-        if size > self.config.max_frame:
-            raise _Refused("too_large", f"That message is too long ({size} bytes; the limit "
-                                        f"is {self.config.max_frame}). Please shorten it.")
+        # Frames are at most max_msg_size (16 x max_frame): decoding one is cheap, and it
+        # gives the refusal of an oversized message its id.
         try:
             frame = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise _Refused("bad_frame", "Frames must be JSON objects, like "
                                         '{"type": "message", "id": "...", "text": "hi"}.')\
                 from None
         if not isinstance(frame, dict):
             raise _Refused("bad_frame", "Frames must be JSON objects.")
+        size = len(data.encode("utf-8", "surrogatepass"))
+        if size > self.config.max_frame:
+            refused = _Refused("too_large", f"That message is too long ({size} bytes; the "
+                                            f"limit is {self.config.max_frame}). Please "
+                                            "shorten it.")
+            candidate = frame.get("id")
+            if isinstance(candidate, str) and _MESSAGE_ID.match(candidate):
+                refused.id = candidate
+            raise refused
         return frame
 
     async def _handle(self, conn: Connection, frame: dict[str, Any]) -> None:
