@@ -142,3 +142,13 @@ class Tab:
         if self.reader is not None:
             await asyncio.wait([self.reader], timeout=5)
         await self.http.close()
+
+
+@pytest.fixture
+async def bare_web(request: pytest.FixtureRequest, namespace: str,
+                   amqp_url: str) -> AsyncIterator[WebHarness]:
+    """A namespace with nothing running (its queues and keys deleted afterwards)."""
+    redis_url = os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL)
+    async with opened(WebHarness(namespace, amqp_url, redis_url), request.node) as harness:
+        harness.queues.update(f"{namespace}.service.{spec.split(':')[1]}" for spec in PIZZA)
+        yield harness
