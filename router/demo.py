@@ -1,4 +1,4 @@
-"""``cloudbunch demo``: the example pizza bot, a router and a terminal chat in one process."""
+"""``cloudbunch demo``: the pizza bot (``demo_flow``), a router and a terminal chat."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from worker_sdk.quick_replies import plain_text
 from .config import RouterConfig
 from .engine import Engine
 
-DEFAULT_SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "demo_script.txt"
+DEFAULT_SCRIPT = Path(__file__).resolve().with_name("demo_script.txt")
 
 HELP = "(type a message; /stack shows the session's stack, /end ends it, /quit leaves)"
 
@@ -75,7 +75,7 @@ def _show(notice: wire.Notice) -> str:
 async def choose_engine(config: RouterConfig, mode: str = "auto") -> Engine:
     """The pizza bot's engine: on RabbitMQ and Redis when they answer (``mode`` auto), or
     must (real), else (or when ``mode`` is embedded) in memory. Says which on stdout."""
-    from examples.pizza import SERVICES
+    from .demo_flow import SERVICES
 
     store = None
     if mode != "embedded" and await _answers(config.amqp_url, 5672):

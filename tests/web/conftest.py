@@ -17,7 +17,7 @@ import pytest
 from tests.integration.procs import Harness, Proc, cli, eventually, opened
 from worker_sdk.settings import DEFAULT_REDIS_URL
 
-PIZZA = [f"examples.pizza:{name}" for name in
+PIZZA = [f"router.demo_flow:{name}" for name in
          ("pizza", "menu", "order", "checkout", "address", "payment")]
 
 
