@@ -53,7 +53,11 @@ async def test_a_whole_order_over_one_socket_numbers_every_entry(web: WebHarness
         # The person's message comes before the answers it caused.
         texts = [f["entry"]["text"] for f in tab.entries()]
         assert texts.index("cola") < texts.index(next(t for t in texts if "Checkout" in t))
+        typing = [f["on"] for f in tab.frames if f["type"] == "typing"]
+        assert True in typing  # shown while a message was handled
         await tab.wait(lambda f: f["type"] == "typing" and f["on"] is False)
+        await eventually(lambda: [f["on"] for f in tab.frames if f["type"] == "typing"][-1]
+                         is False, 10, "typing off at the end")
     finally:
         await tab.close()
 
@@ -129,3 +133,22 @@ async def test_replicas_share_sessions_and_a_killed_one_loses_nothing(web: WebHa
     finally:
         await tab.close()
         await other.close()
+
+
+async def test_a_notice_delivered_twice_is_shown_once(web: WebHarness) -> None:
+    from worker_sdk import wire
+
+    await web.gateway()
+    tab = await Tab.open(web.url)
+    try:
+        notice = wire.Notice("web:" + tab.session, "dup-notice-1", "m1", "output", "once", None)
+        body = wire.encode(notice.to_wire())
+        await web.publish(f"{web.ns}.web.notices", body, notice.id)
+        await web.publish(f"{web.ns}.web.notices", body, notice.id)
+        after = wire.Notice("web:" + tab.session, "dup-notice-2", "m1", "output", "after", None)
+        await web.publish(f"{web.ns}.web.notices", wire.encode(after.to_wire()), after.id)
+        await tab.wait_text("after")
+        assert tab.bot_texts() == ["once", "after"]
+        assert seqs(tab) == [1, 2]
+    finally:
+        await tab.close()

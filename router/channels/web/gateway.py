@@ -53,6 +53,9 @@ CLOSE_REPLACED = 4001
 CLOSE_POLICY = 4008
 """Close code: too many frames refused (flood)."""
 
+IDLE_CHECK = 30.0
+"""Seconds after which a quiet socket looks for entries it may have missed."""
+
 _CHAT_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _MESSAGE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,3}$")
@@ -156,7 +159,10 @@ class Connection:
         if seq <= self.sent:
             return
         self.buffer[seq] = raw
-        self._status_due = True
+        # Typing can only be on while a message of this socket is pending or a chain runs;
+        # the debug panel follows every entry.
+        if self.busy or self.pending or self.gateway.config.debug:
+            self._status_due = True
         self._kick.set()
 
     def on_takeover(self, conn_id: str) -> None:
@@ -173,12 +179,14 @@ class Connection:
     async def pump(self) -> None:
         """Send entries in number order and status; catch up from the history on gaps."""
         while not self.closed:
-            wait = 1.0 if (self.busy or self.pending) else 10.0
+            active = self.busy or bool(self.pending)
             try:
-                await asyncio.wait_for(self._kick.wait(), wait)
+                await asyncio.wait_for(self._kick.wait(), 1.0 if active else IDLE_CHECK)
             except TimeoutError:
-                self._catch_up = True  # a missed channel message, or a chain that ended quietly
-                self._status_due = True
+                # A chain that ended without a notice, or a channel message missed while
+                # Redis reconnected: look again.
+                self._catch_up = True
+                self._status_due = active
             self._kick.clear()
             try:
                 await self._send_entries()
