@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from worker_sdk import Context, MemoryBroker, Service, wire
-from worker_sdk import versions
+from worker_sdk import Context, MemoryBroker, Service, versions, wire
 from worker_sdk.errors import ConfigError
 
 
