@@ -393,7 +393,9 @@ class RedisStore:
     async def history(self, session: str) -> list[bytes]:
         """The session's history entries, oldest first (empty when history is off)."""
         async with self._guard():
-            return list(await self._redis.lrange(self.session_keys(session)[3], 0, -1))
+            found: list[Any] = await self._redis.lrange(
+                self.session_keys(session)[3], 0, -1)
+        return list(found)
 
     async def delete_session(self, session: str) -> bool:
         """Delete a session whole (record with its stack, waiting messages and timers,
@@ -413,7 +415,7 @@ class RedisStore:
         found = 0
         async with self._guard():
             async for key in self._redis.scan_iter(match=pattern, count=200):
-                blob = await self._redis.hget(key, "b")
+                blob: Any = await self._redis.hget(key, "b")
                 if blob is None:
                     continue
                 yield blob
