@@ -92,11 +92,16 @@ async def _replay_into(report: Report, document: dict[str, Any], services: Seque
                        root: str | None, ignore_state: bool, max_depth: int) -> None:
     items: list[dict[str, Any]] = document["entries"]
     session: str = document["session"]
+    turns = [i for i in items if i.get("kind") == "turn"]
+    if turns and (turns[0].get("depth") != 0 or turns[0].get("event") != "start"):
+        raise ReplayError(f"{session}: the recorded history starts in the middle of the "
+                          "conversation (the router keeps the last --history entries of a "
+                          "session); replay needs it from its first message: raise --history")
     root = root or _recorded_root(items)
     if root is None:
         raise ReplayError(f"{session}: the recording opens no root frame; pass the root "
                           "service explicitly (--root)")
-    recorded = [i for i in items if i.get("kind") == "turn"]
+    recorded = turns
     cfg = CoreConfig(root=root, max_depth=max_depth)
     replayed = [i for i in await _run(session, items, services, cfg) if i["kind"] == "turn"]
     report.sessions += 1
@@ -191,3 +196,17 @@ async def record(session: str, messages: Sequence[tuple[int, wire.ClientMessage]
     items = [{"kind": "client", "at": at, "message": m.to_wire()} for at, m in messages]
     made = await _run(session, items, services, CoreConfig(root=root, max_depth=max_depth))
     return history.export(session, "cb", made)
+
+
+async def run(paths: Sequence[str], services: Sequence[Service], *, root: str | None = None,
+              ignore_state: bool = False) -> int:
+    """``cloudbunch replay``: print each difference; exit code 0 when there is none, else 1."""
+    report = await replay_files(paths, services, root=root, ignore_state=ignore_state)
+    for difference in report.differences:
+        for line in difference.lines():
+            print(line)
+    verdict = "no differences" if report.ok else f"{len(report.differences)} turn(s) differ"
+    what = "state differences accepted; " if ignore_state else ""
+    print(f"replayed {report.sessions} session(s), {report.turns} recorded turn(s): "
+          f"{what}{verdict}")
+    return 0 if report.ok else 1

@@ -142,3 +142,24 @@ async def test_a_recording_without_a_root_needs_one() -> None:
     doc = history.export("s", "cb", [])
     with pytest.raises(ReplayError, match="--root"):
         await replay_export(doc, flow())
+
+
+async def test_a_truncated_history_cannot_be_replayed_and_says_why() -> None:
+    doc = await recorded()
+    doc["entries"] = doc["entries"][4:]
+    with pytest.raises(ReplayError, match="raise --history"):
+        await replay_export(doc, flow())
+
+
+async def test_the_replay_command_prints_differences_and_exits_1(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from router.replay import run
+
+    path = tmp_path / "s.json"
+    path.write_text(history.to_json(await recorded()), encoding="utf-8")
+    assert await run([str(path)], flow()) == 0
+    assert "no differences" in capsys.readouterr().out
+    assert await run([str(path)], flow(greeting="Hi {}")) == 1
+    out = capsys.readouterr().out
+    assert "web:1 turn 5 (greeter <- result):" in out
+    assert "1 turn(s) differ" in out
