@@ -49,7 +49,7 @@ class RouterConfig:
     seq_hold: float = 2.0
     queue_type: QueueType = "quorum"
     max_waiting: int = 1_000
-    history: int = 100
+    history: int = 50
     """History entries kept per session (client messages and turns); 0: no history."""
 
     def __post_init__(self) -> None:

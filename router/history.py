@@ -10,10 +10,10 @@ Two kinds of entry, each a map:
 - ``{"kind": "client", "at": ms, "message": <client message as on the wire>}``: a client
   message the router accepted (a duplicate id is not recorded);
 - ``{"kind": "turn", "at": ms, "service", "depth", "event", "attempt", "dispatch": <the
-  dispatch body>, "reply": <the reply as on the wire> or nil, "problem": <why the reply was
-  invalid> or nil, "stack": [service names after the step]}``: a turn that was decided by a
-  reply. Turns the router decided itself (a timeout, a refused open) show in the next turn's
-  dispatch (its ``result``).
+  dispatch body without its state (an earlier reply saved it)>, "reply": <the reply as on
+  the wire> or nil, "problem": <why the reply was invalid> or nil, "stack": [service names
+  after the step]}``: a turn that was decided by a reply. Turns the router decided itself
+  (a timeout, a refused open) show in the next turn's dispatch (its ``result``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def entries(before: Record | None, event: Event, outcome: Outcome, now_ms: int) 
                 "kind": "turn", "at": now_ms,
                 "service": frame.service if frame is not None else None,
                 "depth": turn.depth, "event": turn.event, "attempt": turn.attempt,
-                "dispatch": turn.body,
+                # The state it carried is the one an earlier entry's reply saved.
+                "dispatch": {k: v for k, v in turn.body.items() if k != "state"},
                 "reply": reply.to_wire() if reply is not None else None,
                 "problem": None if problem is None else f"{problem.reason}: {problem.detail}",
                 "stack": [f.service for f in outcome.record.stack],
