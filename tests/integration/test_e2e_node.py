@@ -115,7 +115,7 @@ def reference() -> list[str]:
 
 async def test_pizza_flow_with_node_checkout_and_payment(e2e: Harness) -> None:
     await e2e.router("pizza")
-    await e2e.worker(*(f"examples.pizza:{name}" for name in PYTHON_SERVICES))
+    await e2e.worker(*(f"router.demo_flow:{name}" for name in PYTHON_SERVICES))
     node = await node_service(e2e, "checkout", "payment")
     assert await play(e2e, "tg:node") == reference()
     # Every dispatch the Node process got was answered and acknowledged.
@@ -132,7 +132,7 @@ async def test_pizza_flow_with_node_checkout_and_payment(e2e: Harness) -> None:
 async def test_same_transcript_with_the_python_twins(e2e: Harness) -> None:
     """The reference itself, on the same harness: what the Node test compares against."""
     await e2e.router("pizza")
-    await e2e.worker(*(f"examples.pizza:{name}"
+    await e2e.worker(*(f"router.demo_flow:{name}"
                        for name in [*PYTHON_SERVICES, "checkout", "payment"]))
     assert await play(e2e, "tg:python") == reference()
 
@@ -279,7 +279,7 @@ async def test_reconnects_after_the_connection_is_closed(e2e: Harness) -> None:
     """The broker closes the Node process's connection (only that one, by its name): it
     connects again and serves the flow."""
     await e2e.router("pizza")
-    await e2e.worker(*(f"examples.pizza:{name}" for name in PYTHON_SERVICES))
+    await e2e.worker(*(f"router.demo_flow:{name}" for name in PYTHON_SERVICES))
     node = await node_service(e2e, "checkout", "payment")
     listed = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
                             capture_output=True, text=True, check=True).stdout

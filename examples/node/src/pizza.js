@@ -1,4 +1,4 @@
-// Two services of the pizza flow (examples/pizza.py), in Node.js: `checkout` (the basket, then
+// Two services of the pizza flow (router/demo_flow.py), in Node.js: `checkout` (the basket, then
 // the address and payment forms, a declined card, a retry) and `payment` (a card number;
 // "...0000" is declined with `fail`). They behave like their Python twins, turn for turn:
 // the end-to-end test holds both to one transcript.
