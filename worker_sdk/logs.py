@@ -21,6 +21,7 @@ FORMATS = ("text", "json")
 TEXT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 _PAIR = re.compile(r"(?:^|\s)([a-z_][a-z0-9_]*)=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+)")
+_MARK = "_cloudbunch_handler"
 _RESERVED = {"time", "level", "logger", "message", "trace_id", "span_id", "exception"}
 
 
@@ -71,8 +72,10 @@ def configure(level: int, log_format: LogFormat = "text") -> None:
     """Install the process's logging (applications call this; libraries only log)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT))
+    setattr(handler, _MARK, True)
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if getattr(old, _MARK, False):  # ours, from an earlier call; others stay
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
