@@ -75,7 +75,7 @@ MAX_CALLBACK_DATA = 64
 BUTTONS_PER_ROW = 3
 TYPING_EVERY = 4.5
 """Seconds between chat actions: Telegram shows one for 5 seconds."""
-TYPING_FOR = 60.0
+TYPING_FOR = 20.0
 """Longest a chat shows "typing" for one message without any notice arriving."""
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 
@@ -343,6 +343,9 @@ class TelegramGateway:
     async def forward(self, update: Update) -> None:
         """Publish the update as a client message; retry until the broker confirms it, so
         that the update is confirmed to Telegram only then."""
+        if update.kind == "message":
+            # Before publishing: the first notice, however fast, then ends it.
+            self._start_typing(update.chat_id)
         backoff = 0.2
         while True:
             try:
@@ -355,8 +358,6 @@ class TelegramGateway:
                             update.session, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
-        if update.kind == "message":
-            self._start_typing(update.chat_id)
 
     def _start_typing(self, chat_id: str) -> None:
         old = self._typing.pop(chat_id, None)
