@@ -235,6 +235,7 @@
           const p = pending.get(f.id);
           pending.delete(f.id);
           failed.set(f.id, p);
+          if (!pending.size) typing.classList.remove("on");
           p.li.classList.remove("pending");
           p.li.classList.add("failed");
           if (f.code === "unavailable" || f.code === "rate_limited") {
