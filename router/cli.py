@@ -13,13 +13,18 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from worker_sdk.errors import CloudBunchError, ConfigError
 from worker_sdk.service import run_event_loop
 
 from .config import ENV, RouterConfig, load_config
+
+if TYPE_CHECKING:
+    from .core import Timer
 
 log = logging.getLogger("router.cli")
 
@@ -227,7 +232,7 @@ async def run_router(config: RouterConfig) -> int:
 
 async def show_session(config: RouterConfig, session: str) -> int:
     """Print a session's stack, turn in flight, waiting and held messages."""
-    from .core import Effect, Record
+    from .core import CorruptRecord, Effect, IdleFired, Record
     from .redis_store import RedisStore
 
     store = RedisStore(config.redis_url, config.namespace)
@@ -241,12 +246,20 @@ async def show_session(config: RouterConfig, session: str) -> int:
         print(f"session {session!r}: no record in namespace {config.namespace!r} "
               "(never seen, or expired)")
         return 1
-    rec = Record.decode(snap.record)
+    try:
+        rec = Record.decode(snap.record)
+    except CorruptRecord as exc:
+        print(f"session {session!r}: its stored record cannot be read ({exc}); delete its "
+              "keys to let the session start afresh", file=sys.stderr)
+        return 1
     print(f"session {session!r} (namespace {config.namespace!r}, version {snap.version}, "
           f"expires in {ttl / 1000:.0f} s)")
     print("stack (root first):" if rec.stack else "stack: empty")
+    now_ms = time.time() * 1000
     for depth, frame in enumerate(rec.stack):
         print(f"  {depth}: {frame.service}  state={frame.state!r}")
+        if frame.timer is not None:
+            print(f"     {describe_timer(frame.timer, rec.last_client_ms, now_ms)}")
     if rec.turn is not None:
         t = rec.turn
         print(f"turn in flight: {t.id} event={t.event} depth={t.depth} attempt={t.attempt} "
@@ -257,6 +270,9 @@ async def show_session(config: RouterConfig, session: str) -> int:
         print("turn in flight: none")
     print(f"waiting messages: {len(rec.waiting)}")
     for m in rec.waiting:
+        if isinstance(m, IdleFired):
+            print(f"  idle timer of frame {m.depth} ({m.seconds} s), fired")
+            continue
         print(f"  {m.id}: {m.payload!r}" + (f" seq={m.seq}" if m.seq is not None else ""))
     if rec.held:
         print(f"held for seq (last accepted {rec.last_seq}): {len(rec.held)}")
@@ -268,6 +284,16 @@ async def show_session(config: RouterConfig, session: str) -> int:
             e = Effect.decode(blob)
             print(f"  {e.kind} -> {e.queue}")
     return 0
+
+
+def describe_timer(timer: Timer, last_client_ms: int, now_ms: float) -> str:
+    """One line about a frame's idle timer for ``session show``."""
+    if timer.fired:
+        return f"idle timer: {timer.seconds:g} s of silence, fired (its turn is queued or done)"
+    due = timer.due_ms(last_client_ms)
+    when = datetime.fromtimestamp(due / 1000, UTC).isoformat(timespec="milliseconds")
+    return (f"idle timer: {timer.seconds:g} s of silence, fires at {when} "
+            f"(in {max(0.0, (due - now_ms) / 1000):.1f} s, unless a message arrives)")
 
 
 if __name__ == "__main__":
