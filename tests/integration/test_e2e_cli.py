@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from .procs import REPO, Harness, child_env, cli
-from .test_e2e_actions import deploy, open_b, start_root
+from .test_e2e_actions import deploy, start_root
 
 pytestmark = pytest.mark.infra
 
