@@ -1,8 +1,9 @@
 """A whole deployment in one process: router, services and a frontend client.
 
 With the in-memory broker and store (the default) it needs no infrastructure: the demo's
-embedded mode and the test kit (:mod:`router.testing`) run on it. Given a real broker and
-store it runs the very same code against RabbitMQ and Redis.
+embedded mode and the test kit (:mod:`router.testing`) run on it, and it knows when a chain is
+done from the broker itself (:meth:`MemoryBroker.join`). Given a real broker and store it runs
+the very same code against RabbitMQ and Redis, and watches the store instead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from worker_sdk import wire
 from worker_sdk.broker import Broker
-from worker_sdk.client import Client
+from worker_sdk.client import Client, NoticeIterator
 from worker_sdk.memory import MemoryBroker
 from worker_sdk.service import Service, run_services
 
@@ -36,7 +37,9 @@ class Engine:
                  prefetch: int = 16) -> None:
         self.config = config
         self.services = list(services)
-        self.broker: Broker = broker if broker is not None else MemoryBroker(config.queue_type)
+        self.memory = MemoryBroker(config.queue_type) if broker is None else None
+        """The in-memory broker, when embedded: the engine waits on its ``join``."""
+        self.broker: Broker = broker if broker is not None else self.memory  # type: ignore[assignment]
         self.store: SessionStore = store if store is not None else MemoryStore()
         self.embedded = broker is None
         self.router = Router(config, self.broker, self.store)
@@ -46,6 +49,7 @@ class Engine:
         self._tasks: list[asyncio.Task[Any]] = []
         self._notices: dict[str, list[wire.Notice]] = defaultdict(list)
         self._arrived = asyncio.Event()
+        self._inbox: NoticeIterator | None = None
 
     async def start(self) -> None:
         """Start the router, serve the services, start the client."""
@@ -55,7 +59,9 @@ class Engine:
             self.services, self.broker, self.config.namespace, self.prefetch, self._stop),
             name="cloudbunch-services"))
         await self.client.start()
-        self._tasks.append(asyncio.create_task(self._collect(), name="cloudbunch-notices"))
+        self._inbox = self.client.notices()
+        if self.memory is None:
+            self._tasks.append(asyncio.create_task(self._collect(), name="cloudbunch-notices"))
         # Serving declares the service queues; wait for that before the first message.
         for service in self.services:
             queue = wire.service_queue(self.config.namespace, service.name)
@@ -86,9 +92,22 @@ class Engine:
         await self.stop()
 
     async def _collect(self) -> None:
-        async for notice in self.client.notices():
+        assert self._inbox is not None
+        async for notice in self._inbox:
             self._notices[notice.session].append(notice)
             self._arrived.set()
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Embedded: wait until every published message is consumed and handled, and file
+        the notices that arrived."""
+        assert self.memory is not None and self._inbox is not None
+        try:
+            await self.memory.join(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"the embedded deployment was still busy after {timeout} s "
+                               "(a handler that never returns?)") from None
+        for notice in self._inbox.received():
+            self._notices[notice.session].append(notice)
 
     async def record(self, session: str) -> Record | None:
         """The session's record as stored now (None if it has none)."""
@@ -120,6 +139,9 @@ class Engine:
             msg_id = await self.client.end(session)
         else:
             msg_id = await self.client.send(session, payload, entry=entry, meta=meta)
+        if self.memory is not None:
+            await self.settle(timeout)
+            return self.take(session, msg_id)
         await self.idle(session, timeout, accepted=msg_id)
         # Published notices may still be on their way to the client: wait for a quiet spell.
         quiet = 0.02 if self.embedded else 0.15
@@ -129,6 +151,12 @@ class Engine:
                 await asyncio.wait_for(self._arrived.wait(), quiet)
             except TimeoutError:
                 break
-        mine = [n for n in self._notices[session] if n.in_reply_to == msg_id]
-        self._notices[session] = [n for n in self._notices[session] if n.in_reply_to != msg_id]
+        return self.take(session, msg_id)
+
+    def take(self, session: str, in_reply_to: str | None = None) -> list[wire.Notice]:
+        """Remove and return the session's notices received so far (only those in reply to
+        ``in_reply_to``, when given)."""
+        mine = [n for n in self._notices[session]
+                if in_reply_to is None or n.in_reply_to == in_reply_to]
+        self._notices[session] = [n for n in self._notices[session] if n not in mine]
         return mine
