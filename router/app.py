@@ -56,7 +56,7 @@ class Router:
 
     def __init__(self, config: RouterConfig, broker: Broker, store: SessionStore, *,
                  clock: Callable[[], float] = time.time,
-                 ids: Callable[[], str] = new_id) -> None:
+                 ids: Callable[[], str] = new_id, scan: bool = True) -> None:
         self.config = config
         self.cfg = config.core()
         self.broker = broker
@@ -73,6 +73,7 @@ class Router:
         self._idle.set()
         self._stopping = asyncio.Event()
         self._scanner: asyncio.Task[None] | None = None
+        self._scan = scan
         self.failure: BaseException | None = None
         """Set when the replica cannot go on (store lost for good)."""
         self._failed = asyncio.Event()
@@ -88,7 +89,8 @@ class Router:
         """Declare the shared queues, start consuming and scanning deadlines."""
         for queue in (self.ingress, self.replies, self.dead):
             await self.broker.declare(queue)
-        self._scanner = asyncio.create_task(self._scan_loop(), name="cloudbunch-scanner")
+        if self._scan:
+            self._scanner = asyncio.create_task(self._scan_loop(), name="cloudbunch-scanner")
         for queue, handler in ((self.ingress, self.on_ingress), (self.replies, self.on_reply)):
             await self.broker.consume(queue, self._guard(handler, queue), prefetch=64)
         log.info("event=router_started namespace=%s root=%s", self.config.namespace,
@@ -384,9 +386,7 @@ class Router:
         period = min(0.1, self.config.turn_timeout / 4, max(self.config.seq_hold / 4, 0.01))
         while not self._stopping.is_set():
             try:
-                claimed = await self.store.claim_due(int(self.clock() * 1000), LEASE_MS)
-                if claimed:
-                    await asyncio.gather(*(self._fire(s, lease) for s, lease in claimed))
+                if await self.fire_due():
                     continue
                 self._store_ok()
             except asyncio.CancelledError:
@@ -399,11 +399,25 @@ class Router:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), period)
 
+    async def fire_due(self) -> int:
+        """Claim the deadlines due now and step each session; return how many were claimed.
+        (The scanner's one pass; a test kit with a virtual clock calls it directly.)"""
+        claimed = await self.store.claim_due(int(self.clock() * 1000), LEASE_MS)
+        if claimed:
+            await asyncio.gather(*(self._fire(s, lease) for s, lease in claimed))
+        return len(claimed)
+
     async def _fire(self, session: str, lease: int) -> None:
         try:
             out = await self.run_step(session, lambda snap: Tick(), hint=False)
+            self.stats["timers_fired"] += out.fired
             due = out.record.due_ms(self.cfg) if out.record is not None else None
             await self.store.settle_hint(session, lease, due)
+        except core.CorruptRecord as exc:
+            # Firing again would fail again: drop the hint. The record stays for an operator.
+            self.stats["corrupt_records"] += 1
+            log.error("event=corrupt_record session=%s error=%s", session, exc)
+            await self.store.settle_hint(session, lease, None)
         except Exception as exc:  # the lease makes it fire again later
             log.warning("event=deadline_failed session=%s error=%r", session, exc)
 

@@ -69,6 +69,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not 0 < value <= 2_592_000:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 2592000 (30 days), "
+                                         f"not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloudbunch",
@@ -109,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", dest="namespace", metavar="NS",
                    help="prefix of the demo's queues and keys [env CLOUDBUNCH_DEMO_NAMESPACE; "
                         "default cbdemo, so the demo never mixes with a deployment in 'cb']")
+    p.add_argument("--remind-after", type=_positive_seconds, default=60.0, metavar="SECONDS",
+                   help="silence after which a question is asked again [default 60]")
+    p.add_argument("--give-up-after", type=_positive_seconds, default=900.0,
+                   metavar="SECONDS", help="silence after which the order in progress is "
+                                           "dropped [default 900]")
 
     p = sub.add_parser("session", help="inspect sessions", description="Inspect sessions.")
     ssub = p.add_subparsers(dest="session_command", metavar="SUBCOMMAND", required=True)
@@ -173,11 +189,13 @@ def _run(args: argparse.Namespace) -> int:
                         connect_timeout=CONNECT_TIMEOUT)
     if args.command == "demo":
         from .demo import run_demo
+        from .demo_flow import IdleTimes
 
         namespace = args.namespace or os.environ.get("CLOUDBUNCH_DEMO_NAMESPACE", "cbdemo")
         config = load_config(_options(args) | {"root": "pizza", "namespace": namespace})
         mode = "embedded" if args.embedded else "real" if args.real else "auto"
-        return run_event_loop(run_demo(config, mode=mode, script=args.script))
+        idle = IdleTimes(remind_after=args.remind_after, give_up_after=args.give_up_after)
+        return run_event_loop(run_demo(config, mode=mode, script=args.script, idle=idle))
     if args.command == "session":
         config = load_config(_options(args) | {"root": "-"})
         return run_event_loop(show_session(config, args.session))

@@ -140,12 +140,33 @@ class Turn:
     event: Literal["start", "message", "result", "idle"]
     attempt: int
     deadline_ms: int
-    dispatch: wire.Dispatch
-    """The first attempt's dispatch; later attempts re-send it with their number."""
+    source: wire.Dispatch | dict[str, Any] = field(compare=False)
+    """The first attempt's dispatch (later attempts re-send it with their number), or its
+    stored form until :attr:`dispatch` is first read: most steps never need it."""
     opened_by: Literal["open", "replace"] | None = None
     """Set on the first start of a frame pushed by open/replace: a missing queue refuses."""
     replaced: Frame | None = None
     """The frame a ``replace`` popped, restored if the replacement is refused."""
+
+    @property
+    def dispatch(self) -> wire.Dispatch:
+        if isinstance(self.source, dict):
+            try:
+                self.source = _dispatch_from_map(self.source)
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raise CorruptRecord(f"the turn's dispatch: {type(exc).__name__}: {exc}") from None
+        return self.source
+
+    def stored_dispatch(self) -> dict[str, Any]:
+        return self.source if isinstance(self.source, dict) else _dispatch_to_map(self.source)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Turn) and self.id == other.id and self.depth == other.depth
+                and self.event == other.event and self.attempt == other.attempt
+                and self.deadline_ms == other.deadline_ms and self.opened_by == other.opened_by
+                and self.replaced == other.replaced and self.dispatch == other.dispatch)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -249,17 +270,17 @@ RECORD_VERSION: Final = 2
 
 
 def _frame_to_map(frame: Frame) -> dict[str, Any]:
-    out: dict[str, Any] = {"n": frame.service, "s": frame.packed()}
     timer = frame.timer
-    if timer is not None:
-        out["i"] = {"n": timer.seconds, "at": timer.set_ms, "t": timer.token, "f": timer.fired}
-    return out
+    if timer is None:
+        return {"n": frame.service, "s": frame.packed()}
+    return {"n": frame.service, "s": frame.packed(),
+            "i": {"n": timer.seconds, "at": timer.set_ms, "t": timer.token, "f": timer.fired}}
 
 
 def _frame_from_map(raw: dict[str, Any]) -> Frame:
     timer = raw.get("i")
-    return Frame(_str(raw["n"]), packed=_bytes(raw["s"]), timer=None if timer is None else Timer(
-        _num(timer["n"]), _int(timer["at"]), _str(timer["t"]), bool(timer["f"])))
+    return Frame(raw["n"], packed=raw["s"], timer=None if timer is None else Timer(
+        timer["n"], timer["at"], timer["t"], timer["f"]))
 
 
 def _chain_to_map(chain: Chain | None) -> dict[str, Any] | None:
@@ -269,9 +290,34 @@ def _chain_to_map(chain: Chain | None) -> dict[str, Any] | None:
 
 
 def _chain_from_map(raw: Any) -> Chain | None:
-    if raw is None:
-        return None
-    return Chain(_str(raw["o"]), _str(raw["r"]), raw.get("p"), raw.get("m"))
+    return None if raw is None else Chain(raw["o"], raw["r"], raw["p"], raw["m"])
+
+
+def _dispatch_to_map(d: wire.Dispatch) -> dict[str, Any]:
+    result = d.result
+    return {"s": d.session, "t": d.turn, "e": d.event, "d": d.depth, "st": d.state,
+            "ar": d.args, "p": d.payload, "b": d.bubbled, "m": d.meta,
+            "r": None if result is None else [
+                result.service, result.ok, result.value,
+                None if result.error is None else [result.error.code, result.error.message]]}
+
+
+def _dispatch_from_map(raw: dict[str, Any]) -> wire.Dispatch:
+    r = raw["r"]
+    result = None if r is None else Result(
+        r[0], r[1], r[2], None if r[3] is None else ErrorInfo(r[3][0], r[3][1]))
+    return wire.Dispatch(raw["s"], raw["t"], raw["e"], raw["d"], 1, raw["st"], raw["ar"],
+                         raw["p"], raw["b"], result, raw["m"])
+
+
+def _message_to_map(m: ClientMessage) -> dict[str, Any]:
+    return {"s": m.session, "i": m.id, "r": m.reply_to, "y": m.type, "p": m.payload,
+            "q": m.seq, "e": m.entry, "m": m.meta}
+
+
+def _message_from_map(raw: dict[str, Any]) -> ClientMessage:
+    return ClientMessage(raw["s"], raw["i"], raw["r"], raw["y"], raw["p"], raw["q"], raw["e"],
+                         raw["m"])
 
 
 def _record_to_map(rec: Record) -> dict[str, Any]:
@@ -282,12 +328,12 @@ def _record_to_map(rec: Record) -> dict[str, Any]:
         "k": [_frame_to_map(f) for f in rec.stack],
         "t": None if turn is None else {
             "id": turn.id, "d": turn.depth, "a": turn.attempt, "dl": turn.deadline_ms,
-            "x": turn.dispatch.to_wire(), "o": turn.opened_by,
+            "x": turn.stored_dispatch(), "o": turn.opened_by,
             "r": None if turn.replaced is None else _frame_to_map(turn.replaced)},
         "c": _chain_to_map(rec.chain),
         "w": [{"f": {"d": w.depth, "t": w.token, "n": w.seconds, "c": w.accepted}}
-              if isinstance(w, IdleFired) else {"m": w.to_wire()} for w in rec.waiting],
-        "h": [{"m": h.message.to_wire(), "at": h.arrived_ms} for h in rec.held],
+              if isinstance(w, IdleFired) else {"m": _message_to_map(w)} for w in rec.waiting],
+        "h": [{"m": _message_to_map(h.message), "at": h.arrived_ms} for h in rec.held],
         "q": rec.last_seq,
         "a": rec.activity_ms,
         "m": rec.stamp_ms,
@@ -300,32 +346,35 @@ def _record_to_map(rec: Record) -> dict[str, Any]:
 def _waiting_from_map(raw: dict[str, Any]) -> ClientMessage | IdleFired:
     fired = raw.get("f")
     if fired is not None:
-        return IdleFired(_int(fired["d"]), _str(fired["t"]), _num(fired["n"]), _int(fired["c"]))
-    return ClientMessage.from_wire(raw["m"])
+        return IdleFired(fired["d"], fired["t"], fired["n"], fired["c"])
+    return _message_from_map(raw["m"])
 
 
 def _record_from_map(raw: dict[str, Any]) -> Record:
+    # Field types are not checked one by one (that would double the cost of every step):
+    # a damaged record fails here on its structure, or in the step on a type, and either
+    # way the shell contains it.
+    if not isinstance(raw["s"], str):
+        raise TypeError("the session id is not a string")
     t = raw["t"]
     turn = None
     if t is not None:
-        dispatch = wire.Dispatch.from_wire(t["x"])
-        turn = Turn(id=_str(t["id"]), depth=_int(t["d"]), event=dispatch.event,
-                    attempt=_int(t["a"]), deadline_ms=_int(t["dl"]), dispatch=dispatch,
-                    opened_by=t["o"],
-                    replaced=None if t["r"] is None else _frame_from_map(t["r"]))
+        x = t["x"]
+        turn = Turn(t["id"], t["d"], x["e"], t["a"], t["dl"], x, t["o"],
+                    None if t["r"] is None else _frame_from_map(t["r"]))
     return Record(
-        session=_str(raw["s"]),
+        session=raw["s"],
         stack=[_frame_from_map(f) for f in raw["k"]],
         turn=turn,
         chain=_chain_from_map(raw["c"]),
         waiting=[_waiting_from_map(w) for w in raw["w"]],
-        held=[Held(ClientMessage.from_wire(h["m"]), _int(h["at"])) for h in raw["h"]],
-        last_seq=_int(raw["q"]),
-        activity_ms=_int(raw["a"]),
-        stamp_ms=_int(raw["m"]),
+        held=[Held(_message_from_map(h["m"]), h["at"]) for h in raw["h"]],
+        last_seq=raw["q"],
+        activity_ms=raw["a"],
+        stamp_ms=raw["m"],
         last=_chain_from_map(raw["l"]),
-        last_client_ms=_int(raw["lc"]),
-        accepted=_int(raw["n"]),
+        last_client_ms=raw["lc"],
+        accepted=raw["n"],
     )
 
 
@@ -337,11 +386,11 @@ def _record_from_v1(raw: dict[str, Any]) -> Record:
     if t is not None:
         dispatch = wire.Dispatch.from_wire(dict(t[5], attempt=1))
         turn = Turn(id=t[0], depth=t[1], event=t[2], attempt=t[3], deadline_ms=t[4],
-                    dispatch=dispatch, opened_by=t[6],
+                    source=dispatch, opened_by=t[6],
                     replaced=None if t[7] is None else Frame(t[7][0], packed=t[7][1]))
     return Record(
-        session=_str(raw["s"]),
-        stack=[Frame(_str(s), packed=_bytes(st)) for s, st in raw["k"]],
+        session=raw["s"],
+        stack=[Frame(s, packed=st) for s, st in raw["k"]],
         turn=turn,
         chain=None if c is None else Chain(c[0], c[1], c[2], c[3]),
         waiting=[ClientMessage.from_wire(m) for m in raw["w"]],
@@ -350,30 +399,6 @@ def _record_from_v1(raw: dict[str, Any]) -> Record:
         activity_ms=raw["a"],
         stamp_ms=raw.get("m", 0),
     )
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, found {type(value).__name__}")
-    return value
-
-
-def _bytes(value: Any) -> bytes:
-    if not isinstance(value, bytes):
-        raise TypeError(f"expected bytes, found {type(value).__name__}")
-    return value
-
-
-def _int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"expected an integer, found {type(value).__name__}")
-    return value
-
-
-def _num(value: Any) -> int | float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"expected a number, found {type(value).__name__}")
-    return value
 
 
 # ---------------------------------------------------------------------------- effects
@@ -454,6 +479,8 @@ class Outcome:
     """A client message id to add to the dedup memory."""
     dropped: str | None = None
     """Why an event was dropped without effect (stale reply, duplicate message...)."""
+    fired: int = 0
+    """How many idle timers fired in this step."""
 
 
 # ---------------------------------------------------------------------------- the step
@@ -598,6 +625,7 @@ class _Step:
         """Queue every timer that is due, lowest frame first; start one if nothing runs."""
         rec = self.rec
         due = [depth for at, depth in rec.timers_due() if at <= self.now]
+        self.out.fired += len(due)
         for depth in due:
             frame = rec.stack[depth]
             timer = frame.timer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -29,20 +30,44 @@ from .store import MemoryStore, SessionStore
 log = logging.getLogger(__name__)
 
 
+class VirtualClock:
+    """A clock that moves only when told (:meth:`Engine.advance`); reads like time.time."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def move_to_ms(self, ms: int) -> None:
+        """Go forward to the millisecond ``ms`` (never back). Half a millisecond past it, so
+        that ``int(clock() * 1000)`` is exactly ``ms`` despite float rounding."""
+        self.now = max(self.now, (ms + 0.5) / 1000)
+
+
 class Engine:
-    """Router + services + client, started and stopped together."""
+    """Router + services + client, started and stopped together.
+
+    With ``clock`` a :class:`VirtualClock` (embedded only), time stands still until
+    :meth:`advance` moves it: deadlines and idle timers fire then, and only then.
+    """
 
     def __init__(self, services: Sequence[Service], config: RouterConfig, *,
                  broker: Broker | None = None, store: SessionStore | None = None,
-                 prefetch: int = 16) -> None:
+                 prefetch: int = 16, clock: VirtualClock | None = None) -> None:
         self.config = config
         self.services = list(services)
         self.memory = MemoryBroker(config.queue_type) if broker is None else None
         """The in-memory broker, when embedded: the engine waits on its ``join``."""
         self.broker: Broker = broker if broker is not None else self.memory  # type: ignore[assignment]
-        self.store: SessionStore = store if store is not None else MemoryStore()
+        if clock is not None and (broker is not None or store is not None):
+            raise ValueError("a virtual clock needs the in-memory broker and store")
+        self.clock = clock
+        self.store: SessionStore = store if store is not None else MemoryStore(
+            clock=clock or time.time)
         self.embedded = broker is None
-        self.router = Router(config, self.broker, self.store)
+        self.router = Router(config, self.broker, self.store, clock=clock or time.time,
+                             scan=clock is None)
         self.client = Client(self.broker, config.namespace)
         self.prefetch = prefetch
         self._stop = asyncio.Event()
@@ -60,15 +85,15 @@ class Engine:
             name="cloudbunch-services"))
         await self.client.start()
         self._inbox = self.client.notices()
-        if self.memory is None:
-            self._tasks.append(asyncio.create_task(self._collect(), name="cloudbunch-notices"))
-        # Serving declares the service queues; wait for that before the first message.
+        self._tasks.append(asyncio.create_task(self._collect(), name="cloudbunch-notices"))
+        # Serving declares and consumes the service queues: wait for that before the first
+        # message (in memory it takes a few turns of the event loop).
         for service in self.services:
             queue = wire.service_queue(self.config.namespace, service.name)
-            for _ in range(500):
-                if await self.broker.queue_exists(queue):  # type: ignore[attr-defined]
+            for _ in range(10_000 if self.memory is not None else 500):
+                if await self.broker.consumer_count(queue) > 0:  # type: ignore[attr-defined]
                     break
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0 if self.memory is not None else 0.01)
 
     async def stop(self) -> None:
         """Stop everything (services first, then router and client)."""
@@ -97,6 +122,26 @@ class Engine:
             self._notices[notice.session].append(notice)
             self._arrived.set()
 
+    async def advance(self, seconds: float, timeout: float = 10.0) -> None:
+        """Virtual time: move the clock ``seconds`` forward. Every deadline and idle timer
+        that falls due on the way fires at its own moment, in order, and what it causes
+        runs to the end before the clock moves on."""
+        clock, store = self.clock, self.store
+        if clock is None or not isinstance(store, MemoryStore):
+            raise RuntimeError("advance() needs an Engine made with clock=VirtualClock()")
+        if seconds < 0:
+            raise ValueError(f"time does not go back: advance({seconds})")
+        target_ms = int((clock.now + seconds) * 1000)
+        await self.settle(timeout)
+        while True:
+            due = store.next_due_ms()
+            if due is None or due > target_ms:
+                break
+            clock.move_to_ms(due)
+            await self.router.fire_due()
+            await self.settle(timeout)
+        clock.move_to_ms(target_ms)
+
     async def settle(self, timeout: float = 10.0) -> None:
         """Embedded: wait until every published message is consumed and handled, and file
         the notices that arrived."""
@@ -108,6 +153,7 @@ class Engine:
                                "(a handler that never returns?)") from None
         for notice in self._inbox.received():
             self._notices[notice.session].append(notice)
+            self._arrived.set()
 
     async def record(self, session: str) -> Record | None:
         """The session's record as stored now (None if it has none)."""
@@ -152,6 +198,12 @@ class Engine:
             except TimeoutError:
                 break
         return self.take(session, msg_id)
+
+    async def wait_notices(self, session: str) -> None:
+        """Return once the session has notices that nobody took yet (an idle timer's, say)."""
+        while not self._notices[session]:
+            self._arrived.clear()
+            await self._arrived.wait()
 
     def take(self, session: str, in_reply_to: str | None = None) -> list[wire.Notice]:
         """Remove and return the session's notices received so far (only those in reply to

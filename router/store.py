@@ -188,6 +188,10 @@ class MemoryStore:
         else:
             self._hints[session] = due_ms
 
+    def next_due_ms(self) -> int | None:
+        """The earliest deadline hint (the test kit's virtual clock jumps to it)."""
+        return min(self._hints.values(), default=None)
+
     async def ping(self) -> None:
         """Always answers."""
 
