@@ -39,12 +39,13 @@ class Routed:
     """The routed deployment of one bench run and a client that measures round trips."""
 
     def __init__(self, namespace: str, amqp_url: str, redis_url: str, queue_type: str,
-                 *, prefetch: int) -> None:
+                 *, prefetch: int, history: int | None = None) -> None:
         self.ns = namespace
         self.amqp_url = amqp_url
         self.redis_url = redis_url
         self.queue_type = queue_type
         self.prefetch = prefetch
+        self.history = history
         self.router: Proc | None = None
         self.worker: Proc | None = None
         self.broker = AmqpBroker(amqp_url, queue_type, name="bench-client")
@@ -66,7 +67,8 @@ class Routed:
                   "--amqp-url", self.amqp_url]
         self.router = await Proc.python(
             "router", "-m", "router.cli", "router", *common, "--redis-url", self.redis_url,
-            "--root", SERVICE, "--session-ttl", str(SESSION_TTL_S))
+            "--root", SERVICE, "--session-ttl", str(SESSION_TTL_S),
+            *(() if self.history is None else ("--history", str(self.history))))
         self.worker = await Proc.python(
             "worker", "-m", "router.cli", "worker", "bench.services:bench", *common,
             "--prefetch", str(self.prefetch))
@@ -187,7 +189,7 @@ class Routed:
         return time.monotonic() - began
 
     async def session_bytes(self, session: str) -> int:
-        """MEMORY USAGE summed over the session's keys (record, outbox, dedup)."""
+        """MEMORY USAGE summed over the session's keys (record, outbox, dedup, history)."""
         total = 0
         redis = self.store._redis  # the bench reads what the adapter wrote
         for key in self.store.session_keys(session):

@@ -43,7 +43,7 @@ from .stats import Figure, Summary, Target, format_markdown, format_table, ratio
 log = logging.getLogger("bench")
 
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("pair", "depth", "sessions", "embedded")
+SECTIONS = ("pair", "depth", "sessions", "history", "embedded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +90,7 @@ class Bench:
     redis_url: str
     queue_type: str
     do_profile: bool
+    history: int | None = None
     ns: str = field(default_factory=lambda: "bench" + secrets.token_hex(4))
     figures: list[Figure] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
@@ -146,11 +147,11 @@ class Bench:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        needs_routed = bool({"pair", "depth", "sessions"} & set(self.sections)) \
+        needs_routed = bool({"pair", "depth", "sessions", "history"} & set(self.sections)) \
             or self.do_profile
         if needs_routed:
             self.routed = Routed(self.ns, self.amqp_url, self.redis_url, self.queue_type,
-                                 prefetch=64)
+                                 prefetch=64, history=self.history)
             self.say(f"namespace {self.ns}: starting router and worker processes")
             await self.routed.start()
             self.report["redis"] = await self.routed.redis_info()
@@ -345,6 +346,21 @@ class Bench:
                  "ratio", ratios(rates, base_rates),
                  note="run i with many sessions against run i with 1,000")
 
+    async def history_section(self) -> None:
+        """Redis memory of one session after 10 and 100 messages, history included."""
+        routed = self.routed
+        assert routed is not None
+        keep = "router default" if self.history is None else str(self.history)
+        for turns in (1, 10, 100):
+            session = f"history-{turns}"
+            for _ in range(turns):
+                await routed.turn(session)
+            size = await routed.session_bytes(session)
+            self.say(f"session after {turns} messages: {size:,} B (--history {keep})")
+            self.add(f"session_bytes_{turns}_turns", f"Redis MEMORY USAGE of a session after "
+                     f"{turns} messages (--history {keep})", "B", [size],
+                     note="record, outbox, dedup and history keys; one measurement")
+
     async def embedded_section(self) -> None:
         """Turns per second fully in process (memory broker and store)."""
         plan = self.plan
@@ -455,10 +471,12 @@ def save(report: dict[str, Any]) -> Path:
 async def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     sections = tuple(s for s in SECTIONS if s in args.only) if args.only else SECTIONS
-    bench = Bench(plan, sections, args.amqp_url, args.redis_url, args.queue_type, args.profile)
+    bench = Bench(plan, sections, args.amqp_url, args.redis_url, args.queue_type, args.profile,
+                  history=args.history)
     bench.report.update({"started": time.time(), "namespace": bench.ns, "quick": args.quick,
                          "plan": dataclasses.asdict(plan),
-                         "queue_type": args.queue_type, "machine": machine(),
+                         "queue_type": args.queue_type, "history": args.history,
+                         "machine": machine(),
                          "message_bytes": message_sizes(),
                          "loadavg_start": _loadavg()})
     task = asyncio.current_task()
@@ -475,6 +493,8 @@ async def run(args: argparse.Namespace) -> int:
                 await bench.depth_section()
             if "sessions" in sections:
                 await bench.sessions_section()
+            if "history" in sections:
+                await bench.history_section()
             if "embedded" in sections:
                 await bench.embedded_section()
             if args.profile:
@@ -535,6 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="type of the shared queues, routed and direct alike [default quorum]")
     p.add_argument("--limit", type=float, default=None, metavar="S",
                    help="stop (and clean up) after this many seconds [default 600; 150 quick]")
+    p.add_argument("--history", type=int, default=None, metavar="N",
+                   help="the router's --history (history entries per session) [default: the "
+                        "router's default]; compare CPU per turn with 0")
     p.add_argument("--amqp-url", default=os.environ.get("CLOUDBUNCH_AMQP_URL",
                                                         DEFAULT_AMQP_URL))
     p.add_argument("--redis-url", default=os.environ.get("CLOUDBUNCH_REDIS_URL",
