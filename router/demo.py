@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 from worker_sdk import wire
 from worker_sdk.errors import BrokerUnavailable, StoreUnavailable
+from worker_sdk.quick_replies import plain_text
 
 from .config import RouterConfig
 from .demo_flow import IdleTimes
@@ -65,8 +66,7 @@ async def _lines(script: str | None) -> AsyncIterator[tuple[str, bool]]:
 
 def _show(notice: wire.Notice) -> str:
     if notice.type == "output":
-        text = notice.payload if isinstance(notice.payload, str) else repr(notice.payload)
-        return f"bot> {text}"
+        return f"bot> {plain_text(notice.payload)}"
     if notice.type == "unhandled":
         return "bot> (nobody understood that)"
     if notice.type == "end":
@@ -75,35 +75,11 @@ def _show(notice: wire.Notice) -> str:
     return f"bot> (error {error.code}: {error.message})"
 
 
-async def _show_unasked(engine: Engine, session: str, turn: asyncio.Lock) -> None:
-    """Print what the bot says without being asked (an idle timer's reminder), between the
-    person's messages."""
-    while True:
-        await engine.wait_notices(session)
-        async with turn:  # a message's own notices are taken by its converse()
-            notices = engine.take(session)
-        for notice in notices:
-            print(f"\n{_show(notice)}", flush=True)
-
-
-async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | None = None,
-                   idle: IdleTimes | None = None) -> int:
-    """Chat with the pizza bot; ``mode`` is auto, embedded or real; ``idle`` changes how long
-    the bot waits on a silent person."""
-    from . import demo_flow
+async def choose_engine(config: RouterConfig, mode: str = "auto") -> Engine:
+    """The pizza bot's engine: on RabbitMQ and Redis when they answer (``mode`` auto), or
+    must (real), else (or when ``mode`` is embedded) in memory. Says which on stdout."""
     from .demo_flow import SERVICES
 
-    if idle is not None:
-        demo_flow.IDLE.remind_after = idle.remind_after
-        demo_flow.IDLE.give_up_after = idle.give_up_after
-
-    if script is not None and script != "-":
-        try:
-            open(script, encoding="utf-8").close()
-        except OSError as exc:
-            print(f"cloudbunch demo: cannot read script {script!r}: {exc.strerror}",
-                  file=sys.stderr)
-            return 1
     store = None
     if mode != "embedded" and await _answers(config.amqp_url, 5672):
         from .redis_store import RedisStore
@@ -129,7 +105,37 @@ async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | No
         engine = Engine(SERVICES, config)
         why = "as asked" if mode == "embedded" else "RabbitMQ or Redis did not answer"
         print(f"demo: using the embedded in-memory engine ({why})", flush=True)
+    return engine
 
+
+async def _show_unasked(engine: Engine, session: str, turn: asyncio.Lock) -> None:
+    """Print what the bot says without being asked (an idle timer's reminder), between the
+    person's messages."""
+    while True:
+        await engine.wait_notices(session)
+        async with turn:  # a message's own notices are taken by its converse()
+            notices = engine.take(session)
+        for notice in notices:
+            print(f"\n{_show(notice)}", flush=True)
+
+
+async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | None = None,
+                   idle: IdleTimes | None = None) -> int:
+    """Chat with the pizza bot; ``mode`` is auto, embedded or real; ``idle`` changes how long
+    the bot waits on a silent person."""
+    from . import demo_flow
+
+    if idle is not None:
+        demo_flow.IDLE.remind_after = idle.remind_after
+        demo_flow.IDLE.give_up_after = idle.give_up_after
+    if script is not None and script != "-":
+        try:
+            open(script, encoding="utf-8").close()
+        except OSError as exc:
+            print(f"cloudbunch demo: cannot read script {script!r}: {exc.strerror}",
+                  file=sys.stderr)
+            return 1
+    engine = await choose_engine(config, mode)
     session = f"demo-{secrets.token_hex(4)}"
     turns = 0
     busy = 0.0

@@ -25,6 +25,9 @@ Where each action happens:
   after 15 minutes of silence it drops the order (its ``idle`` turn discards the forms above
   it). ``cloudbunch demo --remind-after S --give-up-after S`` shortens both (:data:`IDLE`).
 
+Questions with a few possible answers offer them as quick replies (``quick_replies``: buttons
+in the web chat, ``[titles]`` after the text in the terminal); typing the answer works too.
+
 Every service keeps what it knows in ``ctx.state`` (and what it is given in ``ctx.args``),
 never in process memory, so any worker replica can serve any turn.
 
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker_sdk import Context, Service
+from worker_sdk.quick_replies import quick_replies
 
 __all__ = ["IDLE", "ROOT", "SERVICES", "IdleTimes", "address", "checkout", "menu", "order",
            "payment", "pizza"]
@@ -84,15 +88,19 @@ def _money(cents: int) -> str:
     return f"${cents // 100}.{cents % 100:02d}"
 
 
-def _ask(ctx: Context, *lines: str, state: dict[str, Any]) -> None:
-    """Ask a question (the last line) and wait for the answer, reminding once after a
-    silence (``on_idle`` of each form, :func:`_remind`)."""
+def _ask(ctx: Context, *lines: Any, state: dict[str, Any]) -> None:
+    """Ask a question (the last line: text, or text with quick replies) and wait for the
+    answer, reminding once after a silence (``on_idle`` of each form, :func:`_remind`)."""
     ctx.reply(*lines, state={**state, "asked": lines[-1]}, idle=IDLE.remind_after)
 
 
 def _remind(ctx: Context) -> None:
     """A form's idle timer fired: repeat the question, once (no new timer)."""
-    ctx.reply(f"Are you still there? {(ctx.state or {}).get('asked', '')}".strip())
+    asked = (ctx.state or {}).get("asked", "")
+    if isinstance(asked, dict):  # a question with quick replies keeps its buttons
+        ctx.reply({**asked, "text": f"Are you still there? {asked.get('text', '')}"})
+    else:
+        ctx.reply(f"Are you still there? {asked}".strip())
 
 
 def _pick(text: str, choices: dict[str, Any]) -> str | None:
@@ -109,9 +117,11 @@ def pizza_start(ctx: Context) -> None:
     # args is set when a cancel replaced the root: keep the count of orders placed so far.
     placed = int((ctx.args or {}).get("placed", 0))
     if ctx.args and ctx.args.get("cancelled"):
-        ctx.reply("Say 'order' whenever you want another pizza.", state={"placed": placed})
+        ctx.reply(quick_replies("Say 'order' whenever you want another pizza.", "order"),
+                  state={"placed": placed})
     else:
-        ctx.reply("Welcome to Bunch Pizza! Say 'order' to order a pizza, or 'help'.",
+        ctx.reply(quick_replies("Welcome to Bunch Pizza! Say 'order' to order a pizza, "
+                                "or 'help'.", "order", "help"),
                   state={"placed": placed})
 
 
@@ -164,7 +174,8 @@ def pizza_menu_done(ctx: Context) -> None:
         ctx.reply(f"Thank you! Order #{placed + 1} confirmed: {summary.get('description')}, "
                   f"paid {_money(int(summary.get('total', 0)))}, going to "
                   f"{summary.get('street')}. It will be there in 30 minutes.",
-                  "Say 'order' for another pizza or 'bye' to leave.",
+                  quick_replies("Say 'order' for another pizza or 'bye' to leave.",
+                                "order", "bye"),
                   state={"placed": placed + 1})
     else:
         code = result.error.code if result is not None and result.error else "error"
@@ -178,7 +189,8 @@ def pizza_menu_done(ctx: Context) -> None:
 @menu.on_start
 def menu_start(ctx: Context) -> None:
     names = ", ".join(f"{name} ({_money(price)})" for name, price in PIZZAS.items())
-    _ask(ctx, f"Which pizza would you like? We have {names}.", state={"step": "pizza"})
+    _ask(ctx, quick_replies(f"Which pizza would you like? We have {names}.", *PIZZAS),
+         state={"step": "pizza"})
 
 
 @menu.on_message
@@ -191,7 +203,8 @@ def menu_message(ctx: Context) -> None:
             ctx.pass_()  # "help", "cancel", or something for the root to explain
             return
         state.update(step="size", pizza=choice)
-        _ask(ctx, f"A {choice}. Which size: small, medium or large?", state=state)
+        _ask(ctx, quick_replies(f"A {choice}. Which size: small, medium or large?", *SIZES),
+             state=state)
         return
     size = _pick(text, SIZES)
     if size is None:
@@ -219,8 +232,8 @@ def menu_checkout_done(ctx: Context) -> None:
 @order.on_start
 def order_start(ctx: Context) -> None:
     item = dict(ctx.args or {})
-    _ask(ctx, f"A {item['size']} {item['pizza']}, {_money(item['price'])}. "
-          "Anything to drink: cola, water or no?", state=item)
+    _ask(ctx, quick_replies(f"A {item['size']} {item['pizza']}, {_money(item['price'])}. "
+                            "Anything to drink: cola, water or no?", *DRINKS), state=item)
 
 
 @order.on_message
@@ -280,7 +293,8 @@ def checkout_payment_done(ctx: Context) -> None:
     error = result.error if result is not None else None
     if error is not None and error.code == "card_declined":
         _ask(ctx, f"Your card was declined: {error.message}",
-             "Say 'retry' to pay with another card, or 'cancel'.",
+             quick_replies("Say 'retry' to pay with another card, or 'cancel'.",
+                           "retry", "cancel"),
              state={**state, "step": "retry"})
         return
     ctx.fail(error.code if error else "error", error.message if error else "")
