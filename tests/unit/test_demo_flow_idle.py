@@ -7,19 +7,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+from typing import Any
+
 from router import demo_flow as pizza
 from router.testing import FlowTest
+
+
+def texts(shown: list[Any]) -> list[str]:
+    """What the person reads (a question with quick replies shows its text)."""
+    return [o["text"] if isinstance(o, dict) else o for o in shown]
 
 
 async def test_a_waiting_question_reminds_once_then_the_root_drops_the_order() -> None:
     async with FlowTest(pizza.SERVICES, root=pizza.ROOT) as flow:
         await flow.say("hi")
         assert await flow.advance(3600) == [], "no order open: nothing to remind of"
-        assert (await flow.say("order"))[0].startswith("Which pizza would you like?")
+        assert texts(await flow.say("order"))[0].startswith("Which pizza would you like?")
         assert await flow.advance(59) == []
         reminder = await flow.advance(1)
-        assert len(reminder) == 1 and reminder[0].startswith(
+        assert len(reminder) == 1 and texts(reminder)[0].startswith(
             "Are you still there? Which pizza would you like?")
+        assert reminder[0]["buttons"] == list(pizza.PIZZAS), "the quick replies come again"
         assert await flow.stack() == ["pizza", "menu"]
         assert await flow.advance(900 - 60 - 1) == []
         assert await flow.advance(1) == [
@@ -34,8 +42,9 @@ async def test_each_message_restarts_the_silence() -> None:
         await flow.say("hi")
         await flow.say("order")
         await flow.advance(600)  # the reminder fires meanwhile
-        assert (await flow.say("veggie")) == ["A veggie. Which size: small, medium or large?"]
-        assert await flow.advance(60) == [
+        assert texts(await flow.say("veggie")) == [
+            "A veggie. Which size: small, medium or large?"]
+        assert texts(await flow.advance(60)) == [
             "Are you still there? A veggie. Which size: small, medium or large?"]
         assert await flow.advance(839) == [], "15 minutes count from the last message"
         assert (await flow.advance(1))[0].startswith("You have been away")
