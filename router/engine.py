@@ -142,18 +142,47 @@ class Engine:
             await self.settle(timeout)
         clock.move_to_ms(target_ms)
 
-    async def settle(self, timeout: float = 10.0) -> None:
+    async def settle(self, timeout: float = 10.0, *, session: str | None = None,
+                     accepted: str | None = None) -> None:
         """Embedded: wait until every published message is consumed and handled, and file
-        the notices that arrived."""
+        the notices that arrived. With ``session``, also return as soon as that session's
+        chain is over and its notices are in, though a service handler still runs (one
+        that never answers, whose turn the router timed out)."""
         assert self.memory is not None and self._inbox is not None
+        waits = {asyncio.ensure_future(self.memory.join())}
+        if session is not None and isinstance(self.store, MemoryStore):
+            waits.add(asyncio.ensure_future(self._chain_over(self.store, session, accepted)))
         try:
-            await self.memory.join(timeout)
-        except TimeoutError:
+            done, _ = await asyncio.wait(waits, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        if not done:
             raise TimeoutError(f"the embedded deployment was still busy after {timeout} s "
-                               "(a handler that never returns?)") from None
+                               "(a handler that never returns?)")
+        for task in done:
+            task.result()
         for notice in self._inbox.received():
             self._notices[notice.session].append(notice)
             self._arrived.set()
+
+    async def _chain_over(self, store: MemoryStore, session: str, accepted: str | None) -> None:
+        """Return when the session has taken ``accepted``, runs no chain and owes nothing,
+        and the router and this client have handled all they were sent (woken by commits)."""
+        assert self.memory is not None
+        while True:
+            store.changed.clear()
+            snap = await store.load(session, accepted)
+            rec = Record.decode(snap.record) if snap.record is not None else None
+            if (snap.seen or accepted is None) and not snap.outbox and (rec is None or (
+                    rec.chain is None and not rec.waiting and not rec.held)):
+                names = wire.queue_names(self.config.namespace)
+                await self.memory.join(queues=(names["ingress"], names["replies"],
+                                               self.client.reply_queue))
+                return
+            await store.changed.wait()
 
     async def record(self, session: str) -> Record | None:
         """The session's record as stored now (None if it has none)."""
@@ -186,7 +215,7 @@ class Engine:
         else:
             msg_id = await self.client.send(session, payload, entry=entry, meta=meta)
         if self.memory is not None:
-            await self.settle(timeout)
+            await self.settle(timeout, session=session, accepted=msg_id)
             return self.take(session, msg_id)
         await self.idle(session, timeout, accepted=msg_id)
         # Published notices may still be on their way to the client: wait for a quiet spell.

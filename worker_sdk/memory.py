@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,27 +200,29 @@ class MemoryBroker:
         other._work = self._work
         return other
 
-    async def join(self, timeout: float | None = None) -> None:
+    async def join(self, timeout: float | None = None, *,
+                   queues: Collection[str] | None = None) -> None:
         """Return once every message published to a consumed queue has been delivered and
         handled (acknowledged or rejected, and its handler returned), on every connection
         to these queues; work a handler causes is waited for too. Messages of queues
-        nobody consumes (the dead letters, say) do not count. Raise TimeoutError after
-        ``timeout`` seconds.
+        nobody consumes (the dead letters, say) do not count; with ``queues``, only those
+        queues count. Raise TimeoutError after ``timeout`` seconds.
         """
         async with asyncio.timeout(timeout):
             while True:
                 # A consumer's loop is a task of its own: let it take what was just published.
                 for _ in range(3):
                     await asyncio.sleep(0)
-                if not self._busy():
+                if not self._busy(queues):
                     return
                 self._work.changed.clear()
-                if not self._busy():
+                if not self._busy(queues):
                     return
                 await self._work.changed.wait()
 
-    def _busy(self) -> bool:
-        return any(c.busy for q in self._queues.values() for c in q.consumers)
+    def _busy(self, queues: Collection[str] | None = None) -> bool:
+        return any(c.busy for q in self._queues.values() for c in q.consumers
+                   if queues is None or q.name in queues)
 
     async def connect(self) -> None:
         self._closed = False
