@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-
 from typing import Any
 
 from router import demo_flow as pizza
