@@ -22,8 +22,6 @@ from worker_sdk import wire
 DOC = Path(__file__).resolve().parents[1] / "docs" / "asyncapi.yaml"
 AMQP_BINDING = "0.3.0"
 
-# What contract 1.1 adds, whether or not this checkout's wire module has it yet.
-EVENTS_1_1 = {"idle"}
 NOTICE_ERROR_CODES = ["invalid_message", "busy", "unknown_service", "depth_exceeded",
                       "timeout", "invalid_reply", "exception"]
 DEAD_REASONS = ["too_large", "undecodable", "invalid", "internal"]
@@ -57,7 +55,7 @@ FIELDS: dict[str, dict[str, tuple[bool, dict[str, Any]]]] = {
         "turn": (True, {"type": "string", "minLength": 16,
                         "description": "this turn's id; the reply echoes it"}),
         "event": (True, {"type": "string",
-                         "enum": sorted(wire.EVENTS | EVENTS_1_1),
+                         "enum": sorted(wire.EVENTS),
                          "description": "start, message, result, or idle (the frame's idle "
                                         "timer fired)"}),
         "depth": (True, {"type": "integer", "minimum": 0,
@@ -118,8 +116,6 @@ CONDITIONS: dict[str, list[dict[str, Any]]] = {
 }
 WIRE_CLASSES = {"ClientMessage": wire.ClientMessage, "Dispatch": wire.Dispatch,
                 "Reply": wire.Reply, "Notice": wire.Notice}
-EXTRA_WIRE_FIELDS = {"Reply": {"idle"}}
-"""Fields of contract 1.1 documented before this checkout's wire type carries them."""
 
 SESSION_EX = "tg:42"
 TURN = "q7Xk2mP9vR4sT8wYb3nC1d"
@@ -204,7 +200,7 @@ def _check_fields() -> None:
         if missing:
             raise SystemExit(f"router.asyncapi: wire.{name} has fields {sorted(missing)} that "
                              "FIELDS does not document: add them")
-        stale = documented - have - EXTRA_WIRE_FIELDS.get(name, set())
+        stale = documented - have
         if stale:
             raise SystemExit(f"router.asyncapi: FIELDS documents {sorted(stale)} that "
                              f"wire.{name} does not have")

@@ -110,3 +110,18 @@ def test_dependency_outages_count_transitions() -> None:
                                        {"dependency": "redis"}) == 2
     assert m.registry.get_sample_value("cloudbunch_router_dependency_up",
                                        {"dependency": "redis"}) == 0
+
+
+def test_idle_timers_set_and_fired() -> None:
+    h = Measured(turn_timeout_ms=100_000)
+    h.send("hi")
+    h.answer("reply", idle=5)
+    assert h.value("cloudbunch_router_idle_timers_set_total") == 1
+    assert h.value("cloudbunch_router_idle_timers_fired_total") == 0
+    h.tick(5_000)
+    assert h.record is not None and h.record.turn is not None
+    assert h.record.turn.event == "idle"
+    assert h.value("cloudbunch_router_idle_timers_fired_total") == 1
+    h.answer("reply")
+    assert h.value("cloudbunch_router_turns_total", service="root", event="idle",
+                   action="reply") == 1
