@@ -16,15 +16,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from worker_sdk.amqp_connect import CONNECT_TIMEOUT
 from worker_sdk.errors import CloudBunchError, ConfigError
 from worker_sdk.service import run_event_loop
 
 from .config import ENV, RouterConfig, load_config
 
 log = logging.getLogger("router.cli")
-
-CONNECT_TIMEOUT = 10.0
-"""Seconds a starting process keeps trying to reach RabbitMQ before it gives up."""
 
 ROUTER_OPTIONS: list[tuple[str, str, str]] = [
     ("amqp_url", "URL", "RabbitMQ URL (amqp:// or amqps://)"),

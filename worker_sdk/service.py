@@ -340,7 +340,7 @@ async def _cancel(broker: Broker, queue: str) -> None:
 
 
 def run_main(services: Sequence[Service], settings: Settings | None = None,
-             prefetch: int = 16, *, connect_timeout: float = 30.0) -> int:
+             prefetch: int = 16, *, connect_timeout: float | None = None) -> int:
     """Blocking entry point for workers; returns the process exit code.
 
     Reads ``Settings.from_env()`` when ``settings`` is None. Expected failures (broker not
@@ -359,12 +359,13 @@ def run_main(services: Sequence[Service], settings: Settings | None = None,
 
 
 async def _main(services: Sequence[Service], settings: Settings, prefetch: int,
-                connect_timeout: float) -> int:
+                connect_timeout: float | None) -> int:
     from .amqp import AmqpBroker  # the runtime needs aio-pika; the pure part does not
 
     names = "+".join(s.name for s in services)
+    timeout = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
     broker = AmqpBroker(settings.amqp_url, settings.queue_type, name=f"cloudbunch-worker {names}",
-                        connect_timeout=connect_timeout)
+                        **timeout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
