@@ -29,10 +29,14 @@ CONNECT_TIMEOUT = 30.0
 """Seconds a party keeps trying to reach RabbitMQ when it starts (the CLI and the SDK alike):
 the contract's 30 s to reconnect after a loss."""
 
-HEARTBEAT = 5
-"""AMQP heartbeat (s) when a URL does not set ``heartbeat``: a node that stops answering
-(frozen, or its host gone) is detected after about 3 heartbeats, so that the party reconnects
-to another node within the contract's 30 s."""
+HEARTBEAT = 6
+"""AMQP heartbeat (s) for a list of several nodes whose URLs do not set ``heartbeat``: aiormq
+ends a connection that received no frame for (heartbeat + 1) x 3 s, checked every heartbeat/2,
+so a node that stops answering (frozen, or its host gone) is left after 21 to 24 s and the
+party reconnects to another within the contract's 30 s. RabbitMQ, for its part, closes a
+connection whose client sent nothing for about two heartbeats: a shorter one would cut
+clients whose event loop is busy for a few seconds. A single URL keeps aio-pika's default
+(60 s): there is no other node to go to."""
 
 ATTEMPT_TIMEOUT = 10.0
 """Longest single connection attempt (TCP, TLS and AMQP handshakes)."""
@@ -82,9 +86,9 @@ def split_urls(value: str) -> list[str]:
     return urls
 
 
-def _with_heartbeat(url: str) -> URL:
+def _with_heartbeat(url: str, several: bool) -> URL:
     parsed = URL(url)
-    if "heartbeat" in parsed.query:
+    if "heartbeat" in parsed.query or not several:
         return parsed
     return parsed.update_query(heartbeat=str(HEARTBEAT))
 
@@ -198,7 +202,7 @@ async def connect_any(urls: Sequence[str], *, name: str,
     while True:
         reasons: list[str] = []
         for index in range(len(urls)):
-            ordered = [_with_heartbeat(u) for u in (*urls[index:], *urls[:index])]
+            ordered = [_with_heartbeat(u, len(urls) > 1) for u in (*urls[index:], *urls[:index])]
             connection = FailoverConnection(
                 ordered, client_properties={"connection_name": name}, reconnect_interval=1)
             attempt = max(0.1, min(ATTEMPT_TIMEOUT, deadline - loop.time()))
