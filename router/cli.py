@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve one or more services (each a worker_sdk.Service "
                                    "named as module:attribute) until SIGTERM or SIGINT.")
     p.add_argument("services", nargs="+", metavar="MODULE:ATTR",
-                   help="a Service object, e.g. examples.pizza:menu")
+                   help="a Service object, e.g. router.demo_flow:menu")
     p.add_argument("--prefetch", type=_positive, default=None, metavar="N",
                    help="dispatches handled at once per service "
                         "[env CLOUDBUNCH_PREFETCH; default 16]")
