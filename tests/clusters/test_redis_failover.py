@@ -1,18 +1,19 @@
 """An acknowledged commit lost in a Redis failover, shown, and closed by ``wait_replicas``.
 
 Redis replication is asynchronous: a master acknowledges a write before its replica has it.
-Here the replica of a session's slot is frozen (SIGSTOP) while the session's second message
-runs, so that the master alone holds its commit; then the master is killed and the replica
-resumed and promoted. Without the option, the second message's chain completes (its notices
-are delivered, its delivery acknowledged) and its commit is then lost: the third message
-runs on the state before the second (a turn lost: its count shows it), and the second
-message's id is forgotten, so a re-send runs it again (a turn applied twice). With
-``wait_replicas=1`` the commit is not acknowledged before a replica has it, so the second
-message completes only on the promoted replica, once.
+Here the replica of a session's slot is frozen (SIGSTOP) and its replication link cut while
+the session's second message runs, so that the master alone holds its commit; then the
+master is killed and the replica resumed and promoted. Without the option, the second
+message's chain completes (its notices are delivered, its delivery acknowledged) and its
+commit is then lost: the third message runs on the state before the second (a turn lost: its
+count shows it), and the second message's id is forgotten, so a re-send runs it again (a
+turn applied twice). With ``wait_replicas=1`` the commit is not acknowledged before a
+replica has it, so the second message completes only on the promoted replica, once.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 
@@ -25,7 +26,9 @@ from . import nodes
 from .conftest import ClusterHarness
 
 pytestmark = [pytest.mark.infra, pytest.mark.disruptive, pytest.mark.cluster,
-              pytest.mark.timeout(240)]
+              pytest.mark.timeout(420)]
+
+log = logging.getLogger(__name__)
 
 
 async def _scenario(h: ClusterHarness, wait: bool) -> tuple[list[list[str]], list[list[str]]]:
@@ -37,6 +40,7 @@ async def _scenario(h: ClusterHarness, wait: bool) -> tuple[list[list[str]], lis
     cluster.add_router()
     cluster.add_worker(SERVICES)
     await cluster.start(timeout=90)
+    log.info("processes up")
     front = Frontend(h, name="redis-failover")
     await front.start()
     session = f"tg:failover-{h.ns}"
@@ -53,19 +57,27 @@ async def _scenario(h: ClusterHarness, wait: bool) -> tuple[list[list[str]], lis
 
     try:
         assert await send(0)
+        log.info("message 1 done; freezing replica %s of master %s", replica.port,
+                 master.port)
         replica_pid = nodes.redis_pid(replica.port)
         nodes.signal_pid(replica_pid, signal.SIGSTOP)
         try:
+            # The frozen replica's kernel would still take the replication stream into its
+            # socket buffer: cut the link, so that only the master gets what follows.
+            await nodes.run("redis-cli", "-p", str(master.port), "client", "kill", "type",
+                            "replica", timeout=10)
             # Without the option the chain completes from the master alone; with it, the
             # commit waits for the frozen replica and the chain cannot complete yet.
             done = await send(1, timeout=6.0)
             assert done is not wait, ("completed" if done else "stalled") + \
                 " while the replica was frozen"
+            log.info("message 2 %s; killing master %s", done, master.port)
             nodes.signal_pid(nodes.redis_pid(master.port), signal.SIGKILL)
         finally:
             nodes.signal_pid(replica_pid, signal.SIGCONT)
-        await nodes.wait_promoted(replica.port)
+        log.info("promoted after %.1f s", await nodes.wait_promoted(replica.port))
         await nodes.start()  # the old master comes back as the new master's replica
+        log.info("old master restarted")
         if wait:
             assert await front.wait(session, ids[1], len(expected[1]), 60), \
                 "the second message did not complete after the failover"
