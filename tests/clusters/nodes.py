@@ -49,17 +49,20 @@ async def start() -> None:
     await run(str(SCRIPT), "start")
 
 
-def _pid(pidfile: Path, marker: str) -> int:
+def _pid(pidfile: Path, marker: str, where: str = "cmdline") -> int:
+    """The pid in ``pidfile``, checked to be the right process: ``marker`` in its command
+    line (Redis) or environment (a RabbitMQ node's name is in RABBITMQ_NODENAME)."""
     pid = int(pidfile.read_text().strip())
-    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    if marker not in cmdline:
-        raise AssertionError(f"pid {pid} from {pidfile} is not {marker}: {cmdline[:200]}")
+    text = Path(f"/proc/{pid}/{where}").read_bytes().replace(b"\0", b"\n").decode(
+        errors="replace")
+    if marker not in text.splitlines() and marker not in text.replace("\n", " "):
+        raise AssertionError(f"pid {pid} from {pidfile} is not {marker}")
     return pid
 
 
 def rabbit_pid(node: str) -> int:
     assert node in RABBIT_NODES, node  # never the main node
-    return _pid(DIR / node.split("@")[0] / "pid", node)
+    return _pid(DIR / node.split("@")[0] / "pid", f"RABBITMQ_NODENAME={node}", "environ")
 
 
 def redis_pid(port: int) -> int:
