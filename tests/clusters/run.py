@@ -28,6 +28,7 @@ from tests.chaos.load import (
     Figures,
     Frontend,
     Plan,
+    RecordingClient,
     check,
     drive,
     make_plans,
@@ -41,12 +42,26 @@ from .conftest import ClusterHarness
 
 log = logging.getLogger(__name__)
 
-SESSIONS = int(os.environ.get("CLUSTER_SESSIONS", "100"))
-MESSAGES = 6
+SESSIONS = int(os.environ.get("CLUSTER_SESSIONS", "60"))
+MESSAGES = 8
 SPREAD = 8.0
-THINK = (1.0, 3.0)
+THINK = (2.0, 5.0)
 CHAIN_TIMEOUT = 90.0
 _probes = itertools.count(1)
+
+
+class QuorumReplyClient(RecordingClient):
+    """The frontend's reply queue as a quorum queue, with a member on every node.
+
+    The SDK's ``Client`` declares its own queue as a classic queue, which lives on one node:
+    while that node is down the queue is unavailable and the client cannot consume."""
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        await self.broker.declare(self.reply_queue)
+        await self.broker.consume(self.reply_queue, self._on_delivery, prefetch=self._prefetch)
+        self._started = True
 
 
 @dataclass
@@ -60,6 +75,8 @@ class Run:
     probes: list[Plan] = field(default_factory=list)
     recoveries: list[float] = field(default_factory=list)
     journal: list[str] = field(default_factory=list)
+    before: Any = None
+    """What the fault plan's preparation found before the load started."""
 
     def note(self, what: str) -> None:
         self.journal.append(f"{time.monotonic() - self.t0:6.1f}s {what}")
@@ -120,7 +137,9 @@ async def drained(namespace: str, timeout: float) -> dict[str, tuple[int, int]]:
 
 
 async def under_load(harness: ClusterHarness, capsys: pytest.CaptureFixture[str], name: str,
-                     faults: Callable[[Run], Awaitable[dict[str, Any]]]) -> Figures:
+                     faults: Callable[[Run], Awaitable[dict[str, Any]]],
+                     before: Callable[[ClusterHarness], Awaitable[Any]] | None = None
+                     ) -> Figures:
     """Run the load with ``faults`` alongside; check; print the summary line; assert."""
     seed = int(os.environ.get("CLUSTER_SEED") or secrets.randbits(32))
     rng = random.Random(seed)
@@ -128,13 +147,16 @@ async def under_load(harness: ClusterHarness, capsys: pytest.CaptureFixture[str]
     cluster = standard_cluster(harness, routers=2, turn_timeout=2, max_attempts=10)
     await cluster.start(timeout=90)
     front = Frontend(harness, name=f"cluster-{name}")
+    front.client = QuorumReplyClient(front.broker, harness.ns, prefetch=512)
+    harness.queues.add(front.client.reply_queue)
     await front.start()
     # Every shared queue has a member on each of the three nodes.
     members = {str(q["name"]): sorted(map(str, q["members"]))  # type: ignore[call-overload]
                for q in await nodes.queue_info(harness.ns)
                if str(q["name"]).endswith((".ingress", ".replies"))}
     assert members and all(m == sorted(nodes.RABBIT_NODES) for m in members.values()), members
-    run = Run(harness, cluster, front, time.monotonic())
+    prepared = None if before is None else await before(harness)
+    run = Run(harness, cluster, front, time.monotonic(), before=prepared)
     load = asyncio.create_task(drive(front, plans, rng, spread=SPREAD, think=THINK,
                                      chain_timeout=CHAIN_TIMEOUT))
     try:
