@@ -119,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_web_arguments(p)
 
+    p = sub.add_parser("telegram", help="run the Telegram gateway (bot token in "
+                                        "CLOUDBUNCH_TELEGRAM_TOKEN)",
+                       description="Connect a Telegram bot to CloudBunch: long polling, or a "
+                                   "webhook with --webhook-url. Needs the 'telegram' extra "
+                                   "(pip install 'cloudbunch[telegram]'). SIGTERM or SIGINT "
+                                   "stops it.")
+    from .channels.telegram.command import add_arguments as add_telegram_arguments
+
+    add_telegram_arguments(p)
+
     p = sub.add_parser("session", help="inspect sessions", description="Inspect sessions.")
     ssub = p.add_subparsers(dest="session_command", metavar="SUBCOMMAND", required=True)
     ps = ssub.add_parser("show", help="print a session's stack, turn in flight and waiting "
@@ -233,6 +243,10 @@ def _run(args: argparse.Namespace) -> int:
                                                port=web["port"],
                                                open_browser=not args.no_browser))
         return run_event_loop(run_demo(config, mode=mode, script=args.script))
+    if args.command == "telegram":
+        from .channels.telegram.command import run as run_telegram
+
+        return run_telegram(vars(args), verbose=args.verbose)
     if args.command == "web":
         from .channels.web.command import run as run_web
 
