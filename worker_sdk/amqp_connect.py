@@ -46,7 +46,9 @@ SCHEMES = ("amqp", "amqps")
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL (or comma-separated URLs) without passwords, for messages and logs."""
+    if "," in url:
+        return ",".join(redact(part) for part in url.split(","))
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -22,7 +22,7 @@ from router import cli
 from tests.integration.procs import eventually
 from tests.integration.tcp_proxy import TcpProxy
 from worker_sdk.amqp import AmqpBroker
-from worker_sdk.amqp_connect import CONNECT_TIMEOUT, split_urls
+from worker_sdk.amqp_connect import CONNECT_TIMEOUT, redact, split_urls
 from worker_sdk.broker import Delivery, Outgoing
 from worker_sdk.errors import BrokerUnavailable, ConfigError
 
@@ -68,6 +68,10 @@ async def watcher(amqp_url: str) -> AsyncIterator[AmqpBroker]:
 def test_one_connect_time_for_cli_and_sdk() -> None:
     assert cli.CONNECT_TIMEOUT == CONNECT_TIMEOUT == 30.0
     assert AmqpBroker("amqp://h/").connect_timeout == CONNECT_TIMEOUT
+
+
+def test_every_password_of_a_list_is_redacted() -> None:
+    assert redact("amqp://u:p1@a/,amqp://v:p2@b:5673/x") == "amqp://u:***@a/,amqp://v:***@b:5673/x"
 
 
 def test_url_lists() -> None:
