@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from worker_sdk.amqp_connect import CONNECT_TIMEOUT
 from worker_sdk.errors import CloudBunchError, ConfigError
 from worker_sdk.logs import configure as configure_logging
 from worker_sdk.service import run_event_loop
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
     from .core import Timer
 
 log = logging.getLogger("router.cli")
-
-CONNECT_TIMEOUT = 10.0
-"""Seconds a starting process keeps trying to reach RabbitMQ before it gives up."""
 
 ROUTER_OPTIONS: list[tuple[str, str, str]] = [
     ("amqp_url", "URL", "RabbitMQ URL (amqp:// or amqps://)"),

@@ -519,7 +519,7 @@ async def _cancel(broker: Broker, queue: str) -> None:
 
 
 def run_main(services: Sequence[Service], settings: Settings | None = None,
-             prefetch: int = 16, *, connect_timeout: float = 30.0,
+             prefetch: int = 16, *, connect_timeout: float | None = None,
              metrics_port: int | None = None, configure_logging: bool = True) -> int:
     """Blocking entry point for workers; returns the process exit code.
 
@@ -546,12 +546,13 @@ def run_main(services: Sequence[Service], settings: Settings | None = None,
 
 
 async def _main(services: Sequence[Service], settings: Settings, prefetch: int,
-                connect_timeout: float, metrics_port: int | None = None) -> int:
+                connect_timeout: float | None, metrics_port: int | None = None) -> int:
     from .amqp import AmqpBroker  # the runtime needs aio-pika; the pure part does not
 
     names = "+".join(s.name for s in services)
+    timeout = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
     broker = AmqpBroker(settings.amqp_url, settings.queue_type, name=f"cloudbunch-worker {names}",
-                        connect_timeout=connect_timeout)
+                        **timeout)
     stop = asyncio.Event()
     serving = asyncio.Event()
     loop = asyncio.get_running_loop()
