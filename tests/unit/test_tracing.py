@@ -1,0 +1,66 @@
+"""worker_sdk.tracing: off (and importing nothing) without OTEL_* variables; spans and W3C
+headers when OTEL_TRACES_EXPORTER asks for them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+OFF = """
+import sys
+from worker_sdk import tracing
+parent = {"traceparent": "00-%s-%s-01" % ("1" * 32, "2" * 16)}
+with tracing.start_span("process q", "consumer", parent,
+                        tracing.messaging("process", "q")) as span:
+    assert span is None
+    assert tracing.inject({"traceparent": "x"}) == {"traceparent": "x"}
+assert not tracing.enabled()
+assert not [m for m in sys.modules if m.startswith("opentelemetry")], "imported OpenTelemetry"
+print("off")
+"""
+
+ON = """
+from worker_sdk import tracing
+parent = {"traceparent": "00-%s-%s-01" % ("a" * 32, "b" * 16)}
+with tracing.start_span("process q", "consumer", parent,
+                        tracing.messaging("process", "q", session="s1", turn="t1")) as step:
+    with tracing.start_span("send out", "producer", current=False) as pub:
+        headers = tracing.inject({"traceparent": "old", "tracestate": "old=1"}, pub)
+print("HEADERS " + headers["traceparent"])
+"""
+
+
+def _run(code: str, **env: str) -> str:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    base["PYTHONPATH"] = str(REPO)
+    done = subprocess.run([sys.executable, "-c", code], env={**base, **env}, cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_without_otel_variables_nothing_is_created_or_imported() -> None:
+    assert _run(OFF).strip() == "off"
+    assert _run(OFF, OTEL_TRACES_EXPORTER="none", OTEL_SERVICE_NAME="x").strip() == "off"
+
+
+def test_console_exporter_records_spans_with_parents_from_headers() -> None:
+    out = _run(ON, OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="unit")
+    spans = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    by_name = {s["name"]: s for s in spans}
+    step, pub = by_name["process q"], by_name["send out"]
+    assert step["context"]["trace_id"] == "0x" + "a" * 32
+    assert step["parent_id"] == "0x" + "b" * 16
+    assert step["kind"] == "SpanKind.CONSUMER"
+    assert step["attributes"]["messaging.system"] == "rabbitmq"
+    assert step["attributes"]["cloudbunch.session"] == "s1"
+    assert "cloudbunch.action" not in step["attributes"]
+    assert pub["parent_id"] == step["context"]["span_id"]
+    assert pub["resource"]["attributes"]["service.name"] == "unit"
+    (line,) = [x for x in out.splitlines() if x.startswith("HEADERS ")]
+    assert line.split()[1] == "00-{}-{}-01".format("a" * 32, pub["context"]["span_id"][2:])
