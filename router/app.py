@@ -23,7 +23,7 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from worker_sdk import wire
-from worker_sdk.broker import Broker, Delivery, Outgoing
+from worker_sdk.broker import Broker, Delivery, Outgoing, Published, Refused
 from worker_sdk.errors import PublishFailed, StoreUnavailable
 
 from . import core
@@ -152,7 +152,8 @@ class Router:
         log.error("event=router_error queue=%s", source, exc_info=exc)
         self.stats["internal_errors"] += 1
         try:
-            problem = wire.BadBody("invalid", f"{type(exc).__name__}: {exc}")
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            problem = wire.BadBody("invalid", detail)
             await self._dead_letter(delivery.body, problem, source, reason="internal")
         except Exception:
             log.exception("event=dead_letter_failed queue=%s", source)
@@ -246,7 +247,9 @@ class Router:
         log.warning("event=dead_letter queue=%s reason=%s detail=%r", source,
                     headers["x-cb-reason"], problem.detail)
         digest = hashlib.sha256(body).hexdigest()[:32]
-        await self.broker.publish([Outgoing(self.dead, body, f"dead-{digest}", headers)])
+        (published,) = await self.broker.publish([Outgoing(self.dead, body, f"dead-{digest}",
+                                                           headers)])
+        self._count_unsent(published, "dead", source)
 
     async def _reject_client_message(self, body: bytes, obj: Any,
                                      problem: wire.BadBody) -> None:
@@ -254,16 +257,27 @@ class Router:
         if not isinstance(obj, dict):
             return
         session, reply_to, msg_id = obj.get("session"), obj.get("reply_to"), obj.get("id")
-        if not wire.session_ok(session) or not isinstance(reply_to, str) or not reply_to:
+        if not wire.session_ok(session) or not wire.reply_to_ok(reply_to):
             return
         # Stable id: a redelivered copy of the same bad body yields the same notice id.
         nid = "inv-" + hashlib.sha256(session.encode() + b"\0" + body).hexdigest()[:32]
         notice = wire.Notice(session, nid, msg_id if isinstance(msg_id, str) else "", "error",
                              error=wire.ErrorInfo("invalid_message", problem.detail))
-        routed = await self.broker.publish([Outgoing(reply_to, wire.encode(notice.to_wire()),
-                                                     nid)])
-        if not routed[0]:
-            self.stats["notices_dropped"] += 1
+        (published,) = await self.broker.publish([Outgoing(
+            reply_to, wire.encode(notice.to_wire()), nid)])
+        self._count_unsent(published, "notice", session)
+
+    def _count_unsent(self, published: Published, kind: str, where: str) -> None:
+        """A notice or dead letter no queue took: dropped and counted, never retried (a
+        returned one names no queue; a refused one carries what the broker cannot take)."""
+        if published:
+            return
+        self.stats["notices_dropped" if kind == "notice" else "dead_letters_dropped"] += 1
+        if isinstance(published, Refused):
+            self.stats["publishes_refused"] += 1
+            log.warning("event=%s_refused where=%s reason=%s", kind, where, published.reason)
+        else:
+            log.info("event=%s_dropped where=%s (no such queue)", kind, where)
 
     # ------------------------------------------------------------------ the step
 
@@ -359,16 +373,17 @@ class Router:
                   and e.turn == current.id and e.attempt == current.attempt
                   and e.turn != answered]
         if first:
-            routed = await self.broker.publish([_outgoing(e) for e in first])
-            for effect, ok in zip(first, routed, strict=True):
-                if not ok:
-                    self.stats["notices_dropped"] += 1
-                    log.info("event=notice_dropped session=%s queue=%s (no such queue)",
-                             session, effect.queue)
+            published = await self.broker.publish([_outgoing(e) for e in first])
+            for effect, fate in zip(first, published, strict=True):
+                self._count_unsent(fate, "notice" if effect.kind == "notice" else "dead",
+                                   session)
         returned: list[Effect] = []
         if second:
-            routed = await self.broker.publish([_outgoing(e) for e in second])
-            returned = [e for e, ok in zip(second, routed, strict=True) if not ok]
+            published = await self.broker.publish([_outgoing(e) for e in second])
+            # A refused dispatch (a service name too long for a queue name) is reported back
+            # like a returned one: no queue can take it.
+            returned = [e for e, ok in zip(second, published, strict=True) if not ok]
+            self.stats["publishes_refused"] += sum(isinstance(p, Refused) for p in published)
             self.stats["dispatches"] += len(second) - len(returned)
         await self.store.discard(session, encoded, unhint_ms=unhint_ms)
         self._unsent.discard(session)

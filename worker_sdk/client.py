@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import wire
-from .broker import Broker, Delivery, Outgoing
-from .errors import NoRouter
+from .broker import Broker, Delivery, Outgoing, Refused
+from .errors import MessageRefused, NoRouter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,9 @@ class Client:
     async def _publish(self, msg: wire.ClientMessage) -> None:
         body = wire.encode(msg.to_wire())
         (routed,) = await self.broker.publish([Outgoing(self._ingress, body, msg.id)])
+        if isinstance(routed, Refused):
+            raise MessageRefused(f"message {msg.id[:40]!r} of session {msg.session[:40]!r} "
+                                 f"cannot be sent: {routed.reason}")
         if not routed:
             raise NoRouter(f"no router has declared {self._ingress} yet; start `cloudbunch "
                            "router` (with the same CLOUDBUNCH_NAMESPACE)")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .broker import Handler, Outgoing
+from .broker import Handler, Outgoing, Published, refusal
 from .errors import ConfigError, PublishFailed
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,8 @@ class MemoryBroker:
     def __init__(self, queue_type: str = "quorum") -> None:
         self.queue_type = queue_type
         self._queues: dict[str, _Queue] = {}
+        self._exchanges: dict[str, dict[str, str]] = {}
+        """Direct exchanges: routing key -> bound queue."""
         self._consumers: dict[str, list[_Consumer]] = {}
         self._closed = False
         self._lost: asyncio.Event | None = None
@@ -212,13 +214,23 @@ class MemoryBroker:
         await self.cancel(queue, drain=0)
         self._queues.pop(queue, None)
 
-    async def publish(self, messages: Sequence[Outgoing]) -> list[bool]:
+    async def bind(self, exchange: str, routing_key: str, queue: str) -> None:
+        self._exchanges.setdefault(exchange, {})[routing_key] = queue
+
+    async def publish(self, messages: Sequence[Outgoing]) -> list[Published]:
         if self._closed:
             raise PublishFailed("the broker connection is closed")
-        results: list[bool] = []
+        results: list[Published] = []
         touched: dict[str, _Queue] = {}
         for message in messages:
-            queue = self._queues.get(message.queue)
+            refused = refusal(message)
+            if refused is not None:
+                results.append(refused)
+                continue
+            name: str | None = message.queue
+            if message.exchange:
+                name = self._exchanges.get(message.exchange, {}).get(message.queue)
+            queue = None if name is None else self._queues.get(name)
             if queue is None:
                 results.append(False)
                 continue

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 from . import wire
-from .broker import Broker, Delivery, Outgoing
+from .broker import Broker, Delivery, Outgoing, Refused
 from .errors import ActionError, BrokerUnavailable, CloudBunchError, ConfigError, PublishFailed
 from .settings import Settings
 
@@ -271,6 +271,13 @@ class Service:
             log.warning("event=reply_publish_failed session=%s turn=%s service=%s reason=%s",
                         dispatch.session, dispatch.turn, self.name, exc)
             await delivery.reject(requeue=True)
+            return
+        if isinstance(routed, Refused):
+            # What the reply carries cannot be sent (a forged dispatch's turn id too long
+            # for a message id, say): retrying would loop, so the dispatch is dropped.
+            log.error("event=reply_refused session=%s turn=%s service=%s reason=%s",
+                      dispatch.session[:80], dispatch.turn[:80], self.name, routed.reason)
+            await delivery.ack()
             return
         if not routed:
             log.error("event=replies_queue_missing session=%s turn=%s service=%s queue=%s",

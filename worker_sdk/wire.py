@@ -16,6 +16,8 @@ VERSION: Final = 1
 CONTENT_TYPE: Final = "application/msgpack"
 
 MAX_SESSION_LEN: Final = 256
+MAX_REPLY_TO: Final = 255
+"""Bytes of UTF-8 in a ``reply_to``: an AMQP queue name (a short string) holds no more."""
 ACTIONS: Final = frozenset({"reply", "open", "close", "replace", "pass", "fail"})
 EVENTS: Final = frozenset({"start", "message", "result"})
 NOTICE_TYPES: Final = frozenset({"output", "end", "error", "unhandled"})
@@ -183,6 +185,21 @@ def session_ok(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and 1 <= len(value) <= MAX_SESSION_LEN
 
 
+def reply_to_ok(value: Any) -> TypeGuard[str]:
+    """Whether ``value`` is a usable ``reply_to``: a string of 1..255 bytes of UTF-8."""
+    return isinstance(value, str) and 1 <= len(value.encode("utf-8", "surrogatepass")) \
+        <= MAX_REPLY_TO
+
+
+def _reply_to(obj: dict[str, Any]) -> str:
+    value = _req_str(obj, "reply_to")
+    if not reply_to_ok(value):
+        size = len(value.encode("utf-8", "surrogatepass"))
+        raise BadBody("invalid", f"field 'reply_to' is {size} bytes of UTF-8; a queue name "
+                                 f"holds at most {MAX_REPLY_TO}")
+    return value
+
+
 def _session(obj: dict[str, Any]) -> str:
     value = _req_str(obj, "session")
     if len(value) > MAX_SESSION_LEN:
@@ -256,7 +273,7 @@ class ClientMessage:
             raise BadBody("invalid", f"field 'type' is {_show(kind)}; expected 'message' or 'end'")
         session = _session(body)
         msg_id = _req_str(body, "id")
-        reply_to = _req_str(body, "reply_to")
+        reply_to = _reply_to(body)
         seq = _opt(body, "seq", int, "an integer")
         if seq is not None and seq < 1:
             raise BadBody("invalid", f"field 'seq' is {seq}; it must be 1 or more")
