@@ -329,16 +329,19 @@ class _Step:
 
     def client(self, msg: ClientMessage) -> None:
         rec = self.rec
+        if msg.type != "end" and self.would_queue(msg) and (
+                len(rec.waiting) + len(rec.held) + 1 > self.cfg.max_waiting):
+            # Refused, not accepted: the session is unchanged (its silence and expiry
+            # included) and the id is not remembered, so the frontend may send it again.
+            self.notice(msg.reply_to, msg.id, "error", error=ErrorInfo(
+                "busy", f"the session already has {len(rec.waiting) + len(rec.held)} "
+                f"messages waiting or held (max-waiting {self.cfg.max_waiting}); send this "
+                "one again later"))
+            self.out.remember = None
+            return
         rec.activity_ms = self.now
         if msg.type == "end":
             self.end_session(msg)
-            return
-        if len(rec.waiting) + len(rec.held) >= self.cfg.max_waiting:
-            # invalid_message is the one error code that leaves the session unchanged.
-            self.notice(msg.reply_to, msg.id, "error", error=ErrorInfo(
-                "invalid_message", f"too many waiting: the session already has "
-                f"{self.cfg.max_waiting} messages waiting; this one was not accepted"))
-            self.out.remember = None
             return
         if msg.seq is None:
             self.accept(msg)
@@ -348,6 +351,12 @@ class _Step:
         else:
             rec.held.append(Held(msg, self.now))
             rec.held.sort(key=lambda h: h.message.seq or 0)
+
+    def would_queue(self, msg: ClientMessage) -> bool:
+        """Whether accepting ``msg`` would make it wait behind a chain or be held."""
+        if msg.seq is not None and msg.seq > self.rec.last_seq + 1:
+            return True
+        return self.rec.chain is not None
 
     def accept(self, msg: ClientMessage) -> None:
         if msg.seq is not None:
