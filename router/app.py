@@ -88,6 +88,11 @@ class Router:
         """Declare the shared queues, start consuming and scanning deadlines."""
         for queue in (self.ingress, self.replies, self.dead):
             await self.broker.declare(queue)
+        # Frontends and services publish through these, so that broker permissions can
+        # limit each of them to reaching the router (PROTOCOL.md, "Transport").
+        exchanges = wire.exchange_names(self.config.namespace)
+        await self.broker.bind(exchanges["ingress"], wire.INGRESS_KEY, self.ingress)
+        await self.broker.bind(exchanges["replies"], wire.REPLIES_KEY, self.replies)
         self._scanner = asyncio.create_task(self._scan_loop(), name="cloudbunch-scanner")
         for queue, handler in ((self.ingress, self.on_ingress), (self.replies, self.on_reply)):
             await self.broker.consume(queue, self._guard(handler, queue), prefetch=64)

@@ -243,6 +243,11 @@ class AmqpBroker:
         async with self._temp_channel() as channel:
             await channel.queue_delete(queue, if_unused=False, if_empty=False)
 
+    async def delete_exchange(self, exchange: str) -> None:
+        """Delete an exchange (tests and tools); no error when it does not exist."""
+        async with self._temp_channel() as channel:
+            await channel.exchange_delete(exchange)
+
     async def bind(self, exchange: str, routing_key: str, queue: str) -> None:
         try:
             async with self._temp_channel() as channel:

@@ -49,6 +49,7 @@ class Client:
         self._generated_queue = reply_queue is None
         self.reply_queue = reply_queue or f"{namespace}.client.{secrets.token_hex(6)}"
         self._ingress = wire.queue_names(namespace)["ingress"]
+        self._exchange = wire.exchange_names(namespace)["ingress"]
         self._seqs: dict[str, int] = dict(seqs or {})
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dedup_size = dedup_size
@@ -141,13 +142,14 @@ class Client:
 
     async def _publish(self, msg: wire.ClientMessage) -> None:
         body = wire.encode(msg.to_wire())
-        (routed,) = await self.broker.publish([Outgoing(self._ingress, body, msg.id)])
+        (routed,) = await self.broker.publish([Outgoing(wire.INGRESS_KEY, body, msg.id,
+                                                        exchange=self._exchange)])
         if isinstance(routed, Refused):
             raise MessageRefused(f"message {msg.id[:40]!r} of session {msg.session[:40]!r} "
                                  f"cannot be sent: {routed.reason}")
         if not routed:
-            raise NoRouter(f"no router has declared {self._ingress} yet; start `cloudbunch "
-                           "router` (with the same CLOUDBUNCH_NAMESPACE)")
+            raise NoRouter(f"no router has declared {self._exchange} and {self._ingress} yet; "
+                           "start `cloudbunch router` (with the same CLOUDBUNCH_NAMESPACE)")
 
     # ------------------------------------------------------------------ receiving
 

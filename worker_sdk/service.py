@@ -241,10 +241,10 @@ class Service:
         return wire.service_queue(namespace, self.name)
 
     async def serve(self, broker: Broker, namespace: str, prefetch: int = 16) -> None:
-        """Declare this service's queue (and the replies queue) and start consuming it."""
-        replies = wire.queue_names(namespace)["replies"]
+        """Declare this service's queue and start consuming it. Replies go through the
+        exchange ``NS.x.replies``, which the router declares."""
+        replies = wire.exchange_names(namespace)["replies"]
         queue = self.queue(namespace)
-        await broker.declare(replies)
         await broker.declare(queue)
 
         async def on_delivery(delivery: Delivery) -> None:
@@ -264,7 +264,8 @@ class Service:
             await delivery.ack()
             return
         reply, body = await self._handle(dispatch)
-        message = Outgoing(replies, body, f"{dispatch.turn}.{dispatch.attempt}.r")
+        message = Outgoing(wire.REPLIES_KEY, body, f"{dispatch.turn}.{dispatch.attempt}.r",
+                           exchange=replies)
         try:
             (routed,) = await broker.publish([message])
         except PublishFailed as exc:
@@ -280,8 +281,9 @@ class Service:
             await delivery.ack()
             return
         if not routed:
-            log.error("event=replies_queue_missing session=%s turn=%s service=%s queue=%s",
-                      dispatch.session, dispatch.turn, self.name, replies)
+            log.error("event=replies_unroutable session=%s turn=%s service=%s exchange=%s "
+                      "(no router has declared it and its queue)", dispatch.session,
+                      dispatch.turn, self.name, replies)
             # Wait a little before handing it back, so a missing queue is not a hot loop.
             await asyncio.sleep(1.0)
             await delivery.reject(requeue=True)

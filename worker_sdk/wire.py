@@ -464,6 +464,17 @@ def queue_names(namespace: str) -> dict[str, str]:
             "dead": f"{namespace}.dead"}
 
 
+INGRESS_KEY: Final = "ingress"
+"""The routing key of client messages on ``NS.x.ingress``."""
+REPLIES_KEY: Final = "replies"
+"""The routing key of replies on ``NS.x.replies``."""
+
+
+def exchange_names(namespace: str) -> dict[str, str]:
+    """The exchanges frontends (``ingress``) and services (``replies``) publish to."""
+    return {"ingress": f"{namespace}.x.ingress", "replies": f"{namespace}.x.replies"}
+
+
 def service_queue(namespace: str, service: str) -> str:
     """The queue a service's workers consume."""
     return f"{namespace}.service.{service}"

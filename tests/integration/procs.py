@@ -27,6 +27,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 
 from router.core import Record
 from router.redis_store import RedisStore
+from worker_sdk import wire
 from worker_sdk.service import load_service
 
 REPO = Path(__file__).resolve().parents[2]
@@ -445,6 +446,11 @@ class Harness:
                     await channel.close()
                 except Exception:  # a queue that never existed, or a closed channel
                     continue
+            for exchange in wire.exchange_names(self.ns).values():
+                with contextlib.suppress(Exception):
+                    channel = await self._conn.channel()
+                    await channel.exchange_delete(exchange)
+                    await channel.close()
             with contextlib.suppress(Exception):
                 await self._conn.close()
         with contextlib.suppress(Exception):
