@@ -1,7 +1,7 @@
 """A minimal terminal frontend: send a person's lines to the router, print the notices.
 
     python -m examples.chat                                   # type messages, Ctrl-D to stop
-    python -m examples.chat --script examples/demo_script.txt # play a script
+    python -m examples.chat --script router/demo_script.txt # play a script
 
 It speaks the wire contract directly (a client message to ``NS.ingress``, notices on a queue
 of its own), so it also shows what a frontend in any language has to do. It reads
@@ -59,7 +59,9 @@ async def chat(settings: Settings, session: str, lines: AsyncIterator[str], *,
             message = wire.ClientMessage(session=session, id=secrets.token_hex(8),
                                          reply_to=own, payload=line, seq=seq)
             body = wire.encode(message.to_wire())
-            await broker.publish([Outgoing(f"{settings.namespace}.ingress", body, message.id)])
+            exchange = wire.exchange_names(settings.namespace)["ingress"]
+            await broker.publish([Outgoing(wire.INGRESS_KEY, body, message.id,
+                                           exchange=exchange)])
             while True:
                 try:
                     notice = await asyncio.wait_for(notices.get(), quiet)

@@ -21,8 +21,8 @@ import aiormq
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from examples.pizza import ROOT
-from examples.pizza import SERVICES as PIZZA
+from router.demo_flow import ROOT
+from router.demo_flow import SERVICES as PIZZA
 from worker_sdk import wire
 from worker_sdk.amqp import AmqpBroker
 from worker_sdk.client import Client
@@ -330,7 +330,7 @@ async def test_the_pizza_flow_runs_on_the_restricted_users(pizza_users: Users,
         await e2e.router(ROOT, turn_timeout=10)
     for service in PIZZA:
         with as_user(e2e, pizza_users.url(f"service-{service.name}")):
-            await e2e.worker(f"examples.pizza:{service.name}")
+            await e2e.worker(f"router.demo_flow:{service.name}")
     assert e2e.amqp_url == guest_url
 
     broker = AmqpBroker(pizza_users.url("frontend-web"), QUEUE_TYPE, name="test-permissions")
