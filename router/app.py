@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -195,9 +196,13 @@ class Router:
                 raise self._too_large(body)
             message = wire.ClientMessage.from_wire(obj)
         except wire.BadBody as problem:
-            await self._reject_client_message(body, obj, problem)
+            await self._reject_client_message(body, obj, problem,
+                                              wire.trace_context(delivery.headers))
             await delivery.ack()
             return
+        trace = wire.trace_context(delivery.headers)
+        if trace is not None:
+            message = dataclasses.replace(message, trace=trace)
         await self.run_step(message.session, lambda snap: ClientArrived(message, snap.seen),
                             dedup_id=message.id)
         self.stats["client_messages"] += 1
@@ -256,8 +261,8 @@ class Router:
                                                            headers)])
         self._count_unsent(published, "dead", source)
 
-    async def _reject_client_message(self, body: bytes, obj: Any,
-                                     problem: wire.BadBody) -> None:
+    async def _reject_client_message(self, body: bytes, obj: Any, problem: wire.BadBody,
+                                     trace: wire.Trace | None) -> None:
         await self._dead_letter(body, problem, self.ingress)
         if not isinstance(obj, dict):
             return
@@ -269,7 +274,7 @@ class Router:
         notice = wire.Notice(session, nid, msg_id if isinstance(msg_id, str) else "", "error",
                              error=wire.ErrorInfo("invalid_message", problem.detail))
         (published,) = await self.broker.publish([Outgoing(
-            reply_to, wire.encode(notice.to_wire()), nid)])
+            reply_to, wire.encode(notice.to_wire()), nid, dict(trace or {}))])
         self._count_unsent(published, "notice", session)
 
     def _count_unsent(self, published: Published, kind: str, where: str) -> None:

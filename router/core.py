@@ -9,7 +9,7 @@ atomically, then publishes the effects.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import msgpack
@@ -96,6 +96,8 @@ class Chain:
     reply_to: str
     payload: Any = None
     meta: dict[str, Any] | None = None
+    trace: wire.Trace | None = None
+    """The message's trace headers, copied onto every dispatch and notice of the chain."""
 
 
 @dataclass(slots=True)
@@ -178,9 +180,9 @@ class Record:
                 None if turn.replaced is None else [turn.replaced.service,
                                                     turn.replaced.packed()]],
             "c": None if chain is None else [chain.origin, chain.reply_to, chain.payload,
-                                               chain.meta],
-            "w": [m.to_wire() for m in self.waiting],
-            "h": [[h.message.to_wire(), h.arrived_ms] for h in self.held],
+                                               chain.meta, chain.trace],
+            "w": [_stored(m) for m in self.waiting],
+            "h": [[_stored(h.message), h.arrived_ms] for h in self.held],
             "q": self.last_seq,
             "a": self.activity_ms,
             "m": self.stamp_ms,
@@ -197,13 +199,32 @@ class Record:
             turn=None if t is None else Turn(
                 id=t[0], depth=t[1], event=t[2], attempt=t[3], deadline_ms=t[4], body=t[5],
                 opened_by=t[6], replaced=None if t[7] is None else Frame(t[7][0], packed=t[7][1])),
-            chain=None if c is None else Chain(c[0], c[1], c[2], c[3]),
-            waiting=[ClientMessage.from_wire(m) for m in raw["w"]],
-            held=[Held(ClientMessage.from_wire(m), at) for m, at in raw["h"]],
+            chain=None if c is None else Chain(c[0], c[1], c[2], c[3],
+                                               c[4] if len(c) > 4 else None),
+            waiting=[_loaded(m) for m in raw["w"]],
+            held=[Held(_loaded(m), at) for m, at in raw["h"]],
             last_seq=raw["q"],
             activity_ms=raw["a"],
             stamp_ms=raw.get("m", 0),
         )
+
+
+def _stored(message: ClientMessage) -> dict[str, Any]:
+    """A waiting or held message as stored: its body, and its trace headers under a key no
+    body field has (bodies are stored from ``to_wire``, never as received)."""
+    body = message.to_wire()
+    if message.trace:
+        body[_TRACE_KEY] = message.trace
+    return body
+
+
+def _loaded(stored: dict[str, Any]) -> ClientMessage:
+    message = ClientMessage.from_wire(stored)
+    trace = stored.get(_TRACE_KEY)
+    return replace(message, trace=trace) if trace else message
+
+
+_TRACE_KEY = "~trace"
 
 
 # ---------------------------------------------------------------------------- effects
@@ -333,7 +354,7 @@ class _Step:
                 len(rec.waiting) + len(rec.held) + 1 > self.cfg.max_waiting):
             # Refused, not accepted: the session is unchanged (its silence and expiry
             # included) and the id is not remembered, so the frontend may send it again.
-            self.notice(msg.reply_to, msg.id, "error", error=ErrorInfo(
+            self.notice(msg.reply_to, msg.id, "error", trace=msg.trace, error=ErrorInfo(
                 "busy", f"the session already has {len(rec.waiting) + len(rec.held)} "
                 f"messages waiting or held (max-waiting {self.cfg.max_waiting}); send this "
                 "one again later"))
@@ -396,13 +417,13 @@ class _Step:
         rec.chain = None
         if msg.seq is not None:
             rec.last_seq = msg.seq
-        self.notice(msg.reply_to, msg.id, "end")
+        self.notice(msg.reply_to, msg.id, "end", trace=msg.trace)
 
     # -- chains
 
     def start_chain(self, msg: ClientMessage) -> None:
         rec = self.rec
-        rec.chain = Chain(msg.id, msg.reply_to, msg.payload, msg.meta)
+        rec.chain = Chain(msg.id, msg.reply_to, msg.payload, msg.meta, msg.trace)
         if not rec.stack:
             rec.stack.append(Frame(msg.entry or self.cfg.root))
             self.dispatch(0, "start", payload=msg.payload)
@@ -436,7 +457,8 @@ class _Step:
         chain = rec.chain
         assert chain is not None
         for item in reply.output:
-            self.notice(chain.reply_to, chain.origin, "output", payload=item)
+            self.notice(chain.reply_to, chain.origin, "output", payload=item,
+                        trace=chain.trace)
         self.apply(reply, turn)
         return True
 
@@ -451,7 +473,8 @@ class _Step:
             chain = rec.chain
             assert chain is not None
             if depth == 0:
-                self.notice(chain.reply_to, chain.origin, "unhandled", payload=chain.payload)
+                self.notice(chain.reply_to, chain.origin, "unhandled", payload=chain.payload,
+                            trace=chain.trace)
                 self.end_chain()
             else:
                 self.dispatch(depth - 1, "message", payload=turn.body.get("payload"),
@@ -500,10 +523,11 @@ class _Step:
         if rec.stack:
             self.dispatch(len(rec.stack) - 1, "result", result=result)
         elif result.ok:
-            self.notice(chain.reply_to, chain.origin, "end")
+            self.notice(chain.reply_to, chain.origin, "end", trace=chain.trace)
             self.end_chain()
         else:
-            self.notice(chain.reply_to, chain.origin, "error", error=result.error)
+            self.notice(chain.reply_to, chain.origin, "error", error=result.error,
+                        trace=chain.trace)
             self.end_chain()
 
     def refuse(self, depth: int, service: str, error: ErrorInfo) -> None:
@@ -575,16 +599,19 @@ class _Step:
     def publish_dispatch(self, turn: Turn) -> None:
         body = dict(turn.body, attempt=turn.attempt)
         service = self.rec.stack[turn.depth].service
+        chain = self.rec.chain
+        trace = chain.trace if chain is not None else None
         self.out.effects.append(Effect(
             "dispatch", wire.service_queue(self.cfg.namespace, service),
-            f"{turn.id}.{turn.attempt}", wire.encode(body), turn=turn.id, attempt=turn.attempt))
+            f"{turn.id}.{turn.attempt}", wire.encode(body), dict(trace or {}), turn=turn.id,
+            attempt=turn.attempt))
 
     def notice(self, reply_to: str, in_reply_to: str,
                kind: Literal["output", "end", "error", "unhandled"], *, payload: Any = None,
-               error: ErrorInfo | None = None) -> None:
+               error: ErrorInfo | None = None, trace: wire.Trace | None = None) -> None:
         notice = wire.Notice(self.rec.session, self.new_id(), in_reply_to, kind, payload, error)
         self.out.effects.append(Effect("notice", reply_to, notice.id,
-                                       wire.encode(notice.to_wire())))
+                                       wire.encode(notice.to_wire()), dict(trace or {})))
 
     def dead(self, raw: bytes, problem: wire.BadBody, source_queue: str) -> None:
         self.out.effects.append(Effect("dead", f"{self.cfg.namespace}.dead", self.new_id(), raw,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 from collections import OrderedDict, deque
@@ -112,8 +113,11 @@ class Client:
 
     async def send(self, session: str, payload: Any, *, entry: str | None = None,
                    meta: dict[str, Any] | None = None, id: str | None = None,
-                   seq: int | None = None) -> str:
+                   seq: int | None = None, trace: Mapping[str, str] | None = None) -> str:
         """Send a person's message; return its id (the notices' ``in_reply_to``).
+
+        ``trace`` (``traceparent`` and ``tracestate``, W3C trace context) travels in AMQP
+        headers: the router copies it onto every dispatch and notice of the chain.
 
         To re-send a message whose publish failed (the router may or may not have it),
         pass its ``id`` and ``seq`` again: the router ignores a copy it has seen.
@@ -123,7 +127,8 @@ class Client:
             self._seqs[session] = seq
         msg = wire.ClientMessage(session=session, id=id or _new_id(),
                                  reply_to=self.reply_queue, payload=payload, seq=seq,
-                                 entry=entry, meta=meta)
+                                 entry=entry, meta=meta,
+                                 trace=dict(trace) if trace else None)
         try:
             await self._publish(msg)
         except NoRouter:
@@ -143,6 +148,7 @@ class Client:
     async def _publish(self, msg: wire.ClientMessage) -> None:
         body = wire.encode(msg.to_wire())
         (routed,) = await self.broker.publish([Outgoing(wire.INGRESS_KEY, body, msg.id,
+                                                        dict(msg.trace or {}),
                                                         exchange=self._exchange)])
         if isinstance(routed, Refused):
             raise MessageRefused(f"message {msg.id[:40]!r} of session {msg.session[:40]!r} "
@@ -158,6 +164,9 @@ class Client:
         # before _deliver, so subscribers see a session's notices in the order published.
         try:
             notice = wire.Notice.from_wire(wire.decode(delivery.body))
+            trace = wire.trace_context(delivery.headers)
+            if trace is not None:
+                notice = dataclasses.replace(notice, trace=trace)
         except wire.BadBody as exc:
             log.warning("event=bad_notice queue=%s message_id=%s reason=%s detail=%s",
                         self.reply_queue, delivery.message_id, exc.reason, exc.detail)
@@ -205,7 +214,8 @@ class Client:
 
     async def conversation(self, session: str, payload: Any, *, timeout: float = 10.0,
                            settle: float = 0.3, entry: str | None = None,
-                           meta: dict[str, Any] | None = None) -> list[wire.Notice]:
+                           meta: dict[str, Any] | None = None,
+                           trace: Mapping[str, str] | None = None) -> list[wire.Notice]:
         """Send one message and collect the notices of the chain it starts.
 
         Collecting stops at the first notice of type ``end``, ``error`` or ``unhandled``
@@ -218,7 +228,7 @@ class Client:
         loop = asyncio.get_running_loop()
         collected: list[wire.Notice] = []
         try:
-            msg_id = await self.send(session, payload, entry=entry, meta=meta)
+            msg_id = await self.send(session, payload, entry=entry, meta=meta, trace=trace)
             deadline = loop.time() + timeout
             while True:
                 left = deadline - loop.time()

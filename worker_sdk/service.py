@@ -101,6 +101,12 @@ class Context:
         return dict(self._dispatch.meta or {})
 
     @property
+    def trace(self) -> dict[str, str]:
+        """The W3C trace context (``traceparent``, ``tracestate``) of the client message
+        whose chain this turn belongs to; empty when it carried none."""
+        return dict(self._dispatch.trace or {})
+
+    @property
     def service(self) -> str:
         """This service's name."""
         return self._service
@@ -319,6 +325,9 @@ class Service:
     async def _answer(self, broker: Broker, replies: str, delivery: Delivery) -> None:
         try:
             dispatch = wire.Dispatch.from_wire(wire.decode(delivery.body))
+            trace = wire.trace_context(delivery.headers)
+            if trace is not None:
+                dispatch = dataclasses.replace(dispatch, trace=trace)
         except wire.BadBody as exc:
             # Not ours to fix: the router only sends valid dispatches, so this is noise.
             log.warning("event=bad_dispatch service=%s message_id=%s reason=%s detail=%s",
@@ -332,8 +341,9 @@ class Service:
                 return
             reply = _too_new_reply(dispatch, exc)
             body = wire.encode(reply.to_wire())
+        # The dispatch's trace context goes on with the reply (PROTOCOL.md, "Transport").
         message = Outgoing(wire.REPLIES_KEY, body, f"{dispatch.turn}.{dispatch.attempt}.r",
-                           exchange=replies)
+                           dict(dispatch.trace or {}), exchange=replies)
         try:
             (routed,) = await broker.publish([message])
         except PublishFailed as exc:

@@ -7,6 +7,7 @@ contract is written once. Validation raises :class:`BadBody` naming the reason a
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeGuard
 
@@ -14,6 +15,9 @@ import msgpack
 
 VERSION: Final = 1
 CONTENT_TYPE: Final = "application/msgpack"
+
+Trace = dict[str, str]
+"""AMQP trace headers (``traceparent``, ``tracestate``) by name."""
 
 MAX_SESSION_LEN: Final = 256
 MAX_REPLY_TO: Final = 255
@@ -251,6 +255,8 @@ class ClientMessage:
     seq: int | None = None
     entry: str | None = None
     meta: dict[str, Any] | None = None
+    trace: Trace | None = field(default=None, compare=False)
+    """Trace context from the AMQP headers (not a body field)."""
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"v": VERSION, "type": self.type, "session": self.session,
@@ -328,6 +334,9 @@ class Dispatch:
     bubbled: bool = False
     result: Result | None = None
     meta: dict[str, Any] | None = None
+    trace: Trace | None = field(default=None, compare=False)
+    """Trace context from the AMQP headers (not a body field); the SDK copies it onto the
+    reply."""
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"v": VERSION, "session": self.session, "turn": self.turn,
@@ -435,6 +444,8 @@ class Notice:
     type: Literal["output", "end", "error", "unhandled"]
     payload: Any = None
     error: ErrorInfo | None = None
+    trace: Trace | None = field(default=None, compare=False)
+    """Trace context from the AMQP headers (not a body field)."""
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"v": VERSION, "session": self.session, "id": self.id,
@@ -468,6 +479,32 @@ INGRESS_KEY: Final = "ingress"
 """The routing key of client messages on ``NS.x.ingress``."""
 REPLIES_KEY: Final = "replies"
 """The routing key of replies on ``NS.x.replies``."""
+
+
+TRACE_HEADERS: Final = ("traceparent", "tracestate")
+"""W3C trace context, carried in AMQP headers (not in bodies)."""
+MAX_TRACE_HEADER: Final = 512
+"""Characters of a trace header that are passed on; a longer one is dropped (W3C asks that
+at least 512 characters of ``tracestate`` be propagated), so no client can make the
+router's headers too big for a frame."""
+
+def trace_context(headers: Mapping[str, Any] | None) -> Trace | None:
+    """The usable trace headers among AMQP ``headers``: ``traceparent`` and ``tracestate``
+    when each is 1..512 characters of printable ASCII; None when there are none."""
+    if not headers:
+        return None
+    found: Trace = {}
+    for name in TRACE_HEADERS:
+        value = headers.get(name)
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("ascii")
+            except UnicodeDecodeError:
+                continue
+        if (isinstance(value, str) and 1 <= len(value) <= MAX_TRACE_HEADER
+                and value.isascii() and value.isprintable()):
+            found[name] = value
+    return found or None
 
 
 def exchange_names(namespace: str) -> dict[str, str]:

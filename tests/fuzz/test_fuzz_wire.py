@@ -489,3 +489,23 @@ def test_valid_bodies_round_trip(message: Any) -> None:
     kind = {wire.ClientMessage: "client", wire.Reply: "reply", wire.Dispatch: "dispatch",
             wire.Notice: "notice"}[type(message)]
     assert ORACLES[kind](value) is None
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    (None, None),
+    ({}, None),
+    ({"x-other": "1"}, None),
+    ({"traceparent": "00-abc-def-01"}, {"traceparent": "00-abc-def-01"}),
+    ({"traceparent": b"00-abc-def-01", "tracestate": "k=v,l=w"},
+     {"traceparent": "00-abc-def-01", "tracestate": "k=v,l=w"}),
+    ({"traceparent": "t" * 512}, {"traceparent": "t" * 512}),
+    # Dropped: too long (a client could otherwise make the router's headers exceed a frame),
+    # empty, not printable ASCII, not a string.
+    ({"traceparent": "t" * 513, "tracestate": "k=v"}, {"tracestate": "k=v"}),
+    ({"traceparent": "", "tracestate": "\u00e9"}, None),
+    ({"traceparent": "a\nb", "tracestate": b"\xff"}, None),
+    ({"traceparent": 7, "tracestate": ["k=v"]}, None),
+])
+def test_trace_context_keeps_short_printable_trace_headers(headers: Any,
+                                                           expected: Any) -> None:
+    assert wire.trace_context(headers) == expected

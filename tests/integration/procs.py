@@ -135,9 +135,13 @@ class RawService:
     """If set, each dispatch is handed to it in a task of its own instead of queued."""
     seen: list[dict[str, Any]] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The AMQP headers of each dispatch, by turn."""
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         body = unpack(message.body)
+        if isinstance(body, dict):
+            self.headers[str(body.get("turn"))] = dict(message.headers or {})
         self.seen.append(body)
         await message.ack()
         if self.handler is not None:

@@ -526,3 +526,41 @@ def test_undeliverable_for_old_attempt_is_ignored() -> None:
     h.tick(1000)
     from router.core import Undeliverable
     assert not h.run(Undeliverable(first["turn"], 1)).changed
+
+
+TRACE_A = {"traceparent": "00-" + "a" * 32 + "-" + "1" * 16 + "-01", "tracestate": "k=a"}
+TRACE_B = {"traceparent": "00-" + "b" * 32 + "-" + "2" * 16 + "-01"}
+
+
+def test_trace_headers_follow_every_dispatch_and_notice_of_their_chain() -> None:
+    h = Harness(max_attempts=2)
+    h.send("one", trace=TRACE_A)
+    h.send("two", trace=TRACE_B)  # waits behind the first chain: stored with its trace
+    h.send("three")  # no trace: none copied
+    h.answer("open", service="child", output=["o1"])
+    h.tick(h.cfg.turn_timeout_ms)  # a re-dispatch carries it too
+    h.answer("close", result=1)
+    h.answer("reply", output=["o2"])  # chain one ends; two starts
+    h.answer("reply", output=["o3"])  # chain two ends; three starts
+    h.answer("pass")  # the root passes: unhandled
+    by_chain: dict[str, list[dict[str, str]]] = {}
+    payloads = {"m1": "one", "m2": "two", "m3": "three"}
+    for effect in h.effects:
+        if effect.kind == "notice":
+            key = payloads[wire.decode(effect.body)["in_reply_to"]]
+            by_chain.setdefault(key, []).append(effect.headers)
+    assert by_chain == {"one": [TRACE_A, TRACE_A], "two": [TRACE_B], "three": [{}]}
+    dispatch_traces = [(wire.decode(e.body).get("payload"), e.headers) for e in h.sent]
+    assert dispatch_traces == [
+        ("one", TRACE_A), (None, TRACE_A), (None, TRACE_A), (None, TRACE_A),
+        ("two", TRACE_B), ("three", {})], dispatch_traces
+
+
+def test_busy_and_end_notices_carry_their_message_trace() -> None:
+    h = Harness(max_waiting=0)
+    h.send("run")
+    h.take()
+    h.send("over", id="busy-one", trace=TRACE_B)
+    h.send(type="end", id="bye", trace=TRACE_A)
+    assert [(n.headers, wire.decode(n.body)["in_reply_to"]) for n in h.take()] == [
+        (TRACE_B, "busy-one"), (TRACE_A, "bye")]
