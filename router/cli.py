@@ -102,11 +102,34 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use the in-memory engine even if RabbitMQ and Redis answer")
     mode.add_argument("--real", action="store_true",
                       help="require RabbitMQ and Redis (fail if they do not answer)")
+    p.add_argument("--web", action="store_true",
+                   help="chat in the browser instead of the terminal (serves the web chat)")
+    p.add_argument("--port", type=int, default=None, metavar="PORT",
+                   help="with --web: the port [env CLOUDBUNCH_WEB_PORT; default 8080]")
+    p.add_argument("--no-browser", action="store_true",
+                   help="with --web: print the address without opening a browser")
     _add_router_options(p, only=[n for n, _, _ in ROUTER_OPTIONS
                                  if n not in ("root", "namespace")])
     p.add_argument("--namespace", dest="namespace", metavar="NS",
                    help="prefix of the demo's queues and keys [env CLOUDBUNCH_DEMO_NAMESPACE; "
                         "default cbdemo, so the demo never mixes with a deployment in 'cb']")
+
+    p = sub.add_parser("web", help="serve the web chat: a page and a WebSocket per tab",
+                       description="Run one web chat gateway replica (any number may run "
+                                   "behind a load balancer). SIGTERM or SIGINT stops it.")
+    from .channels.web.command import add_arguments as add_web_arguments
+
+    add_web_arguments(p)
+
+    p = sub.add_parser("telegram", help="run the Telegram gateway (bot token in "
+                                        "CLOUDBUNCH_TELEGRAM_TOKEN)",
+                       description="Connect a Telegram bot to CloudBunch: long polling, or a "
+                                   "webhook with --webhook-url. Needs the 'telegram' extra "
+                                   "(pip install 'cloudbunch[telegram]'). SIGTERM or SIGINT "
+                                   "stops it.")
+    from .channels.telegram.command import add_arguments as add_telegram_arguments
+
+    add_telegram_arguments(p)
 
     p = sub.add_parser("session", help="inspect sessions", description="Inspect sessions.")
     ssub = p.add_subparsers(dest="session_command", metavar="SUBCOMMAND", required=True)
@@ -213,7 +236,23 @@ def _run(args: argparse.Namespace) -> int:
         namespace = args.namespace or os.environ.get("CLOUDBUNCH_DEMO_NAMESPACE", "cbdemo")
         config = load_config(_options(args) | {"root": "pizza", "namespace": namespace})
         mode = "embedded" if args.embedded else "real" if args.real else "auto"
+        if args.web:
+            from .channels.web.command import web_settings
+            from .channels.web.demo import run_web_demo
+
+            web = web_settings({"port": args.port})
+            return run_event_loop(run_web_demo(config, mode=mode, host=web["host"],
+                                               port=web["port"],
+                                               open_browser=not args.no_browser))
         return run_event_loop(run_demo(config, mode=mode, script=args.script))
+    if args.command == "telegram":
+        from .channels.telegram.command import run as run_telegram
+
+        return run_telegram(vars(args), verbose=args.verbose)
+    if args.command == "web":
+        from .channels.web.command import run as run_web
+
+        return run_web(vars(args))
     if args.command == "session":
         config = load_config(_options(args) | {"root": "-"})
         if args.session_command == "show":

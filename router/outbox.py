@@ -1,0 +1,116 @@
+"""Outbox delivery: publish what a committed step owes (and dead letters), then discard it.
+
+Notices and dead letters are confirmed before dispatches, so a service's answer can never
+overtake the notice of the turn before it. A dispatch the broker returns (its queue does not
+exist) is handed back to the caller as an ``Undeliverable`` event to step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from worker_sdk import wire
+from worker_sdk.broker import Broker, Outgoing, Published, Refused
+
+from .core import Effect, Record, Undeliverable
+from .ingest import DeadLetter
+from .store import SessionStore
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """Publishes outbox entries and dead letters for one router replica."""
+
+    def __init__(self, broker: Broker, store: SessionStore, dead_queue: str,
+                 stats: Counter[str]) -> None:
+        self.broker = broker
+        self.store = store
+        self.dead_queue = dead_queue
+        self.stats = stats
+        self._unsent: set[str] = set()
+
+    def may_be_unsent(self, session: str) -> bool:
+        """Whether this replica committed an outbox for ``session`` it may not have published."""
+        return session in self._unsent
+
+    def committing(self, session: str) -> None:
+        """A commit is under way: if its answer is lost, the outbox is this replica's to send."""
+        self._unsent.add(session)
+
+    def not_committed(self, session: str) -> None:
+        """The commit was refused: there is nothing of ours to send."""
+        self._unsent.discard(session)
+
+    async def deliver(self, session: str, record: Record | None, encoded: list[bytes], *,
+                      answered: str | None = None,
+                      unhint_ms: int | None = None) -> list[Undeliverable]:
+        """Publish outbox entries (notices and dead letters first), then discard them.
+
+        Returns the dispatches the broker returned, as events for the caller to step.
+        """
+        self._unsent.add(session)
+        current = record.turn if record is not None else None
+        effects = [Effect.decode(e) for e in encoded]
+        first = [e for e in effects if e.kind != "dispatch"]
+        # A leftover dispatch of a turn no longer in flight would only be fenced off.
+        second = [e for e in effects if e.kind == "dispatch" and current is not None
+                  and e.turn == current.id and e.attempt == current.attempt
+                  and e.turn != answered]
+        if first:
+            published = await self.broker.publish([_outgoing(e) for e in first])
+            for effect, fate in zip(first, published, strict=True):
+                self._count_unsent(fate, "notice" if effect.kind == "notice" else "dead",
+                                   session)
+        returned: list[Effect] = []
+        if second:
+            published = await self.broker.publish([_outgoing(e) for e in second])
+            # A refused dispatch (a service name too long for a queue name) is reported back
+            # like a returned one: no queue can take it.
+            returned = [e for e, ok in zip(second, published, strict=True) if not ok]
+            self.stats["dispatches"] += len(second) - len(returned)
+            self.stats["publishes_refused"] += sum(isinstance(p, Refused) for p in published)
+        await self.store.discard(session, encoded, unhint_ms=unhint_ms)
+        self._unsent.discard(session)
+        events = []
+        for effect in returned:
+            assert effect.turn is not None
+            log.info("event=dispatch_returned session=%s queue=%s", session, effect.queue)
+            events.append(Undeliverable(effect.turn, effect.attempt))
+        return events
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        """Publish a body unchanged to ``NS.dead`` with the reason headers (guarantee 8), then
+        the error notice its sender is owed, if any."""
+        self.stats["dead_letters"] += 1
+        log.warning("event=dead_letter queue=%s reason=%s detail=%r", letter.source_queue,
+                    letter.reason, letter.detail)
+        (published,) = await self.broker.publish([Outgoing(
+            self.dead_queue, letter.body, letter.message_id, letter.headers)])
+        self._count_unsent(published, "dead", letter.source_queue)
+        if letter.notice is None:
+            return
+        notice = letter.notice
+        (published,) = await self.broker.publish([Outgoing(
+            letter.reply_to, wire.encode(notice.to_wire()), notice.id,
+            dict(notice.trace or {}))])
+        self._count_unsent(published, "notice", notice.session)
+
+    def _count_unsent(self, published: Published, kind: str, where: str) -> None:
+        """A notice or dead letter no queue took is dropped and counted, never retried: a
+        returned one names no queue; a refused one carries what the broker cannot take (a
+        routing key over 255 bytes, RabbitMQ's direct reply-to...), and would loop."""
+        if published:
+            return
+        self.stats["notices_dropped" if kind == "notice" else "dead_letters_dropped"] += 1
+        if isinstance(published, Refused):
+            self.stats["publishes_refused"] += 1
+            log.warning("event=%s_refused where=%s reason=%s", kind, where[:80],
+                        published.reason)
+        else:
+            log.info("event=%s_dropped where=%s (no such queue)", kind, where[:80])
+
+
+def _outgoing(effect: Effect) -> Outgoing:
+    return Outgoing(effect.queue, effect.body, effect.message_id, effect.headers)
