@@ -178,6 +178,7 @@ class MemoryBroker:
         """Another connection to the same queues, as a second process would have."""
         other = MemoryBroker(self.queue_type)
         other._queues = self._queues
+        other._exchanges = self._exchanges
         return other
 
     async def connect(self) -> None:
