@@ -19,7 +19,9 @@ Where each action happens:
 - ``pass``: every service above the root passes what it does not understand ("help",
   "cancel", anything else) down to its parent.
 - ``fail``: payment declines a card ending in 0000; checkout catches the failed result and
-  offers to retry.
+  offers to retry. Every ``on_result`` handler checks ``ctx.result.ok`` first (a handler
+  receives the child's failure too) and hands on what it cannot handle with
+  ``ctx.propagate()``; the root tells the person the order failed.
 
 Every service keeps what it knows in ``ctx.state`` (and what it is given in ``ctx.args``),
 never in process memory, so any worker replica can serve any turn.
@@ -71,48 +73,64 @@ def _pick(text: str, choices: dict[str, Any]) -> str | None:
 # ---------------------------------------------------------------------------- pizza (root)
 
 
+WELCOME = "Welcome to Bunch Pizza! Say 'order' to order a pizza, or 'help'."
+
+
 @pizza.on_start
 def pizza_start(ctx: Context) -> None:
     # args is set when a cancel replaced the root: keep the count of orders placed so far.
     placed = int((ctx.args or {}).get("placed", 0))
     if ctx.args and ctx.args.get("cancelled"):
         ctx.reply("Say 'order' whenever you want another pizza.", state={"placed": placed})
-    else:
-        ctx.reply("Welcome to Bunch Pizza! Say 'order' to order a pizza, or 'help'.",
-                  state={"placed": placed})
+        return
+    # The person's first message starts the session and arrives here, in ctx.payload: greet,
+    # then answer it, so that a first "help" or "order" is not swallowed by the welcome.
+    ctx.say(WELCOME)
+    if not _root_command(ctx, _text(ctx), placed):
+        ctx.reply(state={"placed": placed})
 
 
 @pizza.on_message
 def pizza_message(ctx: Context) -> None:
-    text = _text(ctx)
     placed = int((ctx.state or {}).get("placed", 0))
-    if text == "help":
-        if ctx.bubbled:
-            # A digression: replying leaves the frames above in place; the form goes on.
-            ctx.reply(HELP, "Now, back to your order: please answer the last question.")
-        else:
-            ctx.reply(HELP)
-    elif text == "cancel" and ctx.bubbled:
-        # Any action but reply on a bubbled message discards the frames above first, so
-        # replacing the root with a fresh one drops the whole order in progress.
-        ctx.say("Okay, I cancelled that order.")
-        ctx.replace("pizza", {"placed": placed, "cancelled": True})
-    elif text == "cancel":
-        ctx.reply("There is no order to cancel. Say 'order' to start one.")
-    elif text in ("order", "menu", "start"):
-        ctx.open("menu")
-    elif text in ("bye", "quit", "exit"):
-        ctx.say(f"Goodbye! You placed {placed} order(s) today.")
-        ctx.close({"placed": placed})
-    elif ctx.bubbled:
+    if _root_command(ctx, _text(ctx), placed):
+        return
+    if ctx.bubbled:
         ctx.reply(f"Sorry, I did not understand {ctx.payload!r}. "
                   "Answer the last question, or say 'help' or 'cancel'.")
     else:
         ctx.reply("Say 'order' to order a pizza, or 'help'.")
 
 
+def _root_command(ctx: Context, text: str, placed: int) -> bool:
+    """Answer one of the root's commands; False if ``text`` is none of them."""
+    state = {"placed": placed}
+    if text == "help":
+        if ctx.bubbled:
+            # A digression: replying leaves the frames above in place; the form goes on.
+            ctx.reply(HELP, "Now, back to your order: please answer the last question.")
+        else:
+            ctx.reply(HELP, state=state)
+    elif text == "cancel" and ctx.bubbled:
+        # Any action but reply on a bubbled message discards the frames above first, so
+        # replacing the root with a fresh one drops the whole order in progress.
+        ctx.say("Okay, I cancelled that order.")
+        ctx.replace("pizza", {"placed": placed, "cancelled": True})
+    elif text == "cancel":
+        ctx.reply("There is no order to cancel. Say 'order' to start one.", state=state)
+    elif text in ("order", "menu", "start"):
+        ctx.open("menu", state=state)
+    elif text in ("bye", "quit", "exit"):
+        ctx.say(f"Goodbye! You placed {placed} order(s) today.")
+        ctx.close({"placed": placed})
+    else:
+        return False
+    return True
+
+
 @pizza.on_result("menu")
 def pizza_menu_done(ctx: Context) -> None:
+    # on_result receives the child's failure as well as its value: check ``ok`` first.
     placed = int((ctx.state or {}).get("placed", 0))
     result = ctx.result
     if result is not None and result.ok:
@@ -162,9 +180,7 @@ def menu_message(ctx: Context) -> None:
 def menu_checkout_done(ctx: Context) -> None:
     result = ctx.result
     if result is None or not result.ok:
-        # Let the failure travel on to the root, as an exception would.
-        error = result.error if result is not None else None
-        ctx.fail(error.code if error else "error", error.message if error else "")
+        ctx.propagate()  # let the failure travel on to the root, as an exception would
         return
     ctx.close(result.value)
 
@@ -217,8 +233,7 @@ def checkout_message(ctx: Context) -> None:
 def checkout_address_done(ctx: Context) -> None:
     result = ctx.result
     if result is None or not result.ok:
-        error = result.error if result is not None else None
-        ctx.fail(error.code if error else "error", error.message if error else "")
+        ctx.propagate()
         return
     state = {**(ctx.state or {}), "street": result.value, "step": "payment"}
     ctx.open("payment", {"total": state["total"]}, state=state)
@@ -239,7 +254,7 @@ def checkout_payment_done(ctx: Context) -> None:
                   "Say 'retry' to pay with another card, or 'cancel'.",
                   state={**state, "step": "retry"})
         return
-    ctx.fail(error.code if error else "error", error.message if error else "")
+    ctx.propagate()  # any other failure is not ours to handle
 
 
 # ---------------------------------------------------------------------------- address

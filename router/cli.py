@@ -1,182 +1,325 @@
-"""The ``cloudbunch`` command: router, worker, demo, session show.
+"""The ``cloudbunch`` command: router, worker, demo, session show, purge, and whatever other
+modules register.
 
-Expected failures (a server not reachable, a bad option) print one line and exit 1; the
-logging configuration is installed here and nowhere else.
+Built on click: every option of a setting comes from its one declaration (see
+:mod:`worker_sdk.settings`) through :func:`settings_options`, which also reads the setting's
+``CLOUDBUNCH_*`` variable (click's ``envvar=``) and shows variable and default in ``--help``.
+
+Adding a subcommand from another module takes one line here: write a ``click.Command`` in
+your module, for example::
+
+    # router/channels/web.py
+    import click
+    from router.cli import settings_options, run_async
+    from router.config import ServerSettings
+
+    @click.command(help="Serve the web chat.")
+    @settings_options(ServerSettings, only=("amqp_url", "namespace"))
+    @click.option("--port", type=int, default=8080, show_default=True)
+    def command(config: ServerSettings, port: int) -> None:
+        run_async(serve(config, port))
+
+and add its import path to :data:`COMMANDS` (``"web": "router.channels.web:command"``). It is
+imported only when used (or listed by ``--help``). Every command then also accepts ``-v``,
+and its expected failures (any :class:`~worker_sdk.errors.CloudBunchError`, a bad option)
+print one line, ``cloudbunch web: what went wrong``, and exit 1 (2 for a bad option); a
+command returns an exit code through :func:`run_async` or ``ctx.exit(code)``.
+
+The logging configuration is installed here and nowhere else.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import functools
+import importlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from importlib import metadata
+from typing import Any, NoReturn, TypeVar
+
+import click
 
 from worker_sdk.errors import CloudBunchError, ConfigError
 from worker_sdk.service import run_event_loop
+from worker_sdk.settings import Declaration, SettingsBase, WorkerSettings, declarations
 
-from .config import ENV, RouterConfig, load_config
+from .config import RouterConfig, ServerSettings
 
 log = logging.getLogger("router.cli")
 
 CONNECT_TIMEOUT = 10.0
 """Seconds a starting process keeps trying to reach RabbitMQ before it gives up."""
 
-ROUTER_OPTIONS: list[tuple[str, str, str]] = [
-    ("amqp_url", "URL", "RabbitMQ URL (amqp:// or amqps://)"),
-    ("redis_url", "URL", "Redis URL (redis://, rediss://, or redis+cluster://HOST:PORT,... "
-                          "for a Redis Cluster)"),
-    ("namespace", "NS", "prefix of every queue and key, so deployments can share servers"),
-    ("root", "SERVICE", "service opened as the root of a new session (required)"),
-    ("turn_timeout", "SECONDS", "wait for a reply this long before re-dispatching"),
-    ("max_attempts", "N", "dispatches of one turn before it fails with 'timeout'"),
-    ("max_depth", "N", "most frames on a session's stack"),
-    ("session_ttl", "SECONDS", "idle sessions are forgotten after this long"),
-    ("max_body", "BYTES", "largest message body accepted"),
-    ("seq_hold", "SECONDS", "how long a message waits for the ones numbered before it"),
-    ("queue_type", "TYPE", "'quorum' or 'classic', for every shared queue"),
-    ("max_waiting", "N", "client messages a session may have waiting; more are refused"),
-]
+COMMANDS: dict[str, str] = {
+    "router": "router.cli:router_command",
+    "worker": "router.cli:worker_command",
+    "demo": "router.cli:demo_command",
+    "session": "router.cli:session_group",
+    "purge": "router.cli:purge_command",
+}
+"""Every subcommand, as ``name: "module:attribute"`` of a ``click.Command``, loaded lazily."""
 
-def _add_router_options(p: argparse.ArgumentParser, *, only: Sequence[str] | None = None,
-                        root_default: str | None = None) -> None:
-    for name, metavar, text in ROUTER_OPTIONS:
-        if only is not None and name not in only:
-            continue
-        default = root_default if name == "root" else RouterConfig.__dataclass_fields__[
-            name].default
-        shown = "required" if name == "root" and root_default is None else f"default {default}"
-        p.add_argument("--" + name.replace("_", "-"), dest=name, metavar=metavar,
-                       help=f"{text} [env {ENV[name]}; {shown}]")
+_VERBOSE = "cloudbunch.verbose"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
+# ---------------------------------------------------------------------------- the machinery
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cloudbunch",
-        description="Stateless services, one hierarchical state machine. Every option also "
-                    "reads a CLOUDBUNCH_* environment variable (shown in each --help).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+class Failed(Exception):
+    """An expected failure, already worded for a person, of the command named ``path``."""
 
-    p = sub.add_parser("router", help="run one router replica",
-                       description="Run one router replica. Any number may run at once. "
-                                   "SIGTERM or SIGINT stops it cleanly within 10 seconds.")
-    _add_router_options(p)
+    def __init__(self, path: str, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+        self.code = code
 
-    p = sub.add_parser("worker", help="run service workers: cloudbunch worker module:attr ...",
-                       description="Serve one or more services (each a worker_sdk.Service "
-                                   "named as module:attribute) until SIGTERM or SIGINT.")
-    p.add_argument("services", nargs="+", metavar="MODULE:ATTR",
-                   help="a Service object, e.g. examples.pizza:menu")
-    p.add_argument("--prefetch", type=_positive, default=None, metavar="N",
-                   help="dispatches handled at once per service "
-                        "[env CLOUDBUNCH_PREFETCH; default 16]")
-    _add_router_options(p, only=("amqp_url", "namespace", "queue_type"))
 
-    p = sub.add_parser("demo", help="chat with the example pizza bot in the terminal",
-                       description="Run a router, the example pizza services and a terminal "
-                                   "chat in one process. Uses RabbitMQ and Redis when they "
-                                   "answer, otherwise the embedded in-memory engine.")
-    p.add_argument("--script", metavar="FILE",
-                   help="read the person's lines from FILE instead of the terminal "
-                        "('-' for stdin; piped stdin is read the same way)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--embedded", action="store_true",
-                      help="use the in-memory engine even if RabbitMQ and Redis answer")
-    mode.add_argument("--real", action="store_true",
-                      help="require RabbitMQ and Redis (fail if they do not answer)")
-    _add_router_options(p, only=[n for n, _, _ in ROUTER_OPTIONS
-                                 if n not in ("root", "namespace")])
-    p.add_argument("--namespace", dest="namespace", metavar="NS",
-                   help="prefix of the demo's queues and keys [env CLOUDBUNCH_DEMO_NAMESPACE; "
-                        "default cbdemo, so the demo never mixes with a deployment in 'cb']")
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value:
+        return
+    ctx.find_root().meta[_VERBOSE] = True
+    logging.getLogger().setLevel(logging.DEBUG)
+    for name in ("aiormq", "aio_pika"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
-    p = sub.add_parser("session", help="inspect sessions", description="Inspect sessions.")
-    ssub = p.add_subparsers(dest="session_command", metavar="SUBCOMMAND", required=True)
-    ps = ssub.add_parser("show", help="print a session's stack, turn in flight and waiting "
-                                      "messages", description="Print a session as stored in "
-                                                              "Redis.")
-    ps.add_argument("session", help="the session id, e.g. tg:42")
-    _add_router_options(ps, only=("redis_url", "namespace"))
-    return parser
+
+def _verbose_option() -> click.Option:
+    return click.Option(["-v", "--verbose"], is_flag=True, expose_value=False,
+                        callback=_set_verbose, help="Log debug details.")
+
+
+def is_verbose(ctx: click.Context | None = None) -> bool:
+    """Whether ``-v`` was given (before or after the subcommand)."""
+    ctx = ctx or click.get_current_context()
+    return bool(ctx.find_root().meta.get(_VERBOSE))
+
+
+class CommandGroup(click.Group):
+    """A group whose subcommands load lazily, all take ``-v``, and fail in one line."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str] | None = None, **kwargs: Any
+                 ) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: Mapping[str, str] = lazy if lazy is not None else {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in self.lazy:
+            module_name, _, attr = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module_name), attr)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        if command is not None and not any(p.name == "verbose" for p in command.params):
+            command.params.append(_verbose_option())
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CloudBunchError as exc:
+            sub = ctx.invoked_subcommand
+            raise Failed(f"{ctx.command_path} {sub}" if sub else ctx.command_path,
+                         str(exc)) from None
+
+
+def _click_type(decl: Declaration) -> click.ParamType:
+    if decl.choices is not None:
+        return click.Choice(decl.choices)
+    if decl.kind is int:
+        return click.INT
+    return click.FLOAT if decl.kind is float else click.STRING
+
+
+def settings_options(cls: type[SettingsBase], *, only: Iterable[str] | None = None,
+                     exclude: Iterable[str] = (), fixed: Mapping[str, Any] | None = None,
+                     ) -> Callable[[F], F]:
+    """Add one option per declared setting of ``cls`` (or those in ``only``, not in
+    ``exclude``) and call the command with ``config``, an instance of ``cls``, in their place.
+
+    ``fixed`` gives settings a value the person cannot change (the demo's root, say).
+    Settings left out take their default. A bad value is a one-line error naming the option
+    and the variable.
+    """
+    chosen = [d for d in declarations(cls) if (only is None or d.name in only)
+              and d.name not in exclude and d.name not in (fixed or {})]
+    names = [d.name for d in chosen]
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names}
+            values = {k: v for k, v in values.items() if v is not None} | dict(fixed or {})
+            return fn(*args, config=cls(**values), **kwargs)
+
+        command = wrapper
+        for decl in reversed(chosen):
+            command = click.option(
+                decl.option, decl.name, envvar=decl.env, show_envvar=True,
+                type=_click_type(decl), metavar=decl.metavar,
+                default=None if decl.required else decl.default,
+                show_default=not decl.required,
+                help=decl.help + (" [required]" if decl.required else ""))(command)
+        return command  # type: ignore[return-value]
+    return decorate
+
+
+def run_async(coro: Coroutine[Any, Any, int]) -> NoReturn:
+    """Run a command's coroutine on the event loop and exit with the code it returns."""
+    click.get_current_context().exit(run_event_loop(coro))
+    raise AssertionError("unreachable")  # ctx.exit raises
+
+
+@click.group("cloudbunch", cls=CommandGroup, lazy=COMMANDS, context_settings={
+    "help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbose,
+              help="Log debug details (also accepted after the subcommand).")
+@click.version_option(metadata.version("cloudbunch"), "-V", "--version",
+                      prog_name="cloudbunch", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Stateless services, one hierarchical state machine.
+
+    Every option of a setting also reads a CLOUDBUNCH_* environment variable (shown in each
+    command's --help); an option given wins over the variable, which wins over the default.
+    """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cloudbunch`` console script."""
-    args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.INFO
-    if args.command == "demo":
-        level = logging.DEBUG if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr,
+    """Entry point of the ``cloudbunch`` console script; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if not args.verbose:
-        # aio-pika and aiormq log every reconnect attempt; our own lines say what matters.
-        for name in ("aiormq", "aio_pika"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+    # aio-pika and aiormq log every reconnect attempt; our own lines say what matters.
+    for name in ("aiormq", "aio_pika"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        return _run(args)
-    except CloudBunchError as exc:
-        print(f"cloudbunch {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        try:
+            code = cli.main(args=list(sys.argv[1:] if argv is None else argv),
+                            prog_name="cloudbunch", standalone_mode=False)
+        finally:
+            sys.stdout.flush()
+    except Failed as exc:
+        print(f"{exc.path}: {exc.message}", file=sys.stderr)
+        return exc.code
+    except click.UsageError as exc:
+        path = exc.ctx.command_path if exc.ctx is not None else "cloudbunch"
+        hint = f" (see `{path} --help`)" if exc.ctx is not None else ""
+        print(f"{path}: {_lowercase_first(exc.format_message())}{hint}", file=sys.stderr)
+        return 2
+    except click.ClickException as exc:
+        print(f"cloudbunch: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
+    except (KeyboardInterrupt, click.Abort):
         return 130
+    except BrokenPipeError:
+        # The reader went away (`cloudbunch demo | head`) before the last flush: stop quietly
+        # with 1, as click does when it happens earlier. Python would report the failed flush
+        # again at exit; point stdout elsewhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code if isinstance(code, int) else 0
 
 
-def _positive_env(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        return _positive(raw)
-    except argparse.ArgumentTypeError as exc:
-        raise ConfigError(f"{name} {exc}") from None
+def _lowercase_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name, None) for name, _, _ in ROUTER_OPTIONS}
+# ---------------------------------------------------------------------------- commands
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "router":
-        config = load_config(_options(args))
-        return run_event_loop(run_router(config))
-    if args.command == "worker":
-        from worker_sdk.service import load_service, run_main
-        from worker_sdk.settings import Settings
+@click.command("router", help="Run one router replica. Any number may run at once. SIGTERM "
+               "or SIGINT stops it cleanly within 10 seconds.", short_help="Run one router "
+               "replica.")
+@settings_options(RouterConfig)
+def router_command(config: RouterConfig) -> None:
+    run_async(run_router(config))
 
-        services = [load_service(spec) for spec in args.services]
-        base = load_config(_options(args) | {"root": "-"})
-        settings = Settings(base.amqp_url, base.namespace, base.queue_type)
-        prefetch = args.prefetch
-        if prefetch is None:
-            prefetch = _positive_env("CLOUDBUNCH_PREFETCH", 16)
-        return run_main(services, settings, prefetch=prefetch,
-                        connect_timeout=CONNECT_TIMEOUT)
-    if args.command == "demo":
-        from .demo import run_demo
 
-        namespace = args.namespace or os.environ.get("CLOUDBUNCH_DEMO_NAMESPACE", "cbdemo")
-        config = load_config(_options(args) | {"root": "pizza", "namespace": namespace})
-        mode = "embedded" if args.embedded else "real" if args.real else "auto"
-        return run_event_loop(run_demo(config, mode=mode, script=args.script))
-    if args.command == "session":
-        config = load_config(_options(args) | {"root": "-"})
-        return run_event_loop(show_session(config, args.session))
-    raise AssertionError(args.command)
+@click.command("worker", help="Serve one or more services (each a worker_sdk.Service named "
+               "as MODULE:ATTR, e.g. examples.pizza:menu) until SIGTERM or SIGINT.",
+               short_help="Serve services: cloudbunch worker MODULE:ATTR ...")
+@click.argument("services", nargs=-1, required=True, metavar="MODULE:ATTR...")
+@settings_options(WorkerSettings)
+def worker_command(services: tuple[str, ...], config: WorkerSettings) -> None:
+    from worker_sdk.service import load_service, serve_main
+
+    loaded = [load_service(spec) for spec in services]
+    run_async(serve_main(loaded, config, connect_timeout=CONNECT_TIMEOUT))
+
+
+@click.command("demo", help="Run a router, the example pizza services and a terminal chat in "
+               "one process. Uses RabbitMQ and Redis when they answer, otherwise the "
+               "embedded in-memory engine. Lines piped to stdin are played non-interactively; "
+               "with nothing on stdin it plays the example conversation.",
+               short_help="Chat with the example pizza bot in the terminal.")
+@click.option("--script", metavar="FILE", help="Read the person's lines from FILE instead of "
+              "the terminal ('-' for stdin; piped stdin is read the same way).")
+@click.option("--embedded", "mode", flag_value="embedded",
+              help="Use the in-memory engine even if RabbitMQ and Redis answer.")
+@click.option("--real", "mode", flag_value="real",
+              help="Require RabbitMQ and Redis (fail if they do not answer).")
+@click.option("--namespace", metavar="NS", envvar="CLOUDBUNCH_DEMO_NAMESPACE",
+              show_envvar=True, default="cbdemo", show_default=True,
+              help="Prefix of the demo's queues and keys (not CLOUDBUNCH_NAMESPACE, so the "
+                   "demo never mixes with a deployment).")
+@settings_options(RouterConfig, exclude=("namespace",), fixed={"root": "pizza"})
+def demo_command(script: str | None, mode: str | None, namespace: str,
+                 config: RouterConfig) -> None:
+    import dataclasses
+
+    from .demo import run_demo
+
+    if not is_verbose():
+        logging.getLogger().setLevel(logging.WARNING)
+    config = dataclasses.replace(config, namespace=namespace)
+    run_async(run_demo(config, mode=mode or "auto", script=script))
+
+
+@click.group("session", cls=CommandGroup, help="Inspect sessions.")
+def session_group() -> None:
+    pass
+
+
+@session_group.command("show", help="Print a session as stored in Redis: its stack, turn in "
+                       "flight and waiting messages.")
+@click.argument("session")
+@settings_options(ServerSettings, only=("redis_url", "namespace"))
+def session_show_command(session: str, config: ServerSettings) -> None:
+    run_async(show_session(config, session))
+
+
+@click.command("purge", help="Delete a namespace's queues and Redis keys: the shared queues, "
+               "every service queue and reply queue named in its sessions and by --service, "
+               "and every key. Refuses while a router consumes the namespace.",
+               short_help="Delete a namespace's queues and keys.")
+@click.option("--service", "services", multiple=True, metavar="NAME",
+              help="Also delete this service's queue (repeat for several).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@settings_options(ServerSettings)
+def purge_command(services: tuple[str, ...], yes: bool, config: ServerSettings) -> None:
+    from .purge import purge
+
+    def confirm(plan: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise ConfigError(f"{plan}; pass --yes to confirm without a terminal")
+        return click.confirm(f"{plan}. Delete them?", default=False)
+
+    run_async(purge(config, services, confirm))
+
+
+# ---------------------------------------------------------------------------- router, session
 
 
 async def run_router(config: RouterConfig) -> int:
@@ -206,7 +349,7 @@ async def run_router(config: RouterConfig) -> int:
         print(f"cloudbunch router: consuming {router.ingress} and {router.replies} "
               f"(root {config.root!r})", file=sys.stderr, flush=True)
         waits = {asyncio.create_task(stop.wait()), asyncio.create_task(router.wait_failed()),
-                 asyncio.create_task(broker.wait_lost())}  # type: ignore[attr-defined]
+                 asyncio.create_task(broker.wait_lost())}
         _done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
@@ -225,7 +368,7 @@ async def run_router(config: RouterConfig) -> int:
     return code
 
 
-async def show_session(config: RouterConfig, session: str) -> int:
+async def show_session(config: ServerSettings, session: str) -> int:
     """Print a session's stack, turn in flight, waiting and held messages."""
     from .core import Effect, Record
     from .redis_store import RedisStore
@@ -271,4 +414,7 @@ async def show_session(config: RouterConfig, session: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module, not this __main__ copy, so that COMMANDS resolve to one module.
+    from router.cli import main as _main
+
+    sys.exit(_main())
