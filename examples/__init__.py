@@ -1,1 +1,4 @@
-"""Runnable examples: ``pizza`` (a flow that uses every action) and ``chat`` (a frontend)."""
+"""Runnable examples: ``tutorial`` (a first flow) and ``chat`` (a frontend).
+
+The pizza bot that ``cloudbunch demo`` plays ships with the product: ``router/demo_flow.py``.
+"""

@@ -1,7 +1,7 @@
 """A minimal terminal frontend: send a person's lines to the router, print the notices.
 
     python -m examples.chat                                   # type messages, Ctrl-D to stop
-    python -m examples.chat --script examples/demo_script.txt # play a script
+    python -m examples.chat --script router/demo_script.txt # play a script
 
 It speaks the wire contract directly (a client message to ``NS.ingress``, notices on a queue
 of its own), so it also shows what a frontend in any language has to do. It reads

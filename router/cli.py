@@ -246,7 +246,7 @@ def router_command(config: RouterConfig) -> None:
 
 
 @click.command("worker", help="Serve one or more services (each a worker_sdk.Service named "
-               "as MODULE:ATTR, e.g. examples.pizza:menu) until SIGTERM or SIGINT.",
+               "as MODULE:ATTR, e.g. router.demo_flow:menu) until SIGTERM or SIGINT.",
                short_help="Serve services: cloudbunch worker MODULE:ATTR ...")
 @click.argument("services", nargs=-1, required=True, metavar="MODULE:ATTR...")
 @settings_options(WorkerSettings)

@@ -1,4 +1,4 @@
-"""``cloudbunch demo``: the example pizza bot, a router and a terminal chat in one process."""
+"""``cloudbunch demo``: the pizza bot (``demo_flow``), a router and a terminal chat."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from worker_sdk.errors import BrokerUnavailable, ConfigError, StoreUnavailable
 from .config import RouterConfig
 from .engine import Engine
 
-DEFAULT_SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "demo_script.txt"
+DEFAULT_SCRIPT = Path(__file__).resolve().with_name("demo_script.txt")
 
 HELP = "(type a message; /stack shows the session's stack, /end ends it, /quit leaves)"
 
@@ -103,7 +103,7 @@ def _show(notice: wire.Notice) -> str:
 
 async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | None = None) -> int:
     """Chat with the pizza bot; ``mode`` is auto, embedded or real."""
-    from examples.pizza import SERVICES
+    from .demo_flow import SERVICES
 
     if script is not None and script != "-":
         try:

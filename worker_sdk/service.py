@@ -419,7 +419,7 @@ def load_service(spec: str) -> Service:
     """Import ``module:attr`` and return the Service it names; ConfigError if it cannot."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"{spec!r} is not MODULE:ATTRIBUTE (for example examples.pizza:menu)")
+        raise ConfigError(f"{spec!r} is not MODULE:ATTRIBUTE (for example router.demo_flow:menu)")
     # Like other app loaders, find modules in the working directory even when started
     # through a console script (whose sys.path[0] is the script's folder).
     cwd = os.getcwd()

@@ -126,7 +126,7 @@ def check_demo(out: str) -> None:
 
 async def test_demo_embedded(unreachable: Any) -> None:
     code, out, err = await run_cli("demo", "--embedded", "--script",
-                                   "examples/demo_script.txt")
+                                   "router/demo_script.txt")
     assert code == 0, err
     assert "embedded" in out.splitlines()[0]
     check_demo(out)
@@ -136,7 +136,7 @@ async def test_demo_real(e2e: Harness) -> None:
     e2e.queues.update(f"{e2e.ns}.service.{name}" for name in PIZZA)
     code, out, err = await run_cli("demo", "--real", "--namespace", e2e.ns,
                                    "--amqp-url", e2e.amqp_url, "--redis-url", e2e.redis_url,
-                                   "--script", "examples/demo_script.txt")
+                                   "--script", "router/demo_script.txt")
     assert code == 0, err
     assert "using RabbitMQ" in out.splitlines()[0]
     check_demo(out)

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from examples.pizza import SERVICES
 from router.config import RouterConfig
+from router.demo_flow import SERVICES
 from router.engine import Engine
 from router.redis_store import RedisStore
 from worker_sdk import Context, Service, wire
@@ -24,7 +24,7 @@ from worker_sdk.amqp import AmqpBroker
 
 pytestmark = pytest.mark.infra
 
-SCRIPT = Path(__file__).parents[2] / "examples" / "demo_script.txt"
+SCRIPT = Path(__file__).parents[2] / "router" / "demo_script.txt"
 
 EngineFactory = Callable[..., Any]
 

@@ -151,7 +151,7 @@ def test_workers_serve_every_example_service(compose: dict[str, Any]) -> None:
         obj = getattr(importlib.import_module(module_name), attr)
         assert isinstance(obj, Service), f"{spec} is not a worker_sdk Service"
         served.append(obj)
-    pizza = importlib.import_module("examples.pizza")
+    pizza = importlib.import_module("router.demo_flow")
     assert {id(s) for s in served} == {id(s) for s in pizza.SERVICES}
     router_command = _command(compose["services"]["router"])
     root = router_command[router_command.index("--root") + 1]
@@ -207,11 +207,11 @@ def test_dockerfile_installs_the_distribution(pyproject: dict[str, Any]) -> None
 
 async def test_demo_script_walks_the_whole_flow() -> None:
     """The script the deployment plays, through the real router core in memory."""
-    from examples import pizza
     from examples.chat import script_lines
+    from router import demo_flow as pizza
     from router.testing import FlowTest
 
-    lines = script_lines((ROOT / "examples" / "demo_script.txt").read_text(encoding="utf-8"))
+    lines = script_lines((ROOT / "router" / "demo_script.txt").read_text(encoding="utf-8"))
     shown: list[tuple[str, list[Any], list[str]]] = []
     async with FlowTest(pizza.SERVICES, root=pizza.ROOT) as flow:
         for line in lines:

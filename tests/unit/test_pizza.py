@@ -1,8 +1,8 @@
-"""The pizza example: what a newcomer tries first, in memory."""
+"""The demo's pizza flow (router.demo_flow): what a newcomer tries first, in memory."""
 
 from __future__ import annotations
 
-from examples.pizza import HELP, SERVICES, WELCOME, address, checkout, menu, order, pizza
+from router.demo_flow import HELP, SERVICES, WELCOME, address, checkout, menu, order, pizza
 from router.testing import FlowTest
 
 

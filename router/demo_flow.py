@@ -26,7 +26,8 @@ Where each action happens:
 Every service keeps what it knows in ``ctx.state`` (and what it is given in ``ctx.args``),
 never in process memory, so any worker replica can serve any turn.
 
-Run the workers with ``cloudbunch worker examples.pizza:pizza examples.pizza:menu ...`` (see
+It ships with the package so that ``cloudbunch demo`` works from a plain install. Run the
+workers with ``cloudbunch worker router.demo_flow:pizza router.demo_flow:menu ...`` (see
 ``deploy/``); ``SERVICES`` and ``ROOT`` let tools load the whole flow at once.
 """
 
