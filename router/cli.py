@@ -95,6 +95,12 @@ def _verbose_option() -> click.Option:
                         callback=_set_verbose, help="Log debug details.")
 
 
+def quiet_logs() -> None:
+    """Log warnings only, unless ``-v`` was given: for commands a person reads (demo, tools)."""
+    if not is_verbose():
+        logging.getLogger().setLevel(logging.WARNING)
+
+
 def is_verbose(ctx: click.Context | None = None) -> bool:
     """Whether ``-v`` was given (before or after the subcommand)."""
     ctx = ctx or click.get_current_context()
@@ -279,8 +285,7 @@ def demo_command(script: str | None, mode: str | None, namespace: str,
 
     from .demo import run_demo
 
-    if not is_verbose():
-        logging.getLogger().setLevel(logging.WARNING)
+    quiet_logs()
     config = dataclasses.replace(config, namespace=namespace)
     run_async(run_demo(config, mode=mode or "auto", script=script))
 
@@ -308,6 +313,8 @@ def session_show_command(session: str, config: ServerSettings) -> None:
 @settings_options(ServerSettings)
 def purge_command(services: tuple[str, ...], yes: bool, config: ServerSettings) -> None:
     from .purge import purge
+
+    quiet_logs()
 
     def confirm(plan: str) -> bool:
         if yes:

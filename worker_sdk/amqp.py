@@ -223,8 +223,10 @@ class AmqpBroker:
     async def declare(self, queue: str) -> None:
         await self._declare(queue, durable=True, arguments={"x-queue-type": self.queue_type})
 
-    async def declare_own(self, queue: str, *, durable: bool = True) -> None:
-        await self._declare(queue, durable=durable, arguments=None)
+    async def declare_own(self, queue: str, *, durable: bool = True,
+                          expires: float | None = None) -> None:
+        arguments = None if expires is None else {"x-expires": max(1, round(expires * 1000))}
+        await self._declare(queue, durable=durable, arguments=arguments)
 
     async def _declare(self, queue: str, *, durable: bool,
                        arguments: dict[str, Any] | None) -> None:

@@ -55,8 +55,12 @@ class Broker(Protocol):
     async def declare(self, queue: str) -> None:
         """Declare a shared durable queue (arguments exactly {x-queue-type: TYPE})."""
 
-    async def declare_own(self, queue: str, *, durable: bool = True) -> None:
-        """Declare a party's own queue (a frontend's reply queue): no queue-type argument."""
+    async def declare_own(self, queue: str, *, durable: bool = True,
+                          expires: float | None = None) -> None:
+        """Declare a party's own queue (a frontend's reply queue): no queue-type argument.
+
+        With ``expires`` (seconds), the broker deletes the queue once it has had no consumer
+        for that long (``x-expires``), so a party that crashed leaves nothing behind."""
 
     async def delete(self, queue: str) -> None:
         """Delete a queue (tests and tools)."""

@@ -162,6 +162,10 @@ class _Consumer:
             self.queue.notify()
 
 
+def _expiry(expires: float | None) -> dict[str, Any] | None:
+    return None if expires is None else {"x-expires": max(1, round(expires * 1000))}
+
+
 class MemoryBroker:
     """An in-process broker with the semantics of :class:`worker_sdk.amqp.AmqpBroker`."""
 
@@ -195,8 +199,10 @@ class MemoryBroker:
     async def declare(self, queue: str) -> None:
         self._declare(queue, {"x-queue-type": self.queue_type}, durable=True)
 
-    async def declare_own(self, queue: str, *, durable: bool = True) -> None:
-        self._declare(queue, None, durable=durable)
+    async def declare_own(self, queue: str, *, durable: bool = True,
+                          expires: float | None = None) -> None:
+        # Kept as an argument, as RabbitMQ keeps it; nothing expires in one process.
+        self._declare(queue, _expiry(expires), durable=durable)
 
     def _declare(self, name: str, arguments: dict[str, Any] | None, *, durable: bool) -> None:
         existing = self._queues.get(name)

@@ -220,6 +220,22 @@ async def test_generated_reply_queue_is_deleted_on_close(amqp_url: str, namespac
     assert not await broker.queue_exists(queue)
 
 
+async def test_a_crashed_clients_generated_reply_queue_expires(
+        amqp_url: str, namespace: str, broker: AmqpBroker) -> None:
+    from worker_sdk import Settings
+
+    client = await Client.connect(Settings(amqp_url=amqp_url, namespace=namespace),
+                                  reply_queue_expires=1.0)
+    queue = client.reply_queue
+    assert await broker.queue_exists(queue)
+    await client.broker.close()  # a crash: the connection goes, nobody deletes the queue
+    # A passive declare (queue_exists) renews the lease too: look less often than it lasts.
+    deadline = asyncio.get_running_loop().time() + 60
+    while await broker.queue_exists(queue):
+        assert asyncio.get_running_loop().time() < deadline, f"{queue} never expired"
+        await asyncio.sleep(3.0)
+
+
 async def test_service_run_exits_cleanly_on_sigterm(amqp_url: str, namespace: str,
                                                     broker: AmqpBroker, tmp_path: Path) -> None:
     script = tmp_path / "svc.py"
