@@ -26,7 +26,7 @@ from worker_sdk import wire
 from worker_sdk.broker import Broker, Delivery, Outgoing
 from worker_sdk.errors import PublishFailed, StoreUnavailable
 
-from . import core
+from . import core, history
 from .config import RouterConfig
 from .core import ClientArrived, Effect, Event, Outcome, Record, ReplyArrived, Tick, Undeliverable
 from .store import SessionStore, Snapshot
@@ -328,11 +328,14 @@ class Router:
             due = new.due_ms(self.cfg)
             old_due = record.due_ms(self.cfg) if record is not None else None
             encoded = [e.encode() for e in out.effects]
+            keep = self.config.history
             self._unsent.add(session)  # if the commit's answer is lost, retry without grace
             applied = await self.store.commit(
                 session, snap.version, new.encode(), append=encoded, remember=out.remember,
                 expire_at_ms=new.expire_at_ms(self.cfg),
-                hint_ms=due if hint and due is not None and due != old_due else None)
+                hint_ms=due if hint and due is not None and due != old_due else None,
+                history=history.entries(record, event, out, now) if keep else (),
+                history_max=keep)
             if fast:
                 self._fast.outcome(applied)
             if not applied:

@@ -1,5 +1,5 @@
-"""The ``cloudbunch`` command: router, worker, demo, session show, purge, and whatever other
-modules register.
+"""The ``cloudbunch`` command: router, worker, demo, session (show, history, export, delete,
+list), replay, purge, and whatever other modules register.
 
 Built on click: every option of a setting comes from its one declaration (see
 :mod:`worker_sdk.settings`) through :func:`settings_options`, which also reads the setting's
@@ -38,9 +38,10 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from importlib import metadata
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -49,6 +50,9 @@ from worker_sdk.service import run_event_loop
 from worker_sdk.settings import Declaration, SettingsBase, WorkerSettings, declarations
 
 from .config import RouterConfig, ServerSettings
+
+if TYPE_CHECKING:
+    from .redis_store import RedisStore
 
 log = logging.getLogger("router.cli")
 
@@ -61,6 +65,7 @@ COMMANDS: dict[str, str] = {
     "demo": "router.cli:demo_command",
     "session": "router.cli:session_group",
     "purge": "router.cli:purge_command",
+    "replay": "router.cli:replay_command",
 }
 """Every subcommand, as ``name: "module:attribute"`` of a ``click.Command``, loaded lazily."""
 
@@ -303,6 +308,83 @@ def session_show_command(session: str, config: ServerSettings) -> None:
     run_async(show_session(config, session))
 
 
+@session_group.command("history", help="Print a session's history (the router records it "
+                       "unless started with --history 0).",
+                       short_help="Print a session's recorded turns as a transcript.")
+@click.argument("session")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
+@click.option("--no-state", is_flag=True, help="Leave states out.")
+@settings_options(ServerSettings, only=("redis_url", "namespace"))
+def session_history_command(session: str, as_json: bool, no_state: bool,
+                            config: ServerSettings) -> None:
+    from . import sessions
+
+    run_async(_with_store(config, lambda store: sessions.print_history(
+        store, session, as_json=as_json, states=not no_state)))
+
+
+@session_group.command("export", help="Write a session's history as a file that `cloudbunch "
+                       "replay` and router.testing.replay read.",
+                       short_help="Write a session's history to a file for replay.")
+@click.argument("session")
+@click.option("-o", "--output", metavar="FILE", help="The file (default: stdout).")
+@settings_options(ServerSettings, only=("redis_url", "namespace"))
+def session_export_command(session: str, output: str | None, config: ServerSettings) -> None:
+    from . import sessions
+
+    run_async(_with_store(config, lambda store: sessions.write_export(
+        store, session, config.namespace, output)))
+
+
+@session_group.command("delete", help="Delete a session at once: its stack, waiting messages, "
+                       "timers, outbox, dedup memory and history.",
+                       short_help="Delete a session and everything of it.")
+@click.argument("session")
+@settings_options(ServerSettings, only=("redis_url", "namespace"))
+def session_delete_command(session: str, config: ServerSettings) -> None:
+    from . import sessions
+
+    run_async(_with_store(config, lambda store: sessions.delete(store, session)))
+
+
+@session_group.command("list", help="List sessions with their stack and last activity, found "
+                       "by an incremental SCAN (never one blocking call).",
+                       short_help="List a sample of sessions, most recently active first.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              metavar="N", help="At most N sessions.")
+@settings_options(ServerSettings, only=("redis_url", "namespace"))
+def session_list_command(limit: int, config: ServerSettings) -> None:
+    from . import sessions
+
+    run_async(_with_store(config, lambda store: sessions.print_list(
+        store, limit, int(time.time() * 1000))))
+
+
+@click.command("replay", help="Run the client messages of exported sessions through the given "
+               "services in memory (the real core, the recorded times) and print every turn "
+               "that acts differently from the recording. Exit 0 when nothing differs, 1 "
+               "otherwise.", short_help="Replay exported sessions against service code.")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--service", "services", multiple=True, required=True, metavar="MODULE:ATTR",
+              help="A service to run (repeat for each service).")
+@click.option("--root", metavar="SERVICE", help="The root service (default: the recorded one).")
+@click.option("--ignore-state", is_flag=True,
+              help="Accept turns that differ only in the state they save.")
+def replay_command(files: tuple[str, ...], services: tuple[str, ...], root: str | None,
+                   ignore_state: bool) -> None:
+    from worker_sdk.service import load_service
+
+    from . import history, replay
+
+    loaded = [load_service(spec) for spec in services]
+    try:
+        code = run_event_loop(replay.run(list(files), loaded, root=root,
+                                         ignore_state=ignore_state))
+    except (history.BadExport, replay.ReplayError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+    click.get_current_context().exit(code)
+
+
 @click.command("purge", help="Delete a namespace's queues and Redis keys: the shared queues, "
                "every service queue and reply queue named in its sessions and by --service, "
                "and every key. Refuses while a router consumes the namespace.",
@@ -373,6 +455,19 @@ async def run_router(config: RouterConfig) -> int:
         with contextlib.suppress(Exception):
             await store.close()
     return code
+
+
+async def _with_store(config: ServerSettings,
+                      action: Callable[[RedisStore], Awaitable[int]]) -> int:
+    """Run a session tool on the namespace's store, closing it afterwards."""
+    from .redis_store import RedisStore
+
+    store = RedisStore(config.redis_url, config.namespace)
+    try:
+        await store.ping()
+        return await action(store)
+    finally:
+        await store.close()
 
 
 async def show_session(config: ServerSettings, session: str) -> int:

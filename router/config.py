@@ -52,6 +52,8 @@ class RouterConfig(ServerSettings):
                               metavar="SECONDS", minimum=0)
     max_waiting: int = setting(1_000, "client messages a session may have waiting; more are "
                                "refused", metavar="N", minimum=1)
+    history: int = setting(50, "history entries kept per session for `session history` and "
+                           "replay (0: off)", metavar="N", minimum=0, maximum=100_000)
 
     def core(self) -> CoreConfig:
         """The part of the settings the pure core obeys."""

@@ -54,6 +54,8 @@ class Declaration:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     """The lowest value allowed (``above`` says whether it is excluded)."""
+    maximum: float | None = None
+    """The highest value allowed."""
     above: bool = False
     required: bool = False
     check: Callable[[Any, Declaration], None] | None = None
@@ -98,21 +100,27 @@ class Declaration:
                 raise ConfigError(f"{self.where} must be {what}, not {value!r}")
             if not math.isfinite(value):
                 raise ConfigError(f"{self.where} must be a finite number, not {value!r}")
-            if self.minimum is not None and (value <= self.minimum if self.above
-                                             else value < self.minimum):
-                bound = (f"above {self.minimum:g}" if self.above
-                         else f"{self.minimum:g} or more")
+            low = self.minimum is not None and (value <= self.minimum if self.above
+                                                else value < self.minimum)
+            if low or (self.maximum is not None and value > self.maximum):
+                if self.maximum is not None and self.minimum is not None:
+                    bound = f"from {self.minimum:g} to {self.maximum:g}"
+                elif self.maximum is not None:
+                    bound = f"{self.maximum:g} or less"
+                else:
+                    bound = (f"above {self.minimum:g}" if self.above
+                             else f"{self.minimum:g} or more")
                 raise ConfigError(f"{self.where} must be {bound}, not {value!r}")
         if self.check is not None:
             self.check(value, self)
 
 
 def setting(default: Any, help: str, *, metavar: str, minimum: float | None = None,
-            above: bool = False, required: bool = False,
+            above: bool = False, maximum: float | None = None, required: bool = False,
             check: Callable[[Any, Declaration], None] | None = None) -> Any:
     """Declare one setting as a dataclass field (see the module docstring)."""
     meta = {"help": help, "metavar": metavar, "minimum": minimum, "above": above,
-            "required": required, "check": check}
+            "maximum": maximum, "required": required, "check": check}
     return field(default=default, metadata={_KEY: meta})
 
 
