@@ -49,7 +49,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("  store.load", ("RedisStore.load ",)),
     ("  store.commit (+ hint ZADD)", ("RedisStore.commit ",)),
     ("  store.discard", ("RedisStore.discard ",)),
-    ("  deadline scanner (claim, Tick step, settle)", ("Router._scan_loop ", "Router._fire ")),
+    ("  deadline scanner (claim, Tick step, settle)", ("Scanner.run ", "Scanner._fire ")),
     ("aio-pika / aiormq / pamqp (AMQP)", ("(aiormq/", "(aio_pika/", "(pamqp/")),
     ("  broker.publish", ("AmqpBroker.publish ",)),
     ("  delivery.ack", ("AmqpDelivery.ack ",)),

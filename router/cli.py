@@ -66,6 +66,7 @@ COMMANDS: dict[str, str] = {
     "session": "router.cli:session_group",
     "purge": "router.cli:purge_command",
     "replay": "router.cli:replay_command",
+    "web": "router.channels.web.command:command",
 }
 """Every subcommand, as ``name: "module:attribute"`` of a ``click.Command``, loaded lazily."""
 
@@ -154,9 +155,10 @@ def _click_type(decl: Declaration) -> click.ParamType:
 
 def settings_options(cls: type[SettingsBase], *, only: Iterable[str] | None = None,
                      exclude: Iterable[str] = (), fixed: Mapping[str, Any] | None = None,
-                     ) -> Callable[[F], F]:
+                     name: str = "config") -> Callable[[F], F]:
     """Add one option per declared setting of ``cls`` (or those in ``only``, not in
-    ``exclude``) and call the command with ``config``, an instance of ``cls``, in their place.
+    ``exclude``) and call the command with ``config`` (or ``name``), an instance of ``cls``,
+    in their place.
 
     ``fixed`` gives settings a value the person cannot change (the demo's root, say).
     Settings left out take their default. A bad value is a one-line error naming the option
@@ -165,16 +167,22 @@ def settings_options(cls: type[SettingsBase], *, only: Iterable[str] | None = No
     chosen = [d for d in declarations(cls) if (only is None or d.name in only)
               and d.name not in exclude and d.name not in (fixed or {})]
     names = [d.name for d in chosen]
+    target = name
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             values = {name: kwargs.pop(name) for name in names}
             values = {k: v for k, v in values.items() if v is not None} | dict(fixed or {})
-            return fn(*args, config=cls(**values), **kwargs)
+            return fn(*args, **{target: cls(**values)}, **kwargs)
 
         command = wrapper
         for decl in reversed(chosen):
+            if decl.kind is bool:
+                command = click.option(
+                    decl.option, decl.name, is_flag=True, default=decl.default,
+                    envvar=decl.env, show_envvar=True, help=decl.help)(command)
+                continue
             command = click.option(
                 decl.option, decl.name, envvar=decl.env, show_envvar=True,
                 type=_click_type(decl), metavar=decl.metavar,
@@ -283,15 +291,29 @@ def worker_command(services: tuple[str, ...], config: WorkerSettings) -> None:
               show_envvar=True, default="cbdemo", show_default=True,
               help="Prefix of the demo's queues and keys (not CLOUDBUNCH_NAMESPACE, so the "
                    "demo never mixes with a deployment).")
+@click.option("--web", is_flag=True,
+              help="Chat in the browser instead of the terminal (serves the web chat).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+              envvar="CLOUDBUNCH_WEB_PORT", show_envvar=True, metavar="PORT",
+              help="With --web: the port.")
+@click.option("--no-browser", is_flag=True,
+              help="With --web: print the address without opening a browser.")
 @settings_options(RouterConfig, exclude=("namespace",), fixed={"root": "pizza"})
-def demo_command(script: str | None, mode: str | None, namespace: str,
-                 config: RouterConfig) -> None:
+def demo_command(script: str | None, mode: str | None, namespace: str, web: bool, port: int,
+                 no_browser: bool, config: RouterConfig) -> None:
     import dataclasses
 
     from .demo import run_demo
 
     quiet_logs()
     config = dataclasses.replace(config, namespace=namespace)
+    if web:
+        from .channels.web.command import web_settings
+        from .channels.web.demo import run_web_demo
+
+        settings = web_settings({"port": port})
+        run_async(run_web_demo(config, mode=mode or "auto", host=settings["host"],
+                               port=settings["port"], open_browser=not no_browser))
     run_async(run_demo(config, mode=mode or "auto", script=script))
 
 

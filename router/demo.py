@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from worker_sdk import wire
 from worker_sdk.errors import BrokerUnavailable, ConfigError, StoreUnavailable
+from worker_sdk.quick_replies import plain_text
 
 from .config import RouterConfig
 from .engine import Engine
@@ -91,8 +92,7 @@ async def _typed(prompt: str) -> AsyncIterator[str]:
 
 def _show(notice: wire.Notice) -> str:
     if notice.type == "output":
-        text = notice.payload if isinstance(notice.payload, str) else repr(notice.payload)
-        return f"bot> {text}"
+        return f"bot> {plain_text(notice.payload)}"
     if notice.type == "unhandled":
         return "bot> (nobody understood that)"
     if notice.type == "end":
@@ -101,15 +101,11 @@ def _show(notice: wire.Notice) -> str:
     return f"bot> (error {error.code}: {error.message})"
 
 
-async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | None = None) -> int:
-    """Chat with the pizza bot; ``mode`` is auto, embedded or real."""
+async def choose_engine(config: RouterConfig, mode: str = "auto") -> Engine:
+    """The pizza bot's engine: on RabbitMQ and Redis when they answer (``mode`` auto), or
+    must (real), else (or when ``mode`` is embedded) in memory. Says which on stdout."""
     from .demo_flow import SERVICES
 
-    if script is not None and script != "-":
-        try:
-            open(script, encoding="utf-8").close()
-        except OSError as exc:
-            raise ConfigError(f"cannot read script {script!r}: {exc.strerror}") from None
     store = None
     if mode != "embedded" and await _answers(config.amqp_url, 5672):
         from .redis_store import RedisStore
@@ -135,7 +131,17 @@ async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | No
         engine = Engine(SERVICES, config)
         why = "as asked" if mode == "embedded" else "RabbitMQ or Redis did not answer"
         print(f"demo: using the embedded in-memory engine ({why})", flush=True)
+    return engine
 
+
+async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | None = None) -> int:
+    """Chat with the pizza bot; ``mode`` is auto, embedded or real."""
+    if script is not None and script != "-":
+        try:
+            open(script, encoding="utf-8").close()
+        except OSError as exc:
+            raise ConfigError(f"cannot read script {script!r}: {exc.strerror}") from None
+    engine = await choose_engine(config, mode)
     session = f"demo-{secrets.token_hex(4)}"
     latencies: list[float] = []
     async with engine:

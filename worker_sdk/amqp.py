@@ -224,9 +224,14 @@ class AmqpBroker:
         await self._declare(queue, durable=True, arguments={"x-queue-type": self.queue_type})
 
     async def declare_own(self, queue: str, *, durable: bool = True,
-                          expires: float | None = None) -> None:
-        arguments = None if expires is None else {"x-expires": max(1, round(expires * 1000))}
-        await self._declare(queue, durable=durable, arguments=arguments)
+                          expires: float | None = None,
+                          single_active: bool = False) -> None:
+        arguments: dict[str, Any] = {}
+        if expires is not None:
+            arguments["x-expires"] = max(1, round(expires * 1000))
+        if single_active:
+            arguments["x-single-active-consumer"] = True
+        await self._declare(queue, durable=durable, arguments=arguments or None)
 
     async def _declare(self, queue: str, *, durable: bool,
                        arguments: dict[str, Any] | None) -> None:

@@ -200,9 +200,14 @@ class MemoryBroker:
         self._declare(queue, {"x-queue-type": self.queue_type}, durable=True)
 
     async def declare_own(self, queue: str, *, durable: bool = True,
-                          expires: float | None = None) -> None:
-        # Kept as an argument, as RabbitMQ keeps it; nothing expires in one process.
-        self._declare(queue, _expiry(expires), durable=durable)
+                          expires: float | None = None,
+                          single_active: bool = False) -> None:
+        # Kept as arguments, as RabbitMQ keeps them: a re-declare with other settings fails.
+        # Nothing expires in one process, and one consumer per queue makes single_active moot.
+        arguments = _expiry(expires) or {}
+        if single_active:
+            arguments["x-single-active-consumer"] = True
+        self._declare(queue, arguments or None, durable=durable)
 
     def _declare(self, name: str, arguments: dict[str, Any] | None, *, durable: bool) -> None:
         existing = self._queues.get(name)

@@ -47,7 +47,7 @@ class Declaration:
 
     name: str
     kind: type
-    """``str``, ``int`` or ``float`` (a ``Literal`` is ``str`` with ``choices``)."""
+    """``str``, ``int``, ``float`` or ``bool`` (a ``Literal`` is ``str`` with ``choices``)."""
     default: Any
     help: str
     metavar: str
@@ -59,6 +59,7 @@ class Declaration:
     above: bool = False
     required: bool = False
     check: Callable[[Any, Declaration], None] | None = None
+    env_prefix: str = ENV_PREFIX
 
     @property
     def option(self) -> str:
@@ -68,7 +69,7 @@ class Declaration:
     @property
     def env(self) -> str:
         """The environment variable, e.g. ``CLOUDBUNCH_TURN_TIMEOUT``."""
-        return ENV_PREFIX + self.name.upper()
+        return self.env_prefix + self.name.upper()
 
     @property
     def where(self) -> str:
@@ -79,6 +80,13 @@ class Declaration:
         """Convert a variable's text to the setting's type (ConfigError naming the variable)."""
         if self.kind is str:
             return raw
+        if self.kind is bool:
+            text = raw.strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ConfigError(f"{self.where} must be 1 or 0, not {raw!r}")
         try:
             return self.kind(raw)
         except ValueError:
@@ -93,6 +101,8 @@ class Declaration:
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"{self.where} must be "
                               f"{' or '.join(repr(c) for c in self.choices)}, not {value!r}")
+        if self.kind is bool and not isinstance(value, bool):
+            raise ConfigError(f"{self.where} must be 1 or 0, not {value!r}")
         if self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, int | float) or (
                     self.kind is int and not isinstance(value, int)):
@@ -140,13 +150,13 @@ def declarations(cls: type[SettingsBase]) -> list[Declaration]:
         if typing.get_origin(hint) is Literal:
             choices = tuple(typing.get_args(hint))
             kind: type = str
-        elif hint in (str, int, float):
+        elif hint in (str, int, float, bool):
             kind = hint
         else:
             raise TypeError(f"setting {f.name} has unsupported type {hint!r}")
         default = None if f.default is MISSING else f.default
         found.append(Declaration(name=f.name, kind=kind, default=default, choices=choices,
-                                 **meta))
+                                 env_prefix=cls.env_prefix, **meta))
     type.__setattr__(cls, "_declarations_cache", found)
     return found
 
@@ -156,6 +166,8 @@ class SettingsBase:
 
     __slots__ = ()
     _declarations_cache: ClassVar[list[Declaration] | None] = None
+    env_prefix: ClassVar[str] = ENV_PREFIX
+    """The variables' prefix: ``CLOUDBUNCH_`` + the setting's name in capitals."""
 
     def __post_init__(self) -> None:
         for decl in declarations(type(self)):
@@ -164,12 +176,14 @@ class SettingsBase:
     @classmethod
     def from_env(cls: type[S], env: Mapping[str, str] | None = None, /,
                  **options: Any) -> S:
-        """Build the settings: an option given here (not None), else the variable, else the
-        default."""
+        """Build the settings: an option given here (not None; text is converted like a
+        variable), else the variable, else the default."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for decl in declarations(cls):
             value = options.pop(decl.name, None)
+            if isinstance(value, str):
+                value = decl.parse(value)
             if value is None and decl.env in env:
                 value = decl.parse(env[decl.env])
             if value is not None:
@@ -177,6 +191,15 @@ class SettingsBase:
         if options:
             raise TypeError(f"{cls.__name__} has no setting {', '.join(sorted(options))}")
         return cls(**values)
+
+
+def borrow(cls: type[SettingsBase], name: str) -> Any:
+    """The field of setting ``name`` of ``cls``, to reuse in another settings class: the same
+    declaration (default, help, bounds), not a copy of it."""
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name == name:
+            return field(default=f.default, metadata=f.metadata)
+    raise TypeError(f"{cls.__name__} declares no setting {name!r}")
 
 
 def check_url_scheme(schemes: tuple[str, ...]) -> Callable[[Any, Declaration], None]:

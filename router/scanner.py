@@ -1,0 +1,71 @@
+"""The deadline scanner: claim due hints and step each of their sessions with a ``Tick``.
+
+The record is the truth and the index of due times only a hint (see ``router.store``): every
+replica scans, claims due hints atomically for a lease, steps the session, then settles the
+hint (dropped, or moved to the session's next due time). A replica that dies holding a claim
+lets its lease run out, and another fires it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from .core import CoreConfig, Event, Outcome, Tick
+from .store import SessionStore, Snapshot
+
+log = logging.getLogger(__name__)
+
+LEASE_MS = 5_000
+"""How long a claimed deadline hint is held before another replica may fire it again."""
+
+Step = Callable[..., Awaitable[Outcome]]
+"""``Stepper.run``: ``(session, make_event, hint=...)``."""
+
+
+class Scanner:
+    """Fires due deadlines until stopped."""
+
+    def __init__(self, store: SessionStore, step: Step, cfg: CoreConfig, *,
+                 clock: Callable[[], float], period: float,
+                 health: Callable[[BaseException | None], None]) -> None:
+        self.store = store
+        self.step = step
+        self.cfg = cfg
+        self.clock = clock
+        self.period = period
+        self.health = health
+        """Told ``None`` after a scan that reached the store, the error after one that did not."""
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Scan every ``period`` seconds (at once again while hints are due) until ``stopping``."""
+        while not stopping.is_set():
+            try:
+                claimed = await self.store.claim_due(int(self.clock() * 1000), LEASE_MS)
+                if claimed:
+                    await asyncio.gather(*(self._fire(s, lease) for s, lease in claimed))
+                    continue
+                self.health(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.health(exc)
+                log.warning("event=scan_failed error=%r", exc)
+                await asyncio.sleep(1.0)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.period)
+
+    async def _fire(self, session: str, lease: int) -> None:
+        try:
+            out = await self.step(session, _tick, hint=False)
+            due = out.record.due_ms(self.cfg) if out.record is not None else None
+            await self.store.settle_hint(session, lease, due)
+        except Exception as exc:  # the lease makes it fire again later
+            log.warning("event=deadline_failed session=%s error=%r", session, exc)
+
+
+def _tick(snap: Snapshot) -> Event:
+    return Tick()
