@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from router.demo_flow import HELP, SERVICES, WELCOME, address, checkout, menu, order, pizza
 from router.testing import FlowTest
+from worker_sdk.quick_replies import plain_text
 
 
 async def test_a_first_help_is_answered_not_swallowed_by_the_welcome() -> None:
@@ -15,7 +16,8 @@ async def test_a_first_help_is_answered_not_swallowed_by_the_welcome() -> None:
 async def test_a_first_order_starts_the_order() -> None:
     async with FlowTest(SERVICES, root="pizza") as flow:
         shown = await flow.say("order")
-        assert shown[0] == WELCOME and shown[1].startswith("Which pizza would you like?")
+        assert shown[0] == WELCOME
+        assert plain_text(shown[1]).startswith("Which pizza would you like?")
         assert await flow.stack() == ["pizza", "menu"]
 
 
