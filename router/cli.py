@@ -67,6 +67,7 @@ COMMANDS: dict[str, str] = {
     "purge": "router.cli:purge_command",
     "replay": "router.cli:replay_command",
     "web": "router.channels.web.command:command",
+    "telegram": "router.channels.telegram.command:command",
 }
 """Every subcommand, as ``name: "module:attribute"`` of a ``click.Command``, loaded lazily."""
 

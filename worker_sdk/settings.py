@@ -60,6 +60,8 @@ class Declaration:
     required: bool = False
     check: Callable[[Any, Declaration], None] | None = None
     env_prefix: str = ENV_PREFIX
+    optional: bool = False
+    """None is allowed (the annotation is ``X | None``)."""
 
     @property
     def option(self) -> str:
@@ -95,6 +97,8 @@ class Declaration:
 
     def validate(self, value: Any) -> None:
         """Raise ConfigError, naming the option and the variable, if ``value`` is not allowed."""
+        if value is None and self.optional:
+            return
         if self.required and not value:
             raise ConfigError(f"{self.name.replace('_', ' ')} is required: pass {self.option} "
                               f"{self.metavar} or set {self.env}")
@@ -146,6 +150,10 @@ def declarations(cls: type[SettingsBase]) -> list[Declaration]:
         if meta is None:
             continue
         hint = hints[f.name]
+        args = typing.get_args(hint)
+        optional = type(None) in args and len(args) == 2
+        if optional:
+            hint = next(a for a in args if a is not type(None))
         choices: tuple[str, ...] | None = None
         if typing.get_origin(hint) is Literal:
             choices = tuple(typing.get_args(hint))
@@ -156,7 +164,7 @@ def declarations(cls: type[SettingsBase]) -> list[Declaration]:
             raise TypeError(f"setting {f.name} has unsupported type {hint!r}")
         default = None if f.default is MISSING else f.default
         found.append(Declaration(name=f.name, kind=kind, default=default, choices=choices,
-                                 env_prefix=cls.env_prefix, **meta))
+                                 env_prefix=cls.env_prefix, optional=optional, **meta))
     type.__setattr__(cls, "_declarations_cache", found)
     return found
 

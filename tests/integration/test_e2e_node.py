@@ -19,6 +19,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
+from worker_sdk.quick_replies import plain_text
 from worker_sdk.settings import DEFAULT_REDIS_URL
 
 from .procs import QUEUE_TYPE, REPO, Harness, Proc, child_env, eventually, opened, pack, unpack
@@ -58,7 +59,7 @@ def transcript() -> list[tuple[str, list[str]]]:
 def shown(notice: dict[str, Any]) -> str:
     """A notice as the reference transcript writes it."""
     if notice["type"] == "output":
-        return f"output:{notice['payload']}"
+        return f"output:{plain_text(notice['payload'])}"  # quick replies as "text [a] [b]"
     error = notice.get("error")
     return f"{notice['type']}:{error['code'] if error else ''}"
 
