@@ -39,19 +39,30 @@ import os
 import signal
 import sys
 import time
+from argparse import Namespace
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from worker_sdk.errors import CloudBunchError, ConfigError
+from worker_sdk.logs import configure as configure_logging
 from worker_sdk.service import run_event_loop
-from worker_sdk.settings import Declaration, SettingsBase, WorkerSettings, declarations
+from worker_sdk.settings import (
+    Declaration,
+    Settings,
+    SettingsBase,
+    WorkerSettings,
+    declarations,
+)
 
 from .config import RouterConfig, ServerSettings
 
 if TYPE_CHECKING:
+    from .core import Timer
+    from .probes import ProcessOptions
     from .redis_store import RedisStore
 
 log = logging.getLogger("router.cli")
@@ -68,6 +79,7 @@ COMMANDS: dict[str, str] = {
     "replay": "router.cli:replay_command",
     "web": "router.channels.web.command:command",
     "telegram": "router.channels.telegram.command:command",
+    "status": "router.cli:status_command",
 }
 """Every subcommand, as ``name: "module:attribute"`` of a ``click.Command``, loaded lazily."""
 
@@ -216,8 +228,7 @@ def cli() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cloudbunch`` console script; returns the exit code."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(logging.INFO)
     # aio-pika and aiormq log every reconnect attempt; our own lines say what matters.
     for name in ("aiormq", "aio_pika"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -257,12 +268,33 @@ def _lowercase_first(text: str) -> str:
 # ---------------------------------------------------------------------------- commands
 
 
+def _process_options(fn: F) -> F:
+    """--metrics-port and --log-format (read, with their variables, by router.probes)."""
+    fn = click.option("--metrics-port", metavar="PORT",
+                      help="Serve /metrics, /healthz and /readyz on this port [env "
+                           "CLOUDBUNCH_METRICS_PORT; default off].")(fn)
+    return click.option("--log-format", metavar="FORMAT",
+                        help="'text' (key=value) or 'json' (one object a line) [env "
+                             "CLOUDBUNCH_LOG_FORMAT; default text].")(fn)  # type: ignore[return-value]
+
+
+def _process(metrics_port: str | None, log_format: str | None) -> ProcessOptions:
+    from .probes import process_options
+
+    ops = process_options(Namespace(metrics_port=metrics_port, log_format=log_format))
+    configure_logging(logging.DEBUG if is_verbose() else logging.INFO, ops.log_format)
+    return ops
+
+
 @click.command("router", help="Run one router replica. Any number may run at once. SIGTERM "
                "or SIGINT stops it cleanly within 10 seconds.", short_help="Run one router "
                "replica.")
 @settings_options(RouterConfig)
-def router_command(config: RouterConfig) -> None:
-    run_async(run_router(config))
+@_process_options
+def router_command(config: RouterConfig, metrics_port: str | None,
+                   log_format: str | None) -> None:
+    ops = _process(metrics_port, log_format)
+    run_async(run_router(config, metrics_port=ops.metrics_port))
 
 
 @click.command("worker", help="Serve one or more services (each a worker_sdk.Service named "
@@ -270,11 +302,15 @@ def router_command(config: RouterConfig) -> None:
                short_help="Serve services: cloudbunch worker MODULE:ATTR ...")
 @click.argument("services", nargs=-1, required=True, metavar="MODULE:ATTR...")
 @settings_options(WorkerSettings)
-def worker_command(services: tuple[str, ...], config: WorkerSettings) -> None:
+@_process_options
+def worker_command(services: tuple[str, ...], config: WorkerSettings, metrics_port: str | None,
+                   log_format: str | None) -> None:
     from worker_sdk.service import load_service, serve_main
 
+    ops = _process(metrics_port, log_format)
     loaded = [load_service(spec) for spec in services]
-    run_async(serve_main(loaded, config, connect_timeout=CONNECT_TIMEOUT))
+    run_async(serve_main(loaded, config, connect_timeout=CONNECT_TIMEOUT,
+                         metrics_port=ops.metrics_port))
 
 
 @click.command("demo", help="Run a router, the example pizza services and a terminal chat in "
@@ -299,12 +335,20 @@ def worker_command(services: tuple[str, ...], config: WorkerSettings) -> None:
               help="With --web: the port.")
 @click.option("--no-browser", is_flag=True,
               help="With --web: print the address without opening a browser.")
+@click.option("--remind-after", type=click.FloatRange(0, 2_592_000, min_open=True),
+              default=60.0, show_default=True, metavar="SECONDS",
+              help="Silence after which a question is asked again.")
+@click.option("--give-up-after", type=click.FloatRange(0, 2_592_000, min_open=True),
+              default=900.0, show_default=True, metavar="SECONDS",
+              help="Silence after which the order in progress is dropped.")
 @settings_options(RouterConfig, exclude=("namespace",), fixed={"root": "pizza"})
 def demo_command(script: str | None, mode: str | None, namespace: str, web: bool, port: int,
-                 no_browser: bool, config: RouterConfig) -> None:
+                 no_browser: bool, remind_after: float, give_up_after: float,
+                 config: RouterConfig) -> None:
     import dataclasses
 
     from .demo import run_demo
+    from .demo_flow import IdleTimes
 
     quiet_logs()
     config = dataclasses.replace(config, namespace=namespace)
@@ -315,7 +359,8 @@ def demo_command(script: str | None, mode: str | None, namespace: str, web: bool
         settings = web_settings({"port": port})
         run_async(run_web_demo(config, mode=mode or "auto", host=settings["host"],
                                port=settings["port"], open_browser=not no_browser))
-    run_async(run_demo(config, mode=mode or "auto", script=script))
+    idle = IdleTimes(remind_after=remind_after, give_up_after=give_up_after)
+    run_async(run_demo(config, mode=mode or "auto", script=script, idle=idle))
 
 
 @click.group("session", cls=CommandGroup, help="Inspect sessions.")
@@ -408,6 +453,32 @@ def replay_command(files: tuple[str, ...], services: tuple[str, ...], root: str 
     click.get_current_context().exit(code)
 
 
+@click.command("status", help="Show every service queue's depth and consumers, the routers' "
+               "queues and the dead letters' reasons. Exit status 1 when a queue has messages "
+               "and no consumer, or dead letters are growing.",
+               short_help="One screen for an operator: queues, workers, dead letters.")
+@click.option("--service", "service", multiple=True, metavar="NAME",
+              help="A service whose queue to show (repeatable); the management API, when it "
+                   "answers, lists them all.")
+@click.option("--management-url", metavar="URL",
+              help="RabbitMQ management API [env CLOUDBUNCH_MANAGEMENT_URL; default "
+                   "http://HOST:15672 of the AMQP URL; 'off' to skip].")
+@click.option("--metrics-url", "metrics_url", multiple=True, metavar="URL",
+              help="A router's /metrics, for turns per second (repeatable).")
+@click.option("--interval", type=float, default=1.0, show_default=True, metavar="SECONDS",
+              help="Time between the two samples that show growth.")
+@settings_options(Settings, only=("amqp_url", "namespace"))
+def status_command(service: tuple[str, ...], management_url: str | None,
+                   metrics_url: tuple[str, ...], interval: float, config: Settings) -> None:
+    from .status import run_status
+
+    quiet_logs()
+    args = Namespace(service=list(service), management_url=management_url,
+                     metrics_url=list(metrics_url), interval=interval)
+    run_async(run_status(config.amqp_url, config.namespace, args,
+                         os.environ.get("CLOUDBUNCH_MANAGEMENT_URL")))
+
+
 @click.command("purge", help="Delete a namespace's queues and Redis keys: the shared queues, "
                "every service queue and reply queue named in its sessions and by --service, "
                "and every key. Refuses while a router consumes the namespace.",
@@ -434,8 +505,11 @@ def purge_command(services: tuple[str, ...], yes: bool, config: ServerSettings) 
 # ---------------------------------------------------------------------------- router, session
 
 
-async def run_router(config: RouterConfig) -> int:
-    """Run one replica until SIGTERM/SIGINT (exit 0) or until a server is lost (exit 1)."""
+async def run_router(config: RouterConfig, *, metrics_port: int | None = None) -> int:
+    """Run one replica until SIGTERM/SIGINT (exit 0) or until a server is lost (exit 1).
+
+    With ``metrics_port``, serve /metrics, /healthz and /readyz on it.
+    """
     from worker_sdk.amqp import AmqpBroker
 
     from .app import Router
@@ -444,13 +518,26 @@ async def run_router(config: RouterConfig) -> int:
     store = RedisStore(config.redis_url, config.namespace)
     broker = AmqpBroker(config.amqp_url, config.queue_type, name="cloudbunch-router",
                         connect_timeout=CONNECT_TIMEOUT)
+    metrics = None
+    if metrics_port is not None:
+        from .metrics import RouterMetrics
+
+        metrics = RouterMetrics(config.core())
+    router = Router(config, broker, store, metrics=metrics)
+    probes = None
+    if metrics_port is not None:
+        from .probes import start_router_probes
+
+        probes = await start_router_probes(router, metrics_port)
     try:
         await store.ping()
         await broker.connect()
     except BaseException:
         await store.close()
+        if probes is not None:
+            probes[1].cancel()
+            await probes[0].close()
         raise
-    router = Router(config, broker, store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -473,6 +560,9 @@ async def run_router(config: RouterConfig) -> int:
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(router.stop(), 8.5)
+        if probes is not None:
+            probes[1].cancel()
+            await probes[0].close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(broker.close(), 1.0)
         with contextlib.suppress(Exception):
@@ -495,7 +585,7 @@ async def _with_store(config: ServerSettings,
 
 async def show_session(config: ServerSettings, session: str) -> int:
     """Print a session's stack, turn in flight, waiting and held messages."""
-    from .core import Effect, Record
+    from .core import CorruptRecord, Effect, IdleFired, Record
     from .redis_store import RedisStore
 
     store = RedisStore(config.redis_url, config.namespace)
@@ -509,12 +599,20 @@ async def show_session(config: ServerSettings, session: str) -> int:
         print(f"session {session!r}: no record in namespace {config.namespace!r} "
               "(never seen, or expired)")
         return 1
-    rec = Record.decode(snap.record)
+    try:
+        rec = Record.decode(snap.record)
+    except CorruptRecord as exc:
+        print(f"session {session!r}: its stored record cannot be read ({exc}); delete its "
+              "keys to let the session start afresh", file=sys.stderr)
+        return 1
     print(f"session {session!r} (namespace {config.namespace!r}, version {snap.version}, "
           f"expires in {ttl / 1000:.0f} s)")
     print("stack (root first):" if rec.stack else "stack: empty")
+    now_ms = time.time() * 1000
     for depth, frame in enumerate(rec.stack):
         print(f"  {depth}: {frame.service}  state={frame.state!r}")
+        if frame.timer is not None:
+            print(f"     {describe_timer(frame.timer, rec.last_client_ms, now_ms)}")
     if rec.turn is not None:
         t = rec.turn
         print(f"turn in flight: {t.id} event={t.event} depth={t.depth} attempt={t.attempt} "
@@ -525,6 +623,9 @@ async def show_session(config: ServerSettings, session: str) -> int:
         print("turn in flight: none")
     print(f"waiting messages: {len(rec.waiting)}")
     for m in rec.waiting:
+        if isinstance(m, IdleFired):
+            print(f"  idle timer of frame {m.depth} ({m.seconds} s), fired")
+            continue
         print(f"  {m.id}: {m.payload!r}" + (f" seq={m.seq}" if m.seq is not None else ""))
     if rec.held:
         print(f"held for seq (last accepted {rec.last_seq}): {len(rec.held)}")
@@ -536,6 +637,16 @@ async def show_session(config: ServerSettings, session: str) -> int:
             e = Effect.decode(blob)
             print(f"  {e.kind} -> {e.queue}")
     return 0
+
+
+def describe_timer(timer: Timer, last_client_ms: int, now_ms: float) -> str:
+    """One line about a frame's idle timer for ``session show``."""
+    if timer.fired:
+        return f"idle timer: {timer.seconds:g} s of silence, fired (its turn is queued or done)"
+    due = timer.due_ms(last_client_ms)
+    when = datetime.fromtimestamp(due / 1000, UTC).isoformat(timespec="milliseconds")
+    return (f"idle timer: {timer.seconds:g} s of silence, fires at {when} "
+            f"(in {max(0.0, (due - now_ms) / 1000):.1f} s, unless a message arrives)")
 
 
 if __name__ == "__main__":

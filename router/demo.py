@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import statistics
 import sys
@@ -17,11 +18,13 @@ from worker_sdk.errors import BrokerUnavailable, ConfigError, StoreUnavailable
 from worker_sdk.quick_replies import plain_text
 
 from .config import RouterConfig
+from .demo_flow import IdleTimes
 from .engine import Engine
 
 DEFAULT_SCRIPT = Path(__file__).resolve().with_name("demo_script.txt")
 
-HELP = "(type a message; /stack shows the session's stack, /end ends it, /quit leaves)"
+HELP = ("(type a message; /stack shows the session's stack, /wait S stays silent S seconds, "
+        "/end ends it, /quit leaves)")
 
 
 async def _answers(url: str, default_port: int) -> bool:
@@ -134,8 +137,26 @@ async def choose_engine(config: RouterConfig, mode: str = "auto") -> Engine:
     return engine
 
 
-async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | None = None) -> int:
-    """Chat with the pizza bot; ``mode`` is auto, embedded or real."""
+async def _show_unasked(engine: Engine, session: str, turn: asyncio.Lock) -> None:
+    """Print what the bot says without being asked (an idle timer's reminder), between the
+    person's messages."""
+    while True:
+        await engine.wait_notices(session)
+        async with turn:  # a message's own notices are taken by its converse()
+            notices = engine.take(session)
+        for notice in notices:
+            print(f"\n{_show(notice)}", flush=True)
+
+
+async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | None = None,
+                   idle: IdleTimes | None = None) -> int:
+    """Chat with the pizza bot; ``mode`` is auto, embedded or real; ``idle`` changes how long
+    the bot waits on a silent person."""
+    from . import demo_flow
+
+    if idle is not None:
+        demo_flow.IDLE.remind_after = idle.remind_after
+        demo_flow.IDLE.give_up_after = idle.give_up_after
     if script is not None and script != "-":
         try:
             open(script, encoding="utf-8").close()
@@ -144,7 +165,9 @@ async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | No
     engine = await choose_engine(config, mode)
     session = f"demo-{secrets.token_hex(4)}"
     latencies: list[float] = []
+    turn = asyncio.Lock()
     async with engine:
+        shower = asyncio.create_task(_show_unasked(engine, session, turn))
         # A subscription of our own sees when each notice arrives: the latency a person sees
         # is from sending a message to the arrival of the last notice its chain produced.
         arrivals: dict[str, float] = {}
@@ -158,18 +181,31 @@ async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | No
                     print(f"you> {text}")
                 if text == "/quit":
                     break
+                if text.startswith("/wait"):
+                    # Silence: what the bot says meanwhile (an idle timer's) is printed as it
+                    # comes.
+                    try:
+                        await asyncio.sleep(float(text.removeprefix("/wait").strip() or "1"))
+                    except ValueError:
+                        print("demo: /wait takes a number of seconds, e.g. /wait 5")
+                    continue
                 if text == "/stack":
                     print(await _stack(engine, session))
                     continue
                 sent = time.perf_counter()
-                notices = await engine.converse(session, None if text == "/end" else text,
-                                                end=text == "/end")
+                async with turn:
+                    notices = await engine.converse(session, None if text == "/end" else text,
+                                                    end=text == "/end")
                 if notices:
                     latencies.append(max(arrivals.pop(n.id, sent) for n in notices) - sent)
                 for notice in notices:
                     print(_show(notice), flush=True)
+            shower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await shower
             await engine.converse(session, None, end=True)
         finally:
+            shower.cancel()
             watch.cancel()
     print(speed_line(latencies), flush=True)
     return 0

@@ -77,7 +77,7 @@ async def _named_in_sessions(store: RedisStore, ns: str) -> set[str]:
             continue
         found |= {wire.service_queue(ns, frame.service) for frame in rec.stack}
         targets = [rec.chain.reply_to] if rec.chain is not None else []
-        targets += [m.reply_to for m in rec.waiting]
+        targets += [m.reply_to for m in rec.waiting if isinstance(m, wire.ClientMessage)]
         targets += [h.message.reply_to for h in rec.held]
         # Only queues of this namespace: a session may name another party's queue.
         found |= {q for q in targets if q.startswith(ns + ".")}

@@ -182,6 +182,12 @@ class AmqpBroker:
             with contextlib.suppress(Exception):
                 await connection.close()
 
+    def is_connected(self) -> bool:
+        """Whether the connection is up now (False while reconnecting or after close)."""
+        connection = self._connection
+        return (connection is not None and connection.connected.is_set()
+                and not connection.is_closed)
+
     async def wait_lost(self) -> None:
         """Return once the connection has been down for more than ``give_up_after`` seconds."""
         down_since: float | None = None
@@ -256,6 +262,13 @@ class AmqpBroker:
         except aiormq.exceptions.ChannelNotFoundEntity:
             return None
 
+    async def queue_stats(self, queue: str) -> tuple[int, int] | None:
+        """Ready messages and consumers of ``queue`` (passive declare); None if it is absent."""
+        result = await self._passive(queue)
+        if result is None:
+            return None
+        return int(result.message_count or 0), int(result.consumer_count or 0)
+
     async def queue_exists(self, queue: str) -> bool:
         """Whether ``queue`` exists (passive declare)."""
         return await self._passive(queue) is not None
@@ -269,6 +282,23 @@ class AmqpBroker:
         """How many ready messages ``queue`` has; 0 when it does not exist."""
         result = await self._passive(queue)
         return 0 if result is None else int(result.message_count or 0)
+
+    async def peek(self, queue: str, limit: int) -> list[tuple[dict[str, Any], bytes]]:
+        """Up to ``limit`` messages from the head of ``queue`` (headers, body), left in place:
+        they are taken unacknowledged and handed back when the channel closes."""
+        found: list[tuple[dict[str, Any], bytes]] = []
+        try:
+            async with self._temp_channel() as channel:
+                declared = await channel.declare_queue(queue, passive=True)
+                for _ in range(limit):
+                    message = await declared.get(no_ack=False, fail=False, timeout=5)
+                    if message is None:
+                        break
+                    found.append((dict(message.headers or {}), message.body))
+                # Closing the channel requeues every message taken, in their order.
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return []
+        return found
 
     # ------------------------------------------------------------------ publish
 
