@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from worker_sdk.amqp_connect import CONNECT_TIMEOUT
 from worker_sdk.errors import CloudBunchError, ConfigError
 from worker_sdk.logs import configure as configure_logging
 from worker_sdk.service import run_event_loop
@@ -66,9 +67,6 @@ if TYPE_CHECKING:
     from .redis_store import RedisStore
 
 log = logging.getLogger("router.cli")
-
-CONNECT_TIMEOUT = 10.0
-"""Seconds a starting process keeps trying to reach RabbitMQ before it gives up."""
 
 COMMANDS: dict[str, str] = {
     "router": "router.cli:router_command",

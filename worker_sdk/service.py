@@ -537,7 +537,7 @@ async def _cancel(broker: Broker, queue: str) -> None:
 
 
 def run_main(services: Sequence[Service], settings: Settings | None = None,
-             prefetch: int | None = None, *, connect_timeout: float = 30.0,
+             prefetch: int | None = None, *, connect_timeout: float | None = None,
              metrics_port: int | None = None, configure_logging: bool = True) -> int:
     """Blocking entry point for workers; returns the process exit code.
 
@@ -566,7 +566,7 @@ def run_main(services: Sequence[Service], settings: Settings | None = None,
 
 
 async def serve_main(services: Sequence[Service], settings: Settings, *,
-                     prefetch: int | None = None, connect_timeout: float = 30.0,
+                     prefetch: int | None = None, connect_timeout: float | None = None,
                      metrics_port: int | None = None) -> int:
     """Connect to RabbitMQ and serve ``services`` until SIGTERM/SIGINT; return 0. With
     ``metrics_port``, serve /metrics, /healthz and /readyz on it.
@@ -579,8 +579,9 @@ async def serve_main(services: Sequence[Service], settings: Settings, *,
         prefetch = (settings if isinstance(settings, WorkerSettings) else WorkerSettings()
                     ).prefetch
     names = "+".join(s.name for s in services)
+    timeout = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
     broker = AmqpBroker(settings.amqp_url, settings.queue_type, name=f"cloudbunch-worker {names}",
-                        connect_timeout=connect_timeout)
+                        **timeout)
     stop = asyncio.Event()
     serving = asyncio.Event()
     loop = asyncio.get_running_loop()
