@@ -20,9 +20,14 @@ def greet(ctx: Context) -> None:
 
 @greeter.on_result("ask_name")
 def named(ctx: Context) -> None:
-    assert ctx.result is not None
-    name = ctx.result.value
-    ctx.reply(f"Nice to meet you, {name}!", state=ctx.state | {"name": name})
+    result = ctx.result
+    assert result is not None
+    if not result.ok:
+        # on_result gets the child's failure too (a crash, a timeout, ask_name not served):
+        # hand it up as an exception would, rather than greet "None".
+        ctx.propagate()
+        return
+    ctx.reply(f"Nice to meet you, {result.value}!", state=ctx.state | {"name": result.value})
 
 
 @greeter.on_message
@@ -38,7 +43,13 @@ def chat(ctx: Context) -> None:
 
 @ask_name.on_start
 def ask(ctx: Context) -> None:
-    ctx.reply(ctx.args["prompt"], state={"tries": 0})
+    # idle=60: if the person says nothing for a minute, on_idle below gets an idle event.
+    ctx.reply(ctx.args["prompt"], state={"tries": 0}, idle=60)
+
+
+@ask_name.on_idle
+def remind(ctx: Context) -> None:
+    ctx.reply("Still there? What is your name?")  # no idle= this time: one reminder only
 
 
 @ask_name.on_message

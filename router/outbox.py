@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from time import perf_counter
+from typing import TYPE_CHECKING
 
 from worker_sdk import wire
 from worker_sdk.broker import Broker, Outgoing, Published, Refused
@@ -17,6 +19,9 @@ from .core import Effect, Record, Undeliverable
 from .ingest import DeadLetter
 from .store import SessionStore
 
+if TYPE_CHECKING:
+    from .metrics import RouterMetrics
+
 log = logging.getLogger(__name__)
 
 
@@ -24,8 +29,9 @@ class Outbox:
     """Publishes outbox entries and dead letters for one router replica."""
 
     def __init__(self, broker: Broker, store: SessionStore, dead_queue: str,
-                 stats: Counter[str]) -> None:
+                 stats: Counter[str], *, metrics: RouterMetrics | None = None) -> None:
         self.broker = broker
+        self.metrics = metrics
         self.store = store
         self.dead_queue = dead_queue
         self.stats = stats
@@ -51,6 +57,8 @@ class Outbox:
         Returns the dispatches the broker returned, as events for the caller to step.
         """
         self._unsent.add(session)
+        m = self.metrics
+        started = perf_counter()
         current = record.turn if record is not None else None
         effects = [Effect.decode(e) for e in encoded]
         first = [e for e in effects if e.kind != "dispatch"]
@@ -71,7 +79,12 @@ class Outbox:
             returned = [e for e, ok in zip(second, published, strict=True) if not ok]
             self.stats["dispatches"] += len(second) - len(returned)
             self.stats["publishes_refused"] += sum(isinstance(p, Refused) for p in published)
+        if m is not None:
+            m.phase("publish", perf_counter() - started)
+            started = perf_counter()
         await self.store.discard(session, encoded, unhint_ms=unhint_ms)
+        if m is not None:
+            m.phase("discard", perf_counter() - started)
         self._unsent.discard(session)
         events = []
         for effect in returned:
@@ -84,6 +97,8 @@ class Outbox:
         """Publish a body unchanged to ``NS.dead`` with the reason headers (guarantee 8), then
         the error notice its sender is owed, if any."""
         self.stats["dead_letters"] += 1
+        if self.metrics is not None:
+            self.metrics.dead_letter(letter.source_queue, str(letter.reason))
         log.warning("event=dead_letter queue=%s reason=%s detail=%r", letter.source_queue,
                     letter.reason, letter.detail)
         (published,) = await self.broker.publish([Outgoing(
@@ -95,6 +110,8 @@ class Outbox:
         (published,) = await self.broker.publish([Outgoing(
             letter.reply_to, wire.encode(notice.to_wire()), notice.id,
             dict(notice.trace or {}))])
+        if self.metrics is not None:
+            self.metrics.notices.labels("error").inc()
         self._count_unsent(published, "notice", notice.session)
 
     def _count_unsent(self, published: Published, kind: str, where: str) -> None:
@@ -104,6 +121,8 @@ class Outbox:
         if published:
             return
         self.stats["notices_dropped" if kind == "notice" else "dead_letters_dropped"] += 1
+        if kind == "notice" and self.metrics is not None:
+            self.metrics.notices_dropped.inc()
         if isinstance(published, Refused):
             self.stats["publishes_refused"] += 1
             log.warning("event=%s_refused where=%s reason=%s", kind, where[:80],
