@@ -121,6 +121,9 @@ class Routed:
         for queue in (*names.values(), self.service_queue):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.broker.delete(queue), 10)
+        for exchange in wire.exchange_names(self.ns).values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.broker.delete_exchange(exchange), 10)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.broker.close(), 10)
         with contextlib.suppress(Exception):

@@ -109,20 +109,24 @@ remove_user() {
 }
 
 ns=$(re "$namespace")
-# Every publish goes through the default exchange; RabbitMQ checks write permission on the
-# exchange "amq.default" only, never on the queue a publish is routed to (see PERMISSIONS.md).
-publish='amq\.default'
+# Frontends and services publish only through their exchange (NS.x.ingress, NS.x.replies),
+# each bound to the router's queue alone; none may publish to the default exchange
+# ("amq.default"), which would reach any queue. RabbitMQ checks write on the exchange for
+# basic.publish, write on the queue and read on the exchange for queue.bind, configure for
+# declare and delete, read for consume (see PERMISSIONS.md).
+xin="$ns\\.x\\.ingress"
+xrep="$ns\\.x\\.replies"
 
 if [ "$router" = 1 ]; then
     if [ "$delete" = 1 ]; then
         remove_user "$prefix-router"
     else
-        # The queue names in "write" document where the router publishes; only amq.default
-        # takes effect for default-exchange publishes.
+        # Declares the shared queues and both exchanges and binds them; publishes
+        # dispatches, notices and dead letters through the default exchange.
         ensure_user "$prefix-router" "$(env_name ROUTER)" \
-            "^$ns\\.(ingress|replies|dead)\$" \
-            "^($publish|$ns\\.dead|$ns\\.service\\..+|$ns\\.client\\..+)\$" \
-            "^$ns\\.(ingress|replies)\$"
+            "^($ns\\.(ingress|replies|dead)|$xin|$xrep)\$" \
+            "^(amq\\.default|$ns\\.(ingress|replies))\$" \
+            "^($ns\\.(ingress|replies)|$xin|$xrep)\$"
     fi
 fi
 
@@ -130,12 +134,9 @@ for name in ${services[@]+"${services[@]}"}; do
     if [ "$delete" = 1 ]; then
         remove_user "$prefix-service-$name"
     else
-        # The SDK re-declares NS.replies at start, which needs configure on it (and configure
-        # also allows deleting it).
+        own="$ns\\.service\\.$(re "$name")"
         ensure_user "$prefix-service-$name" "$(env_name SERVICE "$name")" \
-            "^$ns\\.(replies|service\\.$(re "$name"))\$" \
-            "^($publish|$ns\\.replies)\$" \
-            "^$ns\\.service\\.$(re "$name")\$"
+            "^$own\$" "^$xrep\$" "^$own\$"
     fi
 done
 
@@ -145,8 +146,6 @@ for name in ${frontends[@]+"${frontends[@]}"}; do
     else
         own="$ns\\.client\\.$(re "$name")(\\..+)?"
         ensure_user "$prefix-frontend-$name" "$(env_name FRONTEND "$name")" \
-            "^$own\$" \
-            "^($publish|$ns\\.ingress)\$" \
-            "^$own\$"
+            "^$own\$" "^$xin\$" "^$own\$"
     fi
 done

@@ -60,7 +60,9 @@ async def chat(settings: Settings, session: str, lines: AsyncIterator[str], *,
             message = wire.ClientMessage(session=session, id=secrets.token_hex(8),
                                          reply_to=own, payload=line, seq=seq)
             body = wire.encode(message.to_wire())
-            await broker.publish([Outgoing(f"{settings.namespace}.ingress", body, message.id)])
+            exchange = wire.exchange_names(settings.namespace)["ingress"]
+            await broker.publish([Outgoing(wire.INGRESS_KEY, body, message.id,
+                                           exchange=exchange)])
             while True:
                 try:
                     notice = await asyncio.wait_for(notices.get(), quiet)

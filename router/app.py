@@ -97,6 +97,11 @@ class Router:
         """Declare the shared queues, start consuming and scanning deadlines."""
         for queue in (self.ingress, self.replies, self.dead):
             await self.broker.declare(queue)
+        # Frontends and services publish through these, so that broker permissions can
+        # limit each of them to reaching the router (PROTOCOL.md, "Transport").
+        exchanges = wire.exchange_names(self.config.namespace)
+        await self.broker.bind(exchanges["ingress"], wire.INGRESS_KEY, self.ingress)
+        await self.broker.bind(exchanges["replies"], wire.REPLIES_KEY, self.replies)
         if self._scan:
             self._scanning = asyncio.create_task(self.scanner.run(self._stopping),
                                                  name="cloudbunch-scanner")
@@ -143,7 +148,8 @@ class Router:
 
     async def on_ingress(self, delivery: Delivery) -> None:
         """One client message from ``NS.ingress``."""
-        got = ingest.client_message(delivery.body, self.config.max_body, self.ingress)
+        got = ingest.client_message(delivery.body, self.config.max_body, self.ingress,
+                                    wire.trace_context(delivery.headers))
         if isinstance(got, DeadLetter):
             await self.outbox.dead_letter(got)
         else:
@@ -221,7 +227,8 @@ class Router:
         log.error("event=router_error queue=%s", source, exc_info=exc)
         self.stats["internal_errors"] += 1
         try:
-            problem = wire.BadBody("invalid", f"{type(exc).__name__}: {exc}")
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            problem = wire.BadBody("invalid", detail)
             await self.outbox.dead_letter(ingest.dead_letter(delivery.body, problem, source,
                                                              reason=DeadReason.INTERNAL))
         except Exception:

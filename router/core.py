@@ -24,16 +24,17 @@ IdFactory = Callable[[], str]
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
-    """The settings the core obeys (times in milliseconds)."""
+    """The settings the core obeys (times in milliseconds); declared, with their defaults,
+    in ``router.config.RouterConfig``, which builds this with :meth:`RouterConfig.core`."""
 
     root: str
-    namespace: str = "cb"
-    turn_timeout_ms: int = 30_000
-    max_attempts: int = 3
-    max_depth: int = 32
-    session_ttl_ms: int = 86_400_000
-    seq_hold_ms: int = 2_000
-    max_waiting: int = 1_000
+    namespace: str
+    turn_timeout_ms: int
+    max_attempts: int
+    max_depth: int
+    session_ttl_ms: int
+    seq_hold_ms: int
+    max_waiting: int
     """Client messages a session may hold waiting or held; the excess gets an error notice."""
 
 
@@ -129,6 +130,8 @@ class Chain:
     reply_to: str
     payload: Any = None
     meta: dict[str, Any] | None = None
+    trace: wire.Trace | None = None
+    """The message's trace headers, copied onto every dispatch and notice of the chain."""
 
 
 @dataclass(slots=True)
@@ -286,11 +289,15 @@ def _frame_from_map(raw: dict[str, Any]) -> Frame:
 def _chain_to_map(chain: Chain | None) -> dict[str, Any] | None:
     if chain is None:
         return None
-    return {"o": chain.origin, "r": chain.reply_to, "p": chain.payload, "m": chain.meta}
+    out = {"o": chain.origin, "r": chain.reply_to, "p": chain.payload, "m": chain.meta}
+    if chain.trace:
+        out["x"] = chain.trace
+    return out
 
 
 def _chain_from_map(raw: Any) -> Chain | None:
-    return None if raw is None else Chain(raw["o"], raw["r"], raw["p"], raw["m"])
+    return None if raw is None else Chain(raw["o"], raw["r"], raw["p"], raw["m"],
+                                          raw.get("x"))
 
 
 def _dispatch_to_map(d: wire.Dispatch) -> dict[str, Any]:
@@ -311,13 +318,16 @@ def _dispatch_from_map(raw: dict[str, Any]) -> wire.Dispatch:
 
 
 def _message_to_map(m: ClientMessage) -> dict[str, Any]:
-    return {"s": m.session, "i": m.id, "r": m.reply_to, "y": m.type, "p": m.payload,
-            "q": m.seq, "e": m.entry, "m": m.meta}
+    out = {"s": m.session, "i": m.id, "r": m.reply_to, "y": m.type, "p": m.payload,
+           "q": m.seq, "e": m.entry, "m": m.meta}
+    if m.trace:
+        out["x"] = m.trace
+    return out
 
 
 def _message_from_map(raw: dict[str, Any]) -> ClientMessage:
     return ClientMessage(raw["s"], raw["i"], raw["r"], raw["y"], raw["p"], raw["q"], raw["e"],
-                         raw["m"])
+                         raw["m"], raw.get("x"))
 
 
 def _record_to_map(rec: Record) -> dict[str, Any]:
@@ -526,17 +536,19 @@ class _Step:
 
     def client(self, msg: ClientMessage) -> None:
         rec = self.rec
+        queued = sum(1 for w in rec.waiting if isinstance(w, ClientMessage)) + len(rec.held)
+        if msg.type != "end" and self.would_queue(msg) and queued + 1 > self.cfg.max_waiting:
+            # Refused, not accepted: the session is unchanged (its silence and expiry
+            # included) and the id is not remembered, so the frontend may send it again.
+            self.notice(msg.reply_to, msg.id, "error", trace=msg.trace, error=ErrorInfo(
+                "busy", f"the session already has {queued} "
+                f"messages waiting or held (max-waiting {self.cfg.max_waiting}); send this "
+                "one again later"))
+            self.out.remember = None
+            return
         rec.activity_ms = self.now
         if msg.type == "end":
             self.end_session(msg)
-            return
-        waiting = sum(1 for w in rec.waiting if isinstance(w, ClientMessage))
-        if waiting + len(rec.held) >= self.cfg.max_waiting:
-            # invalid_message is the one error code that leaves the session unchanged.
-            self.notice(msg.reply_to, msg.id, "error", error=ErrorInfo(
-                "invalid_message", f"too many waiting: the session already has "
-                f"{self.cfg.max_waiting} messages waiting; this one was not accepted"))
-            self.out.remember = None
             return
         if msg.seq is None:
             self.accept(msg)
@@ -547,12 +559,18 @@ class _Step:
             rec.held.append(Held(msg, self.now))
             rec.held.sort(key=lambda h: h.message.seq or 0)
 
+    def would_queue(self, msg: ClientMessage) -> bool:
+        """Whether accepting ``msg`` would make it wait behind a chain or be held."""
+        if msg.seq is not None and msg.seq > self.rec.last_seq + 1:
+            return True
+        return self.rec.chain is not None
+
     def accept(self, msg: ClientMessage) -> None:
         rec = self.rec
         if msg.seq is not None:
             rec.last_seq = msg.seq
         # The session's silence restarts: every idle timer now counts from here.
-        rec.last = Chain(msg.id, msg.reply_to, None, msg.meta)
+        rec.last = Chain(msg.id, msg.reply_to, None, msg.meta, msg.trace)
         rec.last_client_ms = self.now
         rec.accepted += 1
         if rec.chain is None:
@@ -590,13 +608,13 @@ class _Step:
         rec.chain = None
         if msg.seq is not None:
             rec.last_seq = msg.seq
-        self.notice(msg.reply_to, msg.id, "end")
+        self.notice(msg.reply_to, msg.id, "end", trace=msg.trace)
 
     # -- chains
 
     def start_chain(self, msg: ClientMessage) -> None:
         rec = self.rec
-        rec.chain = Chain(msg.id, msg.reply_to, msg.payload, msg.meta)
+        rec.chain = Chain(msg.id, msg.reply_to, msg.payload, msg.meta, msg.trace)
         if not rec.stack:
             rec.stack.append(Frame(msg.entry or self.cfg.root))
             self.dispatch(0, "start", payload=msg.payload)
@@ -646,7 +664,7 @@ class _Step:
         # A transition of the superstate exits its substates: no dispatches to them.
         del rec.stack[fired.depth + 1:]
         last = rec.last
-        rec.chain = Chain(last.origin, last.reply_to, None, last.meta)
+        rec.chain = Chain(last.origin, last.reply_to, None, last.meta, last.trace)
         self.dispatch(fired.depth, "idle", payload=fired.seconds)
 
     # -- replies
@@ -669,7 +687,8 @@ class _Step:
         chain = rec.chain
         assert chain is not None
         for item in reply.output:
-            self.notice(chain.reply_to, chain.origin, "output", payload=item)
+            self.notice(chain.reply_to, chain.origin, "output", payload=item,
+                        trace=chain.trace)
         self.apply(reply, turn)
         return True
 
@@ -689,7 +708,8 @@ class _Step:
                               payload=turn.dispatch.payload, bubbled=True)
                 return
             if turn.event == "message":
-                self.notice(chain.reply_to, chain.origin, "unhandled", payload=chain.payload)
+                self.notice(chain.reply_to, chain.origin, "unhandled", payload=chain.payload,
+                            trace=chain.trace)
             self.end_chain()  # a root passing its idle event ends the chain silently
             return
         # Any other action by a lower frame exits the frames above it first.
@@ -740,10 +760,11 @@ class _Step:
         if rec.stack:
             self.dispatch(len(rec.stack) - 1, "result", result=result)
         elif result.ok:
-            self.notice(chain.reply_to, chain.origin, "end")
+            self.notice(chain.reply_to, chain.origin, "end", trace=chain.trace)
             self.end_chain()
         else:
-            self.notice(chain.reply_to, chain.origin, "error", error=result.error)
+            self.notice(chain.reply_to, chain.origin, "error", error=result.error,
+                        trace=chain.trace)
             self.end_chain()
 
     def refuse(self, depth: int, service: str, error: ErrorInfo) -> None:
@@ -808,16 +829,19 @@ class _Step:
         body = turn.dispatch.to_wire()
         body["attempt"] = turn.attempt
         service = self.rec.stack[turn.depth].service
+        chain = self.rec.chain
+        trace = chain.trace if chain is not None else None
         self.out.effects.append(Effect(
             "dispatch", wire.service_queue(self.cfg.namespace, service),
-            f"{turn.id}.{turn.attempt}", wire.encode(body), turn=turn.id, attempt=turn.attempt))
+            f"{turn.id}.{turn.attempt}", wire.encode(body), dict(trace or {}), turn=turn.id,
+            attempt=turn.attempt))
 
     def notice(self, reply_to: str, in_reply_to: str,
                kind: Literal["output", "end", "error", "unhandled"], *, payload: Any = None,
-               error: ErrorInfo | None = None) -> None:
+               error: ErrorInfo | None = None, trace: wire.Trace | None = None) -> None:
         notice = wire.Notice(self.rec.session, self.new_id(), in_reply_to, kind, payload, error)
         self.out.effects.append(Effect("notice", reply_to, notice.id,
-                                       wire.encode(notice.to_wire())))
+                                       wire.encode(notice.to_wire()), dict(trace or {})))
 
     def dead(self, raw: bytes, problem: wire.BadBody, source_queue: str) -> None:
         self.out.effects.append(Effect("dead", f"{self.cfg.namespace}.dead", self.new_id(), raw,

@@ -10,7 +10,7 @@ frame); one that does not name them becomes a ``DeadLetter``.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -65,9 +65,10 @@ def dead_letter(body: bytes, problem: wire.BadBody, source_queue: str, *,
     return DeadLetter(body, reason or DeadReason(problem.reason), problem.detail, source_queue)
 
 
-def client_message(body: bytes, max_body: int,
-                   source_queue: str) -> wire.ClientMessage | DeadLetter:
-    """A body from ``NS.ingress``: a valid client message, or why it is not one."""
+def client_message(body: bytes, max_body: int, source_queue: str,
+                   trace: wire.Trace | None = None) -> wire.ClientMessage | DeadLetter:
+    """A body from ``NS.ingress``: a valid client message, or why it is not one. ``trace``
+    (from its AMQP headers) goes with the message, or on the error notice it is owed."""
     oversized = len(body) > max_body
     try:
         obj = wire.decode(body)
@@ -76,10 +77,11 @@ def client_message(body: bytes, max_body: int,
     try:
         if oversized:
             raise _too_large(body, max_body)
-        return wire.ClientMessage.from_wire(obj)
+        message = wire.ClientMessage.from_wire(obj)
     except wire.BadBody as problem:
         letter = dead_letter(body, problem, source_queue)
-        return _with_notice(letter, obj)
+        return _with_notice(letter, obj, trace)
+    return replace(message, trace=trace) if trace else message
 
 
 def reply(body: bytes, max_body: int, source_queue: str) -> ReplyFor | DeadLetter:
@@ -111,16 +113,17 @@ def _too_large(body: bytes, max_body: int) -> wire.BadBody:
     return wire.BadBody("too_large", f"body is {len(body)} bytes; max-body is {max_body}")
 
 
-def _with_notice(letter: DeadLetter, obj: Any) -> DeadLetter:
-    """Add the ``invalid_message`` error notice when the body says where to send it."""
+def _with_notice(letter: DeadLetter, obj: Any, trace: wire.Trace | None) -> DeadLetter:
+    """Add the ``invalid_message`` error notice when the body says where to send it (a
+    ``reply_to`` over 255 bytes cannot name a queue: no notice)."""
     if not isinstance(obj, dict):
         return letter
     session, reply_to, msg_id = obj.get("session"), obj.get("reply_to"), obj.get("id")
-    if not wire.session_ok(session) or not isinstance(reply_to, str) or not reply_to:
+    if not wire.session_ok(session) or not wire.reply_to_ok(reply_to):
         return letter
     # Stable id: a redelivered copy of the same bad body yields the same notice id.
     nid = "inv-" + hashlib.sha256(session.encode() + b"\0" + letter.body).hexdigest()[:32]
     notice = wire.Notice(session, nid, msg_id if isinstance(msg_id, str) else "", "error",
-                         error=wire.ErrorInfo("invalid_message", letter.detail))
+                         error=wire.ErrorInfo("invalid_message", letter.detail), trace=trace)
     return DeadLetter(letter.body, letter.reason, letter.detail, letter.source_queue,
                       notice, reply_to)

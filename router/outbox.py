@@ -13,7 +13,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from worker_sdk import wire
-from worker_sdk.broker import Broker, Outgoing
+from worker_sdk.broker import Broker, Outgoing, Published, Refused
 
 from .core import Effect, Record, Undeliverable
 from .ingest import DeadLetter
@@ -67,19 +67,18 @@ class Outbox:
                   and e.turn == current.id and e.attempt == current.attempt
                   and e.turn != answered]
         if first:
-            routed = await self.broker.publish([_outgoing(e) for e in first])
-            for effect, ok in zip(first, routed, strict=True):
-                if not ok:
-                    self.stats["notices_dropped"] += 1
-                    if m is not None:
-                        m.notices_dropped.inc()
-                    log.info("event=notice_dropped session=%s queue=%s (no such queue)",
-                             session, effect.queue)
+            published = await self.broker.publish([_outgoing(e) for e in first])
+            for effect, fate in zip(first, published, strict=True):
+                self._count_unsent(fate, "notice" if effect.kind == "notice" else "dead",
+                                   session)
         returned: list[Effect] = []
         if second:
-            routed = await self.broker.publish([_outgoing(e) for e in second])
-            returned = [e for e, ok in zip(second, routed, strict=True) if not ok]
+            published = await self.broker.publish([_outgoing(e) for e in second])
+            # A refused dispatch (a service name too long for a queue name) is reported back
+            # like a returned one: no queue can take it.
+            returned = [e for e, ok in zip(second, published, strict=True) if not ok]
             self.stats["dispatches"] += len(second) - len(returned)
+            self.stats["publishes_refused"] += sum(isinstance(p, Refused) for p in published)
         if m is not None:
             m.phase("publish", perf_counter() - started)
             started = perf_counter()
@@ -102,19 +101,34 @@ class Outbox:
             self.metrics.dead_letter(letter.source_queue, str(letter.reason))
         log.warning("event=dead_letter queue=%s reason=%s detail=%r", letter.source_queue,
                     letter.reason, letter.detail)
-        await self.broker.publish([Outgoing(self.dead_queue, letter.body, letter.message_id,
-                                            letter.headers)])
+        (published,) = await self.broker.publish([Outgoing(
+            self.dead_queue, letter.body, letter.message_id, letter.headers)])
+        self._count_unsent(published, "dead", letter.source_queue)
         if letter.notice is None:
             return
         notice = letter.notice
-        routed = await self.broker.publish([Outgoing(letter.reply_to,
-                                                     wire.encode(notice.to_wire()), notice.id)])
+        (published,) = await self.broker.publish([Outgoing(
+            letter.reply_to, wire.encode(notice.to_wire()), notice.id,
+            dict(notice.trace or {}))])
         if self.metrics is not None:
             self.metrics.notices.labels("error").inc()
-        if not routed[0]:
-            self.stats["notices_dropped"] += 1
-            if self.metrics is not None:
-                self.metrics.notices_dropped.inc()
+        self._count_unsent(published, "notice", notice.session)
+
+    def _count_unsent(self, published: Published, kind: str, where: str) -> None:
+        """A notice or dead letter no queue took is dropped and counted, never retried: a
+        returned one names no queue; a refused one carries what the broker cannot take (a
+        routing key over 255 bytes, RabbitMQ's direct reply-to...), and would loop."""
+        if published:
+            return
+        self.stats["notices_dropped" if kind == "notice" else "dead_letters_dropped"] += 1
+        if kind == "notice" and self.metrics is not None:
+            self.metrics.notices_dropped.inc()
+        if isinstance(published, Refused):
+            self.stats["publishes_refused"] += 1
+            log.warning("event=%s_refused where=%s reason=%s", kind, where[:80],
+                        published.reason)
+        else:
+            log.info("event=%s_dropped where=%s (no such queue)", kind, where[:80])
 
 
 def _outgoing(effect: Effect) -> Outgoing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import aiormq
 import aiormq.abc
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from aiormq import spec
+from pamqp.header import ContentHeader
 
 from . import wire
 from .amqp_connect import (
@@ -26,7 +28,7 @@ from .amqp_connect import (
     redact,
     split_urls,
 )
-from .broker import Handler, Outgoing
+from .broker import Handler, Outgoing, Published, Refused, refusal
 from .errors import BrokerUnavailable, ConfigError, PublishFailed
 
 __all__ = ["CONNECT_TIMEOUT", "AmqpBroker", "AmqpDelivery", "redact"]
@@ -226,9 +228,14 @@ class AmqpBroker:
         await self._declare(queue, durable=True, arguments={"x-queue-type": self.queue_type})
 
     async def declare_own(self, queue: str, *, durable: bool = True,
+                          expires: float | None = None,
                           single_active: bool = False) -> None:
-        await self._declare(queue, durable=durable, arguments={
-            "x-single-active-consumer": True} if single_active else None)
+        arguments: dict[str, Any] = {}
+        if expires is not None:
+            arguments["x-expires"] = max(1, round(expires * 1000))
+        if single_active:
+            arguments["x-single-active-consumer"] = True
+        await self._declare(queue, durable=durable, arguments=arguments or None)
 
     async def _declare(self, queue: str, *, durable: bool,
                        arguments: dict[str, Any] | None) -> None:
@@ -244,6 +251,24 @@ class AmqpBroker:
     async def delete(self, queue: str) -> None:
         async with self._temp_channel() as channel:
             await channel.queue_delete(queue, if_unused=False, if_empty=False)
+
+    async def delete_exchange(self, exchange: str) -> None:
+        """Delete an exchange (tests and tools); no error when it does not exist."""
+        async with self._temp_channel() as channel:
+            await channel.exchange_delete(exchange)
+
+    async def bind(self, exchange: str, routing_key: str, queue: str) -> None:
+        try:
+            async with self._temp_channel() as channel:
+                declared = await channel.declare_exchange(
+                    exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+                await channel.declare_queue(queue, passive=True)
+                target = await channel.get_queue(queue, ensure=False)
+                await target.bind(declared, routing_key)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigError(f"exchange {exchange!r} already exists with other settings "
+                              f"({_one_line(exc)}); it must be a durable direct exchange") \
+                from None
 
     async def _passive(self, queue: str) -> spec.Queue.DeclareOk | None:
         try:
@@ -293,13 +318,18 @@ class AmqpBroker:
 
     # ------------------------------------------------------------------ publish
 
-    async def publish(self, messages: Sequence[Outgoing]) -> list[bool]:
-        """Publish all with confirms in flight together; False for a returned (unroutable) one."""
+    async def publish(self, messages: Sequence[Outgoing]) -> list[Published]:
+        """Publish all with confirms in flight together.
+
+        Per message: True, False for a returned (unroutable) one or one to a missing
+        exchange, :class:`Refused` for one the broker cannot take for what it carries (not
+        sent). Raises PublishFailed when the broker or the connection fails.
+        """
         if not messages:
             return []
         if self._channel is None:
             raise PublishFailed("the broker is not connected")
-        results: list[bool] = []
+        results: list[Published] = []
         try:
             async with asyncio.timeout(self.publish_timeout):
                 # aiormq finds the returned message's confirm by message_id, so two messages
@@ -311,45 +341,50 @@ class AmqpBroker:
                 f"no confirm from the broker within {self.publish_timeout}s") from None
         return results
 
-    async def _publish_wave(self, messages: Sequence[Outgoing]) -> list[bool]:
+    async def _publish_wave(self, messages: Sequence[Outgoing]) -> list[Published]:
         assert self._channel is not None
         try:
             channel = await self._channel.get_underlay_channel()
         except _CLOSED_ERRORS as exc:
             raise PublishFailed(f"channel unavailable: {_one_line(exc)}") from None
+        # What the body carried decides these, so they are never sent: a broker that gets
+        # them closes the channel or the whole connection, and a retry would do it again.
+        max_content = int(getattr(channel, "max_content_size", 131_064))
+        verdicts: list[Refused | None] = []
+        frames: list[tuple[Outgoing, spec.Basic.Properties]] = []
+        for m in messages:
+            properties = spec.Basic.Properties(
+                content_type=wire.CONTENT_TYPE, delivery_mode=2, message_id=m.message_id,
+                headers=dict(m.headers) or None)
+            verdict = refusal(m)
+            if verdict is None:
+                verdict = _frame_refusal(properties, len(m.body), max_content)
+            if verdict is not None:
+                log.warning("event=publish_refused queue=%s exchange=%s reason=%s",
+                            m.queue[:80], m.exchange, verdict.reason)
+            else:
+                frames.append((m, properties))
+            verdicts.append(verdict)
         # Frame order: each basic_publish takes the aiormq channel lock (FIFO) before it
         # suspends, and the tasks start in creation order, so the frames reach the socket
         # in list order while all confirms are awaited together.
         tasks = [asyncio.ensure_future(channel.basic_publish(
-            m.body, exchange="", routing_key=m.queue, mandatory=True,
-            properties=spec.Basic.Properties(
-                content_type=wire.CONTENT_TYPE, delivery_mode=2, message_id=m.message_id,
-                headers=dict(m.headers) or None)))
-            for m in messages]
+            m.body, exchange=m.exchange, routing_key=m.queue, mandatory=True,
+            properties=properties)) for m, properties in frames]
         try:
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         except asyncio.CancelledError:
             for task in tasks:
                 task.cancel()
             raise
-        results: list[bool] = []
-        for message, outcome in zip(messages, outcomes, strict=True):
-            if isinstance(outcome, aiormq.abc.DeliveredMessage):
-                # With on_return_raises=False aiormq resolves a returned message's confirm
-                # with the basic.return content: no queue took it.
-                log.debug("event=publish_returned queue=%s message_id=%s", message.queue,
-                          message.message_id)
-                results.append(False)
-            elif isinstance(outcome, spec.Basic.Ack):
-                results.append(True)
-            elif isinstance(outcome, aiormq.exceptions.DeliveryError):
-                raise PublishFailed(f"the broker refused a message to {message.queue!r} "
-                                    f"(nack)") from None
-            elif isinstance(outcome, BaseException):
-                raise PublishFailed(f"publish to {message.queue!r} failed: "
-                                    f"{_one_line(outcome)}") from None
-            else:  # pragma: no cover - a channel without confirms
-                raise PublishFailed(f"unexpected publish outcome {outcome!r}")
+        sent = iter(zip(frames, outcomes, strict=True))
+        results: list[Published] = []
+        for verdict in verdicts:
+            if verdict is not None:
+                results.append(verdict)
+                continue
+            (message, _), outcome = next(sent)
+            results.append(_published(message, outcome))
         return results
 
     # ------------------------------------------------------------------ consume
@@ -399,6 +434,45 @@ class AmqpBroker:
         # Closing the channel returns its unacknowledged deliveries to the queue.
         with contextlib.suppress(Exception):
             await consumer.channel.close()
+
+
+def _published(message: Outgoing, outcome: object) -> Published:
+    """One publish's outcome: routed, returned, refused, or raise PublishFailed."""
+    if isinstance(outcome, aiormq.abc.DeliveredMessage):
+        # With on_return_raises=False aiormq resolves a returned message's confirm with the
+        # basic.return content: no queue took it.
+        log.debug("event=publish_returned queue=%s message_id=%s", message.queue,
+                  message.message_id)
+        return False
+    if isinstance(outcome, spec.Basic.Ack):
+        return True
+    if isinstance(outcome, aiormq.exceptions.ChannelNotFoundEntity) and message.exchange:
+        # No such exchange (no router has declared it yet): unroutable, like a return.
+        log.warning("event=publish_no_exchange exchange=%s reason=%s", message.exchange,
+                    _one_line(outcome))
+        return False
+    if isinstance(outcome, (ValueError, TypeError, struct.error)):
+        # The client library could not encode it (a check above missed a case): nothing
+        # was sent, so it is the message's fault.
+        return Refused(f"cannot be encoded: {_one_line(outcome)}")
+    if isinstance(outcome, aiormq.exceptions.DeliveryError):
+        raise PublishFailed(f"the broker refused a message to {message.queue!r} (nack)")
+    if isinstance(outcome, BaseException):
+        raise PublishFailed(f"publish to {message.queue!r} failed: {_one_line(outcome)}")
+    raise PublishFailed(f"unexpected publish outcome {outcome!r}")  # pragma: no cover
+
+
+def _frame_refusal(properties: spec.Basic.Properties, body_size: int,
+                   max_content: int) -> Refused | None:
+    """A content header must fit in one frame: a bigger one makes RabbitMQ close the whole
+    connection (FRAME_ERROR)."""
+    try:
+        size = len(ContentHeader(body_size=body_size, properties=properties).marshal())
+    except (ValueError, TypeError, struct.error) as exc:
+        return Refused(f"its properties cannot be encoded: {_one_line(exc)}")
+    if size > max_content:
+        return Refused(f"its headers take {size} bytes; one frame holds {max_content}")
+    return None
 
 
 def _waves(messages: Sequence[Outgoing]) -> list[list[Outgoing]]:

@@ -6,19 +6,66 @@ Two adapters implement it: :mod:`worker_sdk.amqp` (RabbitMQ through aio-pika) an
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Final, Protocol
+
+MAX_SHORTSTR: Final = 255
+"""Bytes an AMQP short string (a routing key, a message id, a header name) can hold."""
+DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
+"""RabbitMQ's direct reply-to pseudo-queue: a publish to ``amq.rabbitmq.reply-to.A.B`` whose
+``A`` is not a channel it issued makes RabbitMQ (3.10) close the publisher's whole connection
+with INTERNAL_ERROR, and no client of CloudBunch consumes it, so such a name is never sent."""
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message to publish on the default exchange, routed by queue name."""
+    """One message to publish: on the default exchange, ``queue`` is the queue name; on a
+    named ``exchange`` it is the routing key."""
 
     queue: str
     body: bytes
     message_id: str
     headers: dict[str, str] = field(default_factory=dict)
+    exchange: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A publish the broker cannot take because of what the message carries (a routing key
+    over 255 bytes, a header the frame cannot hold...). Not sent; retrying cannot help.
+
+    False in a boolean test, like a returned message: no queue took it.
+    """
+
+    reason: str
+
+    def __bool__(self) -> bool:
+        return False
+
+
+Published = bool | Refused
+"""Per message: True (a queue took it), False (returned: no queue), or :class:`Refused`."""
+
+
+def refusal(message: Outgoing) -> Refused | None:
+    """Why the broker would refuse ``message`` for what it carries, or None.
+
+    The checks every adapter shares; :mod:`worker_sdk.amqp` adds the frame size.
+    """
+    key = message.queue.encode("utf-8", "surrogatepass")
+    if len(key) > MAX_SHORTSTR:
+        return Refused(f"routing key is {len(key)} bytes; AMQP allows at most {MAX_SHORTSTR}")
+    if not message.exchange and message.queue.startswith(DIRECT_REPLY_TO):
+        return Refused(f"{DIRECT_REPLY_TO!r} names RabbitMQ's direct reply-to, not a queue")
+    if len(message.message_id.encode("utf-8", "surrogatepass")) > MAX_SHORTSTR:
+        return Refused(f"message id is over {MAX_SHORTSTR} bytes")
+    if len(message.exchange.encode("utf-8", "surrogatepass")) > MAX_SHORTSTR:
+        return Refused(f"exchange name is over {MAX_SHORTSTR} bytes")
+    for name in message.headers:
+        if len(name.encode("utf-8", "surrogatepass")) > MAX_SHORTSTR:
+            return Refused(f"header name {name[:40]!r}... is over {MAX_SHORTSTR} bytes")
+    return None
 
 
 class Delivery(Protocol):
@@ -32,6 +79,10 @@ class Delivery(Protocol):
 
     @property
     def redelivered(self) -> bool: ...
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        """The AMQP headers (trace context travels there)."""
 
     async def ack(self) -> None:
         """Acknowledge; a no-op when the channel it came on is gone (it will be redelivered)."""
@@ -59,9 +110,12 @@ class Broker(Protocol):
         """Declare a shared durable queue (arguments exactly {x-queue-type: TYPE})."""
 
     async def declare_own(self, queue: str, *, durable: bool = True,
+                          expires: float | None = None,
                           single_active: bool = False) -> None:
         """Declare a party's own queue (a frontend's reply queue): no queue-type argument.
 
+        With ``expires`` (seconds), the broker deletes the queue once it has had no consumer
+        for that long (``x-expires``), so a party that crashed leaves nothing behind.
         ``single_active``: of the queue's consumers only one gets messages at a time (in
         order); another takes over when it goes (``x-single-active-consumer``).
         """
@@ -69,11 +123,20 @@ class Broker(Protocol):
     async def delete(self, queue: str) -> None:
         """Delete a queue (tests and tools)."""
 
-    async def publish(self, messages: Sequence[Outgoing]) -> list[bool]:
+    async def bind(self, exchange: str, routing_key: str, queue: str) -> None:
+        """Declare the durable direct ``exchange`` (if needed) and bind ``queue`` to it
+        under ``routing_key``."""
+
+    async def publish(self, messages: Sequence[Outgoing]) -> list[Published]:
         """Publish persistently with ``mandatory``; return, per message, whether a queue took it.
 
         Messages to one queue arrive in the order given. Returns once every message is
-        confirmed by the broker; raises PublishFailed when one is not (nack, lost connection).
+        confirmed by the broker. Two kinds of failure, never confused: a message the broker
+        cannot take because of what it carries is not sent and comes back as :class:`Refused`
+        (the message's fault: retrying cannot help); a failure of the broker or the
+        connection (nack, lost connection, no confirm in time) raises PublishFailed (the
+        world's fault: retry later). A publish to a named exchange that does not exist
+        comes back False, as if returned.
         """
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> None:

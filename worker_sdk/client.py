@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 from collections import OrderedDict, deque
@@ -11,11 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import wire
-from .broker import Broker, Delivery, Outgoing
-from .errors import NoRouter
+from .broker import Broker, Delivery, Outgoing, Refused
+from .errors import ConfigError, MessageRefused, NoRouter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+DEFAULT_REPLY_QUEUE_EXPIRES = 600.0
+"""Seconds without a consumer after which the broker deletes a generated reply queue."""
 
 _END: Any = object()  # pushed to subscribers when the client closes
 
@@ -36,19 +40,27 @@ class Client:
 
     ``reply_queue`` is where the router sends this frontend's notices. A named queue is
     durable and kept on :meth:`close`, so notices wait for a restarted frontend; without a
-    name, a random one is declared and deleted on close. Notices are deduplicated by id
+    name, a random one is declared and deleted on close, and the broker deletes it by itself
+    once it has had no consumer for ``reply_queue_expires`` seconds (a frontend that crashed
+    leaves nothing behind; None keeps it forever). Notices are deduplicated by id
     (the last ``dedup_size`` ids). Notices that arrive while no subscriber wants them are
     kept (the last ``dedup_size``) for the next subscriber.
     """
 
     def __init__(self, broker: Broker, namespace: str = "cb", reply_queue: str | None = None,
                  *, seqs: Mapping[str, int] | None = None, dedup_size: int = 10_000,
-                 prefetch: int = 256) -> None:
+                 prefetch: int = 256,
+                 reply_queue_expires: float | None = DEFAULT_REPLY_QUEUE_EXPIRES) -> None:
+        if reply_queue_expires is not None and not reply_queue_expires > 0:
+            raise ConfigError(f"reply_queue_expires must be above 0 seconds (or None), "
+                              f"not {reply_queue_expires!r}")
         self.broker = broker
         self.namespace = namespace
         self._generated_queue = reply_queue is None
+        self._expires = reply_queue_expires if reply_queue is None else None
         self.reply_queue = reply_queue or f"{namespace}.client.{secrets.token_hex(6)}"
         self._ingress = wire.queue_names(namespace)["ingress"]
+        self._exchange = wire.exchange_names(namespace)["ingress"]
         self._seqs: dict[str, int] = dict(seqs or {})
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dedup_size = dedup_size
@@ -80,7 +92,7 @@ class Client:
         """Declare the reply queue and consume it."""
         if self._started:
             return
-        await self.broker.declare_own(self.reply_queue, durable=True)
+        await self.broker.declare_own(self.reply_queue, durable=True, expires=self._expires)
         await self.broker.consume(self.reply_queue, self._on_delivery, prefetch=self._prefetch)
         self._started = True
 
@@ -111,8 +123,11 @@ class Client:
 
     async def send(self, session: str, payload: Any, *, entry: str | None = None,
                    meta: dict[str, Any] | None = None, id: str | None = None,
-                   seq: int | None = None) -> str:
+                   seq: int | None = None, trace: Mapping[str, str] | None = None) -> str:
         """Send a person's message; return its id (the notices' ``in_reply_to``).
+
+        ``trace`` (``traceparent`` and ``tracestate``, W3C trace context) travels in AMQP
+        headers: the router copies it onto every dispatch and notice of the chain.
 
         To re-send a message whose publish failed (the router may or may not have it),
         pass its ``id`` and ``seq`` again: the router ignores a copy it has seen.
@@ -122,7 +137,8 @@ class Client:
             self._seqs[session] = seq
         msg = wire.ClientMessage(session=session, id=id or _new_id(),
                                  reply_to=self.reply_queue, payload=payload, seq=seq,
-                                 entry=entry, meta=meta)
+                                 entry=entry, meta=meta,
+                                 trace=dict(trace) if trace else None)
         try:
             await self._publish(msg)
         except NoRouter:
@@ -144,10 +160,15 @@ class Client:
 
     async def _publish(self, msg: wire.ClientMessage) -> None:
         body = wire.encode(msg.to_wire())
-        (routed,) = await self.broker.publish([Outgoing(self._ingress, body, msg.id)])
+        (routed,) = await self.broker.publish([Outgoing(wire.INGRESS_KEY, body, msg.id,
+                                                        dict(msg.trace or {}),
+                                                        exchange=self._exchange)])
+        if isinstance(routed, Refused):
+            raise MessageRefused(f"message {msg.id[:40]!r} of session {msg.session[:40]!r} "
+                                 f"cannot be sent: {routed.reason}")
         if not routed:
-            raise NoRouter(f"no router has declared {self._ingress} yet; start `cloudbunch "
-                           "router` (with the same CLOUDBUNCH_NAMESPACE)")
+            raise NoRouter(f"no router has declared {self._exchange} and {self._ingress} yet; "
+                           "start `cloudbunch router` (with the same CLOUDBUNCH_NAMESPACE)")
 
     # ------------------------------------------------------------------ receiving
 
@@ -156,6 +177,9 @@ class Client:
         # before _deliver, so subscribers see a session's notices in the order published.
         try:
             notice = wire.Notice.from_wire(wire.decode(delivery.body))
+            trace = wire.trace_context(delivery.headers)
+            if trace is not None:
+                notice = dataclasses.replace(notice, trace=trace)
         except wire.BadBody as exc:
             log.warning("event=bad_notice queue=%s message_id=%s reason=%s detail=%s",
                         self.reply_queue, delivery.message_id, exc.reason, exc.detail)
@@ -203,7 +227,8 @@ class Client:
 
     async def conversation(self, session: str, payload: Any, *, timeout: float = 10.0,
                            settle: float = 0.3, entry: str | None = None,
-                           meta: dict[str, Any] | None = None) -> list[wire.Notice]:
+                           meta: dict[str, Any] | None = None,
+                           trace: Mapping[str, str] | None = None) -> list[wire.Notice]:
         """Send one message and collect the notices of the chain it starts.
 
         Collecting stops at the first notice of type ``end``, ``error`` or ``unhandled``
@@ -216,7 +241,7 @@ class Client:
         loop = asyncio.get_running_loop()
         collected: list[wire.Notice] = []
         try:
-            msg_id = await self.send(session, payload, entry=entry, meta=meta)
+            msg_id = await self.send(session, payload, entry=entry, meta=meta, trace=trace)
             deadline = loop.time() + timeout
             while True:
                 left = deadline - loop.time()

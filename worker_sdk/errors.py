@@ -23,6 +23,11 @@ class PublishFailed(CloudBunchError):
     """The broker did not confirm a publish (negative ack or lost connection)."""
 
 
+class MessageRefused(CloudBunchError):
+    """The broker cannot take a message for what it carries (a routing key or id over 255
+    bytes, headers too big for a frame): sending it again cannot help."""
+
+
 class ActionError(CloudBunchError):
     """A handler used the context wrongly (two actions in one turn, pass on start...)."""
 

@@ -16,7 +16,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .broker import Handler, Outgoing
+from .broker import Handler, Outgoing, Published, refusal
 from .errors import ConfigError, PublishFailed
 
 log = logging.getLogger(__name__)
@@ -182,12 +182,18 @@ class _Consumer:
             self.queue.notify()
 
 
+def _expiry(expires: float | None) -> dict[str, Any] | None:
+    return None if expires is None else {"x-expires": max(1, round(expires * 1000))}
+
+
 class MemoryBroker:
     """An in-process broker with the semantics of :class:`worker_sdk.amqp.AmqpBroker`."""
 
     def __init__(self, queue_type: str = "quorum") -> None:
         self.queue_type = queue_type
         self._queues: dict[str, _Queue] = {}
+        self._exchanges: dict[str, dict[str, str]] = {}
+        """Direct exchanges: routing key -> bound queue."""
         self._consumers: dict[str, list[_Consumer]] = {}
         self._closed = False
         self._lost: asyncio.Event | None = None
@@ -197,6 +203,7 @@ class MemoryBroker:
         """Another connection to the same queues, as a second process would have."""
         other = MemoryBroker(self.queue_type)
         other._queues = self._queues
+        other._exchanges = self._exchanges
         other._work = self._work
         return other
 
@@ -245,11 +252,14 @@ class MemoryBroker:
         self._declare(queue, {"x-queue-type": self.queue_type}, durable=True)
 
     async def declare_own(self, queue: str, *, durable: bool = True,
+                          expires: float | None = None,
                           single_active: bool = False) -> None:
-        # One process, one consumer per queue and connection: single_active changes nothing
-        # here but is remembered, so a re-declare with the other setting fails as on RabbitMQ.
-        self._declare(queue, {"x-single-active-consumer": True} if single_active else None,
-                      durable=durable)
+        # Kept as arguments, as RabbitMQ keeps them: a re-declare with other settings fails.
+        # Nothing expires in one process, and one consumer per queue makes single_active moot.
+        arguments = _expiry(expires) or {}
+        if single_active:
+            arguments["x-single-active-consumer"] = True
+        self._declare(queue, arguments or None, durable=durable)
 
     def _declare(self, name: str, arguments: dict[str, Any] | None, *, durable: bool) -> None:
         existing = self._queues.get(name)
@@ -265,13 +275,23 @@ class MemoryBroker:
         await self.cancel(queue, drain=0)
         self._queues.pop(queue, None)
 
-    async def publish(self, messages: Sequence[Outgoing]) -> list[bool]:
+    async def bind(self, exchange: str, routing_key: str, queue: str) -> None:
+        self._exchanges.setdefault(exchange, {})[routing_key] = queue
+
+    async def publish(self, messages: Sequence[Outgoing]) -> list[Published]:
         if self._closed:
             raise PublishFailed("the broker connection is closed")
-        results: list[bool] = []
+        results: list[Published] = []
         touched: dict[str, _Queue] = {}
         for message in messages:
-            queue = self._queues.get(message.queue)
+            refused = refusal(message)
+            if refused is not None:
+                results.append(refused)
+                continue
+            name: str | None = message.queue
+            if message.exchange:
+                name = self._exchanges.get(message.exchange, {}).get(message.queue)
+            queue = None if name is None else self._queues.get(name)
             if queue is None:
                 results.append(False)
                 continue

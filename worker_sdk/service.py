@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import versions, wire
-from .broker import Broker, Delivery, Outgoing
+from .broker import Broker, Delivery, Outgoing, Refused
 from .errors import ActionError, BrokerUnavailable, CloudBunchError, ConfigError, PublishFailed
-from .settings import Settings
+from .settings import Settings, WorkerSettings
 
 if TYPE_CHECKING:
     from .metrics import WorkerMetrics
@@ -106,6 +106,12 @@ class Context:
         return dict(self._dispatch.meta or {})
 
     @property
+    def trace(self) -> dict[str, str]:
+        """The W3C trace context (``traceparent``, ``tracestate``) of the client message
+        whose chain this turn belongs to; empty when it carried none."""
+        return dict(self._dispatch.trace or {})
+
+    @property
     def service(self) -> str:
         """This service's name."""
         return self._service
@@ -160,6 +166,16 @@ class Context:
         if not isinstance(code, str) or not code:
             raise ActionError("fail() needs a non-empty string code")
         self._choose("fail", error=wire.ErrorInfo(code, str(message)))
+
+    def propagate(self) -> None:
+        """Fail with the child's error, as an exception propagates: what happens to a failed
+        result that no ``on_result`` handler takes. Only on a failed ``result`` event."""
+        result = self.result
+        if self.event != "result" or result is None or result.ok:
+            raise ActionError("propagate() is only allowed on a failed result "
+                              "(check ctx.result.ok first)")
+        error = result.error or wire.ErrorInfo("error")
+        self.fail(error.code or "error", error.message)
 
     def _choose(self, action: str, **fields: Any) -> None:
         if self._action is not None:
@@ -238,7 +254,13 @@ class Service:
         return fn
 
     def on_result(self, child: str | None = None) -> Callable[[F], F]:
-        """Handle ``result`` of the child named ``child`` (any other child when omitted)."""
+        """Handle ``result`` of the child named ``child`` (any other child when omitted).
+
+        The handler receives the child's failure too, not only its value: a child that
+        failed, raised, timed out or is not served at all arrives with ``ctx.result.ok``
+        False and ``ctx.result.error`` set (``ctx.result.value`` is then None). Check ``ok``
+        first; ``ctx.propagate()`` hands the failure up as if there were no handler.
+        """
         def register(fn: F) -> F:
             self._on_result[child] = fn
             return fn
@@ -350,10 +372,10 @@ class Service:
 
     async def serve(self, broker: Broker, namespace: str, prefetch: int = 16, *,
                     metrics: WorkerMetrics | None = None) -> None:
-        """Declare this service's queue (and the replies queue) and start consuming it."""
-        replies = wire.queue_names(namespace)["replies"]
+        """Declare this service's queue and start consuming it. Replies go through the
+        exchange ``NS.x.replies``, which the router declares."""
+        replies = wire.exchange_names(namespace)["replies"]
         queue = self.queue(namespace)
-        await broker.declare(replies)
         await broker.declare(queue)
         if metrics is not None:
             metrics.serving(self.name, prefetch)
@@ -378,6 +400,9 @@ class Service:
                       metrics: WorkerMetrics | None) -> None:
         try:
             dispatch = wire.Dispatch.from_wire(wire.decode(delivery.body))
+            trace = wire.trace_context(delivery.headers)
+            if trace is not None:
+                dispatch = dataclasses.replace(dispatch, trace=trace)
         except wire.BadBody as exc:
             if metrics is not None:
                 metrics.bad_dispatches.labels(self.name).inc()
@@ -393,7 +418,9 @@ class Service:
                 return
             reply = _too_new_reply(dispatch, exc)
             body = wire.encode(reply.to_wire())
-        message = Outgoing(replies, body, f"{dispatch.turn}.{dispatch.attempt}.r")
+        # The dispatch's trace context goes on with the reply (PROTOCOL.md, "Transport").
+        message = Outgoing(wire.REPLIES_KEY, body, f"{dispatch.turn}.{dispatch.attempt}.r",
+                           dict(dispatch.trace or {}), exchange=replies)
         try:
             (routed,) = await broker.publish([message])
         except PublishFailed as exc:
@@ -403,11 +430,19 @@ class Service:
                         dispatch.session, dispatch.turn, self.name, exc)
             await delivery.reject(requeue=True)
             return
+        if isinstance(routed, Refused):
+            # What the reply carries cannot be sent (a forged dispatch's turn id too long
+            # for a message id, say): retrying would loop, so the dispatch is dropped.
+            log.error("event=reply_refused session=%s turn=%s service=%s reason=%s",
+                      dispatch.session[:80], dispatch.turn[:80], self.name, routed.reason)
+            await delivery.ack()
+            return
         if not routed:
             if metrics is not None:
                 metrics.reply_failures.labels(self.name).inc()
-            log.error("event=replies_queue_missing session=%s turn=%s service=%s queue=%s",
-                      dispatch.session, dispatch.turn, self.name, replies)
+            log.error("event=replies_unroutable session=%s turn=%s service=%s exchange=%s "
+                      "(no router has declared it and its queue)", dispatch.session,
+                      dispatch.turn, self.name, replies)
             # Wait a little before handing it back, so a missing queue is not a hot loop.
             await asyncio.sleep(1.0)
             await delivery.reject(requeue=True)
@@ -440,8 +475,11 @@ class Service:
         await delivery.reject(requeue=True)
         return False
 
-    def run(self, settings: Settings | None = None, prefetch: int = 16) -> None:
-        """Serve until SIGTERM/SIGINT (exit 0) or until the broker is lost for good (exit 1)."""
+    def run(self, settings: Settings | None = None, prefetch: int | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (exit 0) or until the broker is lost for good (exit 1).
+
+        Reads the ``CLOUDBUNCH_*`` variables of :class:`~worker_sdk.settings.WorkerSettings`
+        when ``settings`` is None."""
         sys.exit(run_main([self], settings, prefetch))
 
 
@@ -465,8 +503,7 @@ def _default(ctx: Context) -> None:
     if ctx.event == "message":
         ctx.pass_()
     elif ctx.event == "result" and ctx.result is not None and not ctx.result.ok:
-        error = ctx.result.error or wire.ErrorInfo("error")
-        ctx.fail(error.code or "error", error.message)
+        ctx.propagate()
     # start, idle, or a successful result: reply, keeping the state and setting no timer
     # (the Context default).
 
@@ -519,36 +556,47 @@ async def _cancel(broker: Broker, queue: str) -> None:
 
 
 def run_main(services: Sequence[Service], settings: Settings | None = None,
-             prefetch: int = 16, *, connect_timeout: float | None = None,
+             prefetch: int | None = None, *, connect_timeout: float | None = None,
              metrics_port: int | None = None, configure_logging: bool = True) -> int:
     """Blocking entry point for workers; returns the process exit code.
 
-    Reads ``Settings.from_env()`` when ``settings`` is None. Expected failures (broker not
-    reachable, bad setting) print one line to stderr and return 1. With ``metrics_port``
+    Reads ``WorkerSettings.from_env()`` when ``settings`` is None; ``prefetch``, when given,
+    overrides the settings' own. Expected failures (broker not reachable, bad setting) print
+    one line, ``cloudbunch worker: ...``, to stderr and return 1. With ``metrics_port``
     (else ``CLOUDBUNCH_METRICS_PORT``), serves /metrics, /healthz and /readyz on it.
     """
     if configure_logging:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        settings = settings or Settings.from_env()
+        settings = settings or WorkerSettings.from_env()
         if metrics_port is None:
             from .exposition import metrics_port as read_port
 
             metrics_port = read_port(os.environ.get("CLOUDBUNCH_METRICS_PORT"))
-        return run_event_loop(_main(services, settings, prefetch, connect_timeout,
-                                    metrics_port))
+        return run_event_loop(serve_main(services, settings, prefetch=prefetch,
+                                         connect_timeout=connect_timeout,
+                                         metrics_port=metrics_port))
     except CloudBunchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"cloudbunch worker: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
 
 
-async def _main(services: Sequence[Service], settings: Settings, prefetch: int,
-                connect_timeout: float | None, metrics_port: int | None = None) -> int:
+async def serve_main(services: Sequence[Service], settings: Settings, *,
+                     prefetch: int | None = None, connect_timeout: float | None = None,
+                     metrics_port: int | None = None) -> int:
+    """Connect to RabbitMQ and serve ``services`` until SIGTERM/SIGINT; return 0. With
+    ``metrics_port``, serve /metrics, /healthz and /readyz on it.
+
+    Raises BrokerUnavailable when the broker cannot be reached or is lost for good.
+    """
     from .amqp import AmqpBroker  # the runtime needs aio-pika; the pure part does not
 
+    if prefetch is None:
+        prefetch = (settings if isinstance(settings, WorkerSettings) else WorkerSettings()
+                    ).prefetch
     names = "+".join(s.name for s in services)
     timeout = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
     broker = AmqpBroker(settings.amqp_url, settings.queue_type, name=f"cloudbunch-worker {names}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import reprlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeGuard
 
@@ -16,7 +17,12 @@ import msgpack
 VERSION: Final = 1
 CONTENT_TYPE: Final = "application/msgpack"
 
+Trace = dict[str, str]
+"""AMQP trace headers (``traceparent``, ``tracestate``) by name."""
+
 MAX_SESSION_LEN: Final = 256
+MAX_REPLY_TO: Final = 255
+"""Bytes of UTF-8 in a ``reply_to``: an AMQP queue name (a short string) holds no more."""
 ACTIONS: Final = frozenset({"reply", "open", "close", "replace", "pass", "fail"})
 EVENTS: Final = frozenset({"start", "message", "result", "idle"})
 NOTICE_TYPES: Final = frozenset({"output", "end", "error", "unhandled"})
@@ -186,6 +192,21 @@ def session_ok(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and 1 <= len(value) <= MAX_SESSION_LEN
 
 
+def reply_to_ok(value: Any) -> TypeGuard[str]:
+    """Whether ``value`` is a usable ``reply_to``: a string of 1..255 bytes of UTF-8."""
+    return isinstance(value, str) and 1 <= len(value.encode("utf-8", "surrogatepass")) \
+        <= MAX_REPLY_TO
+
+
+def _reply_to(obj: dict[str, Any]) -> str:
+    value = _req_str(obj, "reply_to")
+    if not reply_to_ok(value):
+        size = len(value.encode("utf-8", "surrogatepass"))
+        raise BadBody("invalid", f"field 'reply_to' is {size} bytes of UTF-8; a queue name "
+                                 f"holds at most {MAX_REPLY_TO}")
+    return value
+
+
 def _session(obj: dict[str, Any]) -> str:
     value = _req_str(obj, "session")
     if len(value) > MAX_SESSION_LEN:
@@ -237,6 +258,8 @@ class ClientMessage:
     seq: int | None = None
     entry: str | None = None
     meta: dict[str, Any] | None = None
+    trace: Trace | None = field(default=None, compare=False)
+    """Trace context from the AMQP headers (not a body field)."""
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"v": VERSION, "type": self.type, "session": self.session,
@@ -259,7 +282,7 @@ class ClientMessage:
             raise BadBody("invalid", f"field 'type' is {_show(kind)}; expected 'message' or 'end'")
         session = _session(body)
         msg_id = _req_str(body, "id")
-        reply_to = _req_str(body, "reply_to")
+        reply_to = _reply_to(body)
         seq = _opt(body, "seq", int, "an integer")
         if seq is not None and seq < 1:
             raise BadBody("invalid", f"field 'seq' is {seq}; it must be 1 or more")
@@ -314,6 +337,9 @@ class Dispatch:
     bubbled: bool = False
     result: Result | None = None
     meta: dict[str, Any] | None = None
+    trace: Trace | None = field(default=None, compare=False)
+    """Trace context from the AMQP headers (not a body field); the SDK copies it onto the
+    reply."""
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"v": VERSION, "session": self.session, "turn": self.turn,
@@ -438,6 +464,8 @@ class Notice:
     type: Literal["output", "end", "error", "unhandled"]
     payload: Any = None
     error: ErrorInfo | None = None
+    trace: Trace | None = field(default=None, compare=False)
+    """Trace context from the AMQP headers (not a body field)."""
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"v": VERSION, "session": self.session, "id": self.id,
@@ -465,6 +493,43 @@ def queue_names(namespace: str) -> dict[str, str]:
     """The shared queue names of a namespace."""
     return {"ingress": f"{namespace}.ingress", "replies": f"{namespace}.replies",
             "dead": f"{namespace}.dead"}
+
+
+INGRESS_KEY: Final = "ingress"
+"""The routing key of client messages on ``NS.x.ingress``."""
+REPLIES_KEY: Final = "replies"
+"""The routing key of replies on ``NS.x.replies``."""
+
+
+TRACE_HEADERS: Final = ("traceparent", "tracestate")
+"""W3C trace context, carried in AMQP headers (not in bodies)."""
+MAX_TRACE_HEADER: Final = 512
+"""Characters of a trace header that are passed on; a longer one is dropped (W3C asks that
+at least 512 characters of ``tracestate`` be propagated), so no client can make the
+router's headers too big for a frame."""
+
+def trace_context(headers: Mapping[str, Any] | None) -> Trace | None:
+    """The usable trace headers among AMQP ``headers``: ``traceparent`` and ``tracestate``
+    when each is 1..512 characters of printable ASCII; None when there are none."""
+    if not headers:
+        return None
+    found: Trace = {}
+    for name in TRACE_HEADERS:
+        value = headers.get(name)
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("ascii")
+            except UnicodeDecodeError:
+                continue
+        if (isinstance(value, str) and 1 <= len(value) <= MAX_TRACE_HEADER
+                and value.isascii() and value.isprintable()):
+            found[name] = value
+    return found or None
+
+
+def exchange_names(namespace: str) -> dict[str, str]:
+    """The exchanges frontends (``ingress``) and services (``replies``) publish to."""
+    return {"ingress": f"{namespace}.x.ingress", "replies": f"{namespace}.x.replies"}
 
 
 def service_queue(namespace: str, service: str) -> str:

@@ -22,6 +22,7 @@ import msgpack
 from hypothesis import strategies as st
 
 MAX_SESSION = 256
+MAX_REPLY_TO = 255
 ALWAYS_DECODED = 512
 """Bodies nested this deep or less must decode (the body's map is level 1)."""
 NEVER_DECODED = 2000
@@ -148,6 +149,11 @@ def _nonempty_str(value: Any) -> bool:
     return isinstance(value, str) and bool(value)
 
 
+def reply_to_ok(value: Any) -> bool:
+    """1..255 bytes of UTF-8: an AMQP queue name."""
+    return isinstance(value, str) and 1 <= len(value.encode()) <= MAX_REPLY_TO
+
+
 def _v_problem(obj: Any) -> str | None:
     if not isinstance(obj, dict):
         return "not a map"
@@ -166,7 +172,7 @@ def client_problem(obj: Any) -> str | None:
         ("type", lambda v: v in ("message", "end") and isinstance(v, str)),
         ("session", session_ok),
         ("id", _nonempty_str),
-        ("reply_to", _nonempty_str),
+        ("reply_to", reply_to_ok),
         ("seq", lambda v: v is None or (_is_int(v) and v >= 1)),
         ("entry", lambda v: v is None or isinstance(v, str)),
         ("meta", lambda v: v is None or isinstance(v, dict)),
@@ -180,7 +186,7 @@ def client_problem(obj: Any) -> str | None:
 def addressed(obj: Any) -> bool:
     """Whether a bad client message names a session and reply_to (so it gets a notice)."""
     return (isinstance(obj, dict) and session_ok(obj.get("session"))
-            and _nonempty_str(obj.get("reply_to")))
+            and reply_to_ok(obj.get("reply_to")))
 
 
 def _error_problem(value: Any) -> bool:
@@ -453,7 +459,8 @@ CLIENT_DEFECTS: dict[str, list[Any]] = {
 }
 SESSION_DEFECTS: list[Any] = [_MISSING, "", "s" * 257, "\U0001f600" * 257, 5, None, b"bin",
                               ["s"], True]
-REPLY_TO_DEFECTS: list[Any] = [_MISSING, "", None, 5, b"q", ["q"], False]
+REPLY_TO_DEFECTS: list[Any] = [_MISSING, "", None, 5, b"q", ["q"], False, "q" * 256,
+                               "\u00e9" * 150, "\U0001f600" * 64]
 REPLY_DEFECTS: dict[str, list[Any]] = {
     "v": [2, _MISSING, True, 1.0, "1", None],
     "action": [_MISSING, "", "explode", "REPLY", 1, None, True, ["reply"]],

@@ -170,6 +170,9 @@ class Stack:
             for queue in sorted(self.queues):
                 with contextlib.suppress(Exception):
                     await channel.queue_delete(queue)
+            for exchange in wire.exchange_names(self.namespace).values():
+                with contextlib.suppress(Exception):
+                    await channel.exchange_delete(exchange)
             await self.connection.close()
         store = aioredis.from_url(self.redis_url)
         try:

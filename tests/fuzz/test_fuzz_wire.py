@@ -162,7 +162,8 @@ def test_client_message_missing_required_field_is_invalid(body: dict[str, Any],
     ("type", "start"), ("type", ""), ("type", "Message"),
     ("seq", 0), ("seq", -1), ("seq", True), ("seq", False), ("seq", 1.0),
     ("session", ""), ("session", "s" * 257), ("session", "\U0001f600" * 257),
-    ("id", ""), ("reply_to", ""), ("meta", []), ("entry", 0),
+    ("id", ""), ("reply_to", ""), ("reply_to", "q" * 256), ("reply_to", "\u00e9" * 128),
+    ("reply_to", "\U0001f600" * 64), ("meta", []), ("entry", 0),
 ])
 def test_client_message_bad_values_are_invalid(name: str, value: Any) -> None:
     body = wire.ClientMessage("s", "m1", "fe").to_wire()
@@ -179,6 +180,14 @@ def test_session_of_up_to_256_code_points_is_valid(session: str) -> None:
     body = wire.ClientMessage(session, "m1", "fe").to_wire()
     assert len(B.pack(body)) > len(session)  # astral code points are 4 bytes each on the wire
     assert wire.ClientMessage.from_wire(wire.decode(B.pack(body))).session == session
+
+
+@pytest.mark.parametrize("reply_to", ["q", "q" * 255, "\u00e9" * 127 + "q",
+                                      "\U0001f600" * 63 + "qqq"])
+def test_reply_to_of_up_to_255_bytes_is_valid(reply_to: str) -> None:
+    assert len(reply_to.encode()) <= 255
+    body = wire.ClientMessage("s", "m1", reply_to).to_wire()
+    assert wire.ClientMessage.from_wire(wire.decode(B.pack(body))).reply_to == reply_to
 
 
 @pytest.mark.parametrize("kind", ["dispatch", "notice"])
@@ -480,3 +489,23 @@ def test_valid_bodies_round_trip(message: Any) -> None:
     kind = {wire.ClientMessage: "client", wire.Reply: "reply", wire.Dispatch: "dispatch",
             wire.Notice: "notice"}[type(message)]
     assert ORACLES[kind](value) is None
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    (None, None),
+    ({}, None),
+    ({"x-other": "1"}, None),
+    ({"traceparent": "00-abc-def-01"}, {"traceparent": "00-abc-def-01"}),
+    ({"traceparent": b"00-abc-def-01", "tracestate": "k=v,l=w"},
+     {"traceparent": "00-abc-def-01", "tracestate": "k=v,l=w"}),
+    ({"traceparent": "t" * 512}, {"traceparent": "t" * 512}),
+    # Dropped: too long (a client could otherwise make the router's headers exceed a frame),
+    # empty, not printable ASCII, not a string.
+    ({"traceparent": "t" * 513, "tracestate": "k=v"}, {"tracestate": "k=v"}),
+    ({"traceparent": "", "tracestate": "\u00e9"}, None),
+    ({"traceparent": "a\nb", "tracestate": b"\xff"}, None),
+    ({"traceparent": 7, "tracestate": ["k=v"]}, None),
+])
+def test_trace_context_keeps_short_printable_trace_headers(headers: Any,
+                                                           expected: Any) -> None:
+    assert wire.trace_context(headers) == expected

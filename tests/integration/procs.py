@@ -27,6 +27,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 
 from router.core import Record
 from router.redis_store import RedisStore
+from worker_sdk import wire
 from worker_sdk.service import load_service
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,9 +135,13 @@ class RawService:
     """If set, each dispatch is handed to it in a task of its own instead of queued."""
     seen: list[dict[str, Any]] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The AMQP headers of each dispatch, by turn."""
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         body = unpack(message.body)
+        if isinstance(body, dict):
+            self.headers[str(body.get("turn"))] = dict(message.headers or {})
         self.seen.append(body)
         await message.ack()
         if self.handler is not None:
@@ -445,6 +450,11 @@ class Harness:
                     await channel.close()
                 except Exception:  # a queue that never existed, or a closed channel
                     continue
+            for exchange in wire.exchange_names(self.ns).values():
+                with contextlib.suppress(Exception):
+                    channel = await self._conn.channel()
+                    await channel.exchange_delete(exchange)
+                    await channel.close()
             with contextlib.suppress(Exception):
                 await self._conn.close()
         with contextlib.suppress(Exception):

@@ -13,7 +13,7 @@ import pytest
 
 from tests.unit.test_memory_broker import BrokerContract, eventually, out
 from worker_sdk.amqp import AmqpBroker, redact
-from worker_sdk.broker import Delivery, Outgoing
+from worker_sdk.broker import Delivery, Outgoing, Refused
 from worker_sdk.errors import BrokerUnavailable, PublishFailed
 
 pytestmark = pytest.mark.infra
@@ -38,6 +38,15 @@ async def broker(amqp_url: str, namespace: str) -> AsyncIterator[AmqpBroker]:
             await broker.cancel(queue, drain=0)
             await broker.delete(queue)
         await broker.close()
+        await delete_exchanges(amqp_url, namespace)
+
+
+async def delete_exchanges(amqp_url: str, namespace: str) -> None:
+    """Delete the exchanges the contract tests bind (``NS.x.q``)."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.exchange_delete(f"{namespace}.x.q")
 
 
 @pytest.fixture
@@ -155,6 +164,24 @@ async def test_nack_raises_publish_failed(
         assert await broker.publish([out(f"{namespace}.nothing", 3)]) == [False]
     finally:
         await broker.delete(queue)
+
+
+async def test_headers_too_big_for_a_frame_are_refused_and_the_connection_lives(
+        broker: AmqpBroker, namespace: str) -> None:
+    """RabbitMQ closes the whole connection (FRAME_ERROR) on a content header bigger than a
+    frame, and on a publish to a direct reply-to name it cannot decode (INTERNAL_ERROR):
+    neither is ever sent, and the other messages of the batch go out on the same connection."""
+    queue = f"{namespace}.q"
+    await broker.declare(queue)
+    huge = Outgoing(queue, b"x", "huge", {"tracestate": "v" * 200_000})
+    reply_to = Outgoing("amq.rabbitmq.reply-to.g2dkAA.x", b"x", "rt")
+    results = await broker.publish([out(queue, 1), huge, reply_to, out(queue, 2)])
+    assert results[0] is True and results[3] is True, results
+    assert isinstance(results[1], Refused) and "frame" in results[1].reason, results
+    assert isinstance(results[2], Refused), results
+    assert broker._connection is not None and not broker._connection.is_closed
+    assert await broker.publish([out(queue, 3)]) == [True]
+    await eventually(lambda: _count(broker, queue, 3))
 
 
 async def test_publish_on_closed_broker_raises(broker: AmqpBroker, namespace: str) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from typing import Any
 
 import pytest
 
-from .procs import Harness
+from .procs import Harness, eventually
 from .test_e2e_actions import check, check_notice, deploy, open_b, start_root
 
 pytestmark = pytest.mark.infra
@@ -126,3 +127,34 @@ async def test_late_reply_after_end_is_fenced(e2e: Harness) -> None:
     assert all(n.get("payload") != "late" for n in front.notices)
     assert await e2e.stack("s") == []
     await a.expect_none(0.1)
+
+
+async def test_a_session_over_max_waiting_is_answered_busy(e2e: Harness) -> None:
+    front, s = await deploy(e2e, "A", max_waiting=1)
+    a = s["A"]
+    await front.send("s", "one")
+    first = await a.next()
+    await front.send("s", "two")  # waits behind the chain in flight
+    await eventually(_waiting(e2e, "s", 1), 5.0, "one message waiting")
+    await front.send("s", "three", id="over")
+    (notice,) = await front.wait("over", 1)
+    check_notice(notice, "s", "over", "error")
+    assert notice["error"]["code"] == "busy", notice
+    rec = await e2e.record("s")
+    assert rec is not None and [m.payload for m in rec.waiting] == ["two"]
+    await a.reply(first, "reply", state="a1")
+    second = await a.next()
+    assert second["payload"] == "two", second
+    await a.reply(second, "reply", state="a2")
+    await e2e.idle("s")
+    # Its id was not remembered: the same message, sent again, is taken.
+    await front.send("s", "three", id="over")
+    third = await a.next()
+    assert (third["payload"], third["state"]) == ("three", "a2"), third
+
+
+def _waiting(e2e: Harness, session: str, count: int) -> Any:
+    async def check() -> bool:
+        rec = await e2e.record(session)
+        return rec is not None and len(rec.waiting) == count
+    return check

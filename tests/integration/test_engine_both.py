@@ -61,6 +61,8 @@ async def _cleanup(amqp_url: str, redis_url: str, namespace: str,
     names = wire.queue_names(namespace)
     for queue in [*names.values(), *(wire.service_queue(namespace, s.name) for s in services)]:
         await broker.delete(queue)
+    for exchange in wire.exchange_names(namespace).values():
+        await broker.delete_exchange(exchange)
     await broker.close()
     store = RedisStore(redis_url, namespace)
     await store.delete_namespace()

@@ -12,6 +12,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -20,6 +21,9 @@ import aiormq
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from router.demo_flow import ROOT
+from router.demo_flow import SERVICES as PIZZA
+from worker_sdk import wire
 from worker_sdk.amqp import AmqpBroker
 from worker_sdk.client import Client
 
@@ -28,9 +32,9 @@ from .procs import QUEUE_TYPE, REPO, SHARED_ARGS, Harness
 pytestmark = pytest.mark.infra
 
 SCRIPT = REPO / "deploy" / "rabbitmq-users.sh"
-SERVICES = ("root", "step")  # tests.integration.flows, so the end-to-end run can use them
+SERVICES = tuple(service.name for service in PIZZA)  # pizza (the root), menu, order, ...
 FRONTENDS = ("web", "other")
-FLOWS = "tests.integration.flows"
+TRANSCRIPT = Path(__file__).with_name("pizza_transcript.txt")
 
 Op = Callable[[AbstractChannel], Awaitable[Any]]
 
@@ -40,7 +44,7 @@ async def run_script(*args: str, env: dict[str, str] | None = None) -> tuple[str
     process = await asyncio.create_subprocess_exec(
         "bash", str(SCRIPT), *args, env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 120)
+    out, err = await asyncio.wait_for(process.communicate(), 600)  # rabbitmqctl is slow
     assert process.returncode == 0, f"exit {process.returncode}:\n{err.decode()}"
     return out.decode(), err.decode()
 
@@ -69,9 +73,24 @@ class Users:
 
 @pytest.fixture
 async def users(namespace: str, amqp_url: str) -> AsyncIterator[Users]:
+    """Users for two pizza services and the frontends (each rabbitmqctl call is slow)."""
+    async with made_users(namespace, amqp_url, SERVICES[:2]) as made:
+        yield made
+
+
+@pytest.fixture
+async def pizza_users(namespace: str, amqp_url: str) -> AsyncIterator[Users]:
+    """Users for every pizza service and the frontends."""
+    async with made_users(namespace, amqp_url, SERVICES) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def made_users(namespace: str, amqp_url: str,
+                     services: tuple[str, ...]) -> AsyncIterator[Users]:
     """The script's users for a random namespace (so random user names); deleted after."""
     args = ["--namespace", namespace, "--vhost", vhost_of(amqp_url)]
-    for name in SERVICES:
+    for name in services:
         args += ["--service", name]
     for name in FRONTENDS:
         args += ["--frontend", name]
@@ -81,7 +100,7 @@ async def users(namespace: str, amqp_url: str) -> AsyncIterator[Users]:
         out, _ = await run_script(*args, env={"CLOUDBUNCH_PASSWORD_FRONTEND_WEB": web_password})
         passwords = dict(line.split("\t") for line in out.splitlines())
         passwords[f"{namespace}-frontend-web"] = web_password
-        roles = ["router", *(f"service-{s}" for s in SERVICES),
+        roles = ["router", *(f"service-{s}" for s in services),
                  *(f"frontend-{f}" for f in FRONTENDS)]
         assert set(passwords) == {f"{namespace}-{role}" for role in roles}
         urls = {role: with_user(amqp_url, f"{namespace}-{role}",
@@ -89,10 +108,11 @@ async def users(namespace: str, amqp_url: str) -> AsyncIterator[Users]:
         yield Users(namespace, urls)
     finally:
         await run_script(*args, "--delete")
-        await delete_queues(amqp_url, namespace)
+        await delete_names(amqp_url, namespace)
 
 
-async def delete_queues(amqp_url: str, ns: str) -> None:
+async def delete_names(amqp_url: str, ns: str) -> None:
+    """Delete every queue and exchange the tests may have made in namespace ``ns``."""
     names = [f"{ns}.{q}" for q in ("ingress", "replies", "dead")]
     names += [f"{ns}.service.{s}" for s in (*SERVICES, "nope")]
     names += [f"{ns}.client.{f}" for f in FRONTENDS] + [f"{ns}.client.web.extra"]
@@ -102,6 +122,11 @@ async def delete_queues(amqp_url: str, ns: str) -> None:
             with contextlib.suppress(Exception):
                 channel = await connection.channel()
                 await channel.queue_delete(name)
+                await channel.close()
+        for exchange in wire.exchange_names(ns).values():
+            with contextlib.suppress(Exception):
+                channel = await connection.channel()
+                await channel.exchange_delete(exchange)
                 await channel.close()
 
 
@@ -128,13 +153,28 @@ async def _ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
 
 
 def publish(queue: str, exchange: str = "") -> Op:
-    """Publish with mandatory; the result says whether a queue took it."""
+    """Publish with mandatory (``queue`` is the routing key); the result says whether a
+    queue took it (False: returned, no queue is bound under that key)."""
     async def op(channel: AbstractChannel) -> Any:
         target = (channel.default_exchange if exchange == ""
                   else await channel.get_exchange(exchange, ensure=False))
-        confirm = await target.publish(aio_pika.Message(b"\x80"), routing_key=queue,
-                                       mandatory=True)
+        try:
+            confirm = await target.publish(aio_pika.Message(b"\x80"), routing_key=queue,
+                                           mandatory=True)
+        except aio_pika.exceptions.DeliveryError as exc:
+            assert exc.message is not None  # returned, not refused
+            return False
         return isinstance(confirm, aiormq.spec.Basic.Ack)
+    return op
+
+
+def bind(exchange: str, key: str, queue: str) -> Op:
+    """Declare the durable direct exchange and bind ``queue`` under ``key`` (as the router)."""
+    async def op(channel: AbstractChannel) -> Any:
+        declared = await channel.declare_exchange(exchange, aio_pika.ExchangeType.DIRECT,
+                                                  durable=True)
+        target = await channel.get_queue(queue, ensure=False)
+        return await target.bind(declared, key)
     return op
 
 
@@ -185,40 +225,60 @@ class As:
 # ---------------------------------------------------------------------- tests
 
 
+@pytest.mark.timeout(600)
 async def test_each_role_can_do_its_job_and_no_more(users: Users) -> None:
     ns = users.ns
     ingress, replies, dead = f"{ns}.ingress", f"{ns}.replies", f"{ns}.dead"
-    root_q, step_q = f"{ns}.service.root", f"{ns}.service.step"
+    x_ingress, x_replies = f"{ns}.x.ingress", f"{ns}.x.replies"
+    root_q, step_q = f"{ns}.service.pizza", f"{ns}.service.menu"
     web_q, other_q = f"{ns}.client.web", f"{ns}.client.other"
 
     async with As(users.url("router")) as router:
         for queue in (ingress, replies, dead):
             await router.allowed(declare(queue))
+        await router.allowed(bind(x_ingress, "ingress", ingress))
+        await router.allowed(bind(x_replies, "replies", replies))
         await router.allowed(consume(ingress))
         await router.allowed(consume(replies))
         await router.refused(consume(dead))  # operators read the dead letters
         await router.refused(declare(root_q))  # services declare their own queues
+        await router.refused(bind(x_replies, "replies", dead))  # no other bindings
 
-    async with As(users.url("service-root")) as svc:
-        await svc.allowed(declare(replies))  # the SDK re-declares it at start
+    async with As(users.url("service-pizza")) as svc:
         await svc.allowed(declare(root_q))
         await svc.allowed(consume(root_q))
-        assert await svc.allowed(publish(replies))
+        assert await svc.allowed(publish("replies", x_replies))
+        # Through its exchange a service reaches NS.replies alone: another key is returned.
+        for key in (step_q, ingress, web_q, root_q):
+            assert not await svc.allowed(publish(key, x_replies))
+        # The default exchange (any queue by name), the frontends' exchange, amq.direct:
+        # all refused, so no forged dispatch into another service's queue, no notice into
+        # a frontend's queue, no client message into NS.ingress.
+        for queue in (step_q, web_q, ingress, replies, root_q):
+            await svc.refused(publish(queue))
+        await svc.refused(publish("ingress", x_ingress))
+        await svc.refused(publish(replies, exchange="amq.direct"))
+        await svc.refused(declare(replies))  # only the router declares the shared queues
         await svc.refused(declare(ingress))
         await svc.refused(declare(step_q))
         await svc.refused(consume(ingress))
         await svc.refused(consume(replies))
-        await svc.refused(publish(replies, exchange="amq.direct"))
-    async with As(users.url("service-step")) as svc:
+        await svc.refused(bind(x_replies, "forged", root_q))
+    async with As(users.url("service-menu")) as svc:
         await svc.allowed(declare(step_q))
-        await svc.refused(consume(root_q))
+        await svc.refused(consume(root_q))  # nor read another service's queue
         await svc.refused(delete(root_q))
 
     async with As(users.url("frontend-web")) as web:
         await web.allowed(declare(web_q, shared=False))
         await web.allowed(declare(f"{web_q}.extra", shared=False))
         await web.allowed(consume(web_q))
-        assert await web.allowed(publish(ingress))
+        assert await web.allowed(publish("ingress", x_ingress))
+        for key in (replies, root_q, other_q):
+            assert not await web.allowed(publish(key, x_ingress))
+        for queue in (ingress, replies, root_q, other_q):
+            await web.refused(publish(queue))
+        await web.refused(publish("replies", x_replies))
         await web.refused(declare(f"{ns}.client.{secrets.token_hex(6)}", shared=False))
         await web.refused(declare(other_q, shared=False))
         await web.refused(declare("", shared=False))  # server-named: amq.gen-...
@@ -238,57 +298,81 @@ async def test_each_role_can_do_its_job_and_no_more(users: Users) -> None:
         assert await router.allowed(publish(dead))
 
 
+@pytest.mark.timeout(600)
 async def test_what_permissions_cannot_restrict(users: Users) -> None:
     """Pins the limits documented in PERMISSIONS.md, so a change in RabbitMQ shows here."""
     ns = users.ns
-    ingress, replies = f"{ns}.ingress", f"{ns}.replies"
-    root_q, step_q = f"{ns}.service.root", f"{ns}.service.step"
+    root_q = f"{ns}.service.pizza"
     async with As(users.url("router")) as router:
-        for queue in (ingress, replies):
-            await router.allowed(declare(queue))
-    async with As(users.url("service-step")) as step:
-        await step.allowed(declare(step_q))
+        await router.allowed(declare(f"{ns}.ingress"))
+        await router.allowed(bind(f"{ns}.x.ingress", "ingress", f"{ns}.ingress"))
     async with As(users.url("frontend-web")) as web:
         await web.allowed(declare(f"{ns}.client.web", shared=False))
-    async with As(users.url("service-root")) as svc:
+    async with As(users.url("service-pizza")) as svc:
         await svc.allowed(declare(root_q))
-        # A default-exchange publish is checked against "amq.default" only, so a service
-        # can publish into any queue: forge client messages and other services' dispatches.
-        assert await svc.allowed(publish(ingress))
-        assert await svc.allowed(publish(step_q))
         # Passive declares are not checked: anyone learns whether a queue exists.
         await svc.allowed(passive(f"{ns}.client.web"))
+        # Configure on its own queue (to declare it) also allows deleting it.
+        await svc.allowed(delete(root_q))
     async with As(users.url("frontend-web")) as web:
-        assert await web.allowed(publish(replies))  # forged replies: fenced off by the router
-    async with As(users.url("service-root")) as svc:
-        # Configure on NS.replies (the SDK re-declares it) also allows deleting it.
-        await svc.allowed(delete(replies))
+        # A frontend may send a client message for any session id: the router cannot tell
+        # one frontend's sessions from another's.
+        assert await web.allowed(publish("ingress", f"{ns}.x.ingress"))
 
 
-async def test_the_system_runs_on_the_restricted_users(users: Users, e2e: Harness) -> None:
-    """A router, one worker per service and an SDK client, each on its own user."""
+@pytest.mark.timeout(900)
+async def test_the_pizza_flow_runs_on_the_restricted_users(pizza_users: Users,
+                                                           e2e: Harness) -> None:
+    """The router, every pizza service and a frontend, each as its own user."""
     guest_url = e2e.amqp_url
-    e2e.queues.add(f"{users.ns}.client.web")
-    with as_user(e2e, users.url("router")):
-        await e2e.router("root", turn_timeout=5)
-    for name in SERVICES:
-        with as_user(e2e, users.url(f"service-{name}")):
-            await e2e.worker(f"{FLOWS}:{name}")
+    e2e.queues.add(f"{pizza_users.ns}.client.web")
+    with as_user(e2e, pizza_users.url("router")):
+        await e2e.router(ROOT, turn_timeout=10)
+    for service in PIZZA:
+        with as_user(e2e, pizza_users.url(f"service-{service.name}")):
+            await e2e.worker(f"router.demo_flow:{service.name}")
     assert e2e.amqp_url == guest_url
 
-    broker = AmqpBroker(users.url("frontend-web"), QUEUE_TYPE, name="test-permissions")
+    broker = AmqpBroker(pizza_users.url("frontend-web"), QUEUE_TYPE, name="test-permissions")
     await broker.connect()
     try:
         # A frontend names its reply queue under NS.client.FRONTEND (a generated name is
         # outside its permissions).
-        client = Client(broker, users.ns, reply_queue=f"{users.ns}.client.web")
+        client = Client(broker, pizza_users.ns, reply_queue=f"{pizza_users.ns}.client.web")
         async with client:
-            notices = await client.conversation("s1", "hello", timeout=15)
-            assert [(n.type, n.payload) for n in notices] == [("output", "HELLO#1")]
+            assert await converse(client, "s1") == TRANSCRIPT.read_text()
         with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
-            await Client(broker, users.ns).start()
+            await Client(broker, pizza_users.ns).start()
     finally:
         await broker.close()
+    for proc in e2e.procs:
+        assert "ACCESS_REFUSED" not in proc.output(), proc.output()
+
+
+async def converse(client: Client, session: str) -> str:
+    """Play the demo script; as many notices per line as the reference transcript has, so
+    that no wait depends on timing."""
+    expected: list[tuple[str, int]] = []
+    for line in TRANSCRIPT.read_text().splitlines():
+        if line.startswith("> "):
+            expected.append((line[2:], 0))
+        else:
+            text, count = expected[-1]
+            expected[-1] = (text, count + 1)
+    notices = client.session_notices(session)
+    shown: list[str] = []
+    try:
+        for text, count in expected:
+            shown.append(f"> {text}")
+            await client.send(session, text)
+            for _ in range(count):
+                notice = await asyncio.wait_for(anext(notices), 30)
+                shown.append(f"{notice.type}:" + (
+                    str(notice.payload) if notice.type == "output"
+                    else notice.error.code if notice.error else ""))
+    finally:
+        await notices.aclose()
+    return "\n".join(shown) + "\n"
 
 
 @contextlib.contextmanager
@@ -301,6 +385,7 @@ def as_user(harness: Harness, url: str) -> Iterator[None]:
         harness.amqp_url = saved
 
 
+@pytest.mark.timeout(600)
 async def test_script_is_idempotent_and_deletes(namespace: str, amqp_url: str) -> None:
     vhost = vhost_of(amqp_url)
     args = ["--namespace", namespace, "--vhost", vhost, "--no-router", "--service", "x.y"]

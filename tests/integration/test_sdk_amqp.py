@@ -42,6 +42,16 @@ async def _delete_namespace(broker: AmqpBroker, namespace: str) -> None:
     for name in stdout.decode().split():
         if name.startswith(namespace + "."):
             await broker.delete(name)
+    for exchange in wire.exchange_names(namespace).values():
+        await broker.delete_exchange(exchange)
+
+
+async def _router_side(broker: AmqpBroker, namespace: str) -> str:
+    """Declare NS.replies and bind NS.x.replies to it, as the router does; return the queue."""
+    replies = wire.queue_names(namespace)["replies"]
+    await broker.declare(replies)
+    await broker.bind(wire.exchange_names(namespace)["replies"], wire.REPLIES_KEY, replies)
+    return replies
 
 
 async def _collect(queue: asyncio.Queue[Any], n: int, timeout: float = 10) -> list[Any]:
@@ -62,9 +72,9 @@ async def test_service_answers_a_dispatch_on_replies(broker: AmqpBroker,
             raise RuntimeError("kaput")
         ctx.open("order", {"item": ctx.payload})
 
+    replies_q = await _router_side(broker, namespace)
     stop = asyncio.Event()
     runner = asyncio.create_task(run_services([menu], broker, namespace, 8, stop))
-    replies_q = f"{namespace}.replies"
     got: asyncio.Queue[tuple[wire.Reply, str | None]] = asyncio.Queue()
 
     async def on_reply(delivery: Delivery) -> None:
@@ -115,6 +125,7 @@ async def test_service_answers_a_dispatch_on_replies(broker: AmqpBroker,
 async def test_a_copy_of_a_dispatch_is_answered_too(broker: AmqpBroker, namespace: str) -> None:
     svc = Service("echo")
     svc.on_message(lambda ctx: ctx.reply(ctx.payload))
+    await _router_side(broker, namespace)
     await svc.serve(broker, namespace, prefetch=4)
     got: asyncio.Queue[wire.Reply] = asyncio.Queue()
 
@@ -143,6 +154,8 @@ class FakeRouter:
 
     async def start(self) -> None:
         await self.broker.declare(self.ingress)
+        await self.broker.bind(f"{self.ingress[:-len('.ingress')]}.x.ingress",
+                               wire.INGRESS_KEY, self.ingress)
         await self.broker.consume(self.ingress, self.on_message, prefetch=10)
 
     async def on_message(self, delivery: Delivery) -> None:
@@ -170,7 +183,7 @@ async def test_client_round_trip(broker: AmqpBroker, amqp_url: str, namespace: s
     client = Client(client_broker, namespace, reply_queue=f"{namespace}.frontend-1")
     try:
         await client.start()
-        with pytest.raises(NoRouter, match=f"no router has declared {namespace}.ingress yet"):
+        with pytest.raises(NoRouter, match=f"no router has declared {namespace}.x.ingress"):
             await client.send("tg:1", "too early")
         assert client.last_seq("tg:1") == 0  # a message that went nowhere took no number
         await router.start()
@@ -220,6 +233,22 @@ async def test_generated_reply_queue_is_deleted_on_close(amqp_url: str, namespac
     assert not await broker.queue_exists(queue)
 
 
+async def test_a_crashed_clients_generated_reply_queue_expires(
+        amqp_url: str, namespace: str, broker: AmqpBroker) -> None:
+    from worker_sdk import Settings
+
+    client = await Client.connect(Settings(amqp_url=amqp_url, namespace=namespace),
+                                  reply_queue_expires=1.0)
+    queue = client.reply_queue
+    assert await broker.queue_exists(queue)
+    await client.broker.close()  # a crash: the connection goes, nobody deletes the queue
+    # A passive declare (queue_exists) renews the lease too: look less often than it lasts.
+    deadline = asyncio.get_running_loop().time() + 60
+    while await broker.queue_exists(queue):
+        assert asyncio.get_running_loop().time() < deadline, f"{queue} never expired"
+        await asyncio.sleep(3.0)
+
+
 async def test_service_run_exits_cleanly_on_sigterm(amqp_url: str, namespace: str,
                                                     broker: AmqpBroker, tmp_path: Path) -> None:
     script = tmp_path / "svc.py"
@@ -259,7 +288,7 @@ def test_service_run_without_broker_prints_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 1
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("cloudbunch worker:")]
     assert lines == [lines[0]] and "RabbitMQ is not reachable (amqp://guest:***@127.0.0.1:1/"\
         in lines[0]
     assert "Traceback" not in proc.stderr

@@ -26,7 +26,7 @@ class Harness:
     def __init__(self, **cfg: Any) -> None:
         defaults: dict[str, Any] = {"root": "root", "namespace": "t", "turn_timeout_ms": 1000,
                                     "max_attempts": 3, "max_depth": 5, "session_ttl_ms": 60_000,
-                                    "seq_hold_ms": 500}
+                                    "seq_hold_ms": 500, "max_waiting": 1_000}
         defaults.update(cfg)
         self.cfg = CoreConfig(**defaults)
         self.record: Record | None = None
@@ -57,10 +57,10 @@ class Harness:
 
     def send(self, payload: Any = "hi", *, id: str | None = None, seq: int | None = None,
              type: str = "message", entry: str | None = None, meta: dict[str, Any] | None = None,
-             reply_to: str = "fe") -> Outcome:
+             reply_to: str = "fe", trace: dict[str, str] | None = None) -> Outcome:
         msg = wire.ClientMessage(session="s1", id=id or f"m{next(self._msg)}", reply_to=reply_to,
                                  type=type, payload=payload, seq=seq, entry=entry,  # type: ignore[arg-type]
-                                 meta=meta)
+                                 meta=meta, trace=trace)
         return self.run(ClientArrived(msg, msg.id in self.seen))
 
     def answer(self, action: str, turn: str | None = None, **fields: Any) -> Outcome:

@@ -62,6 +62,7 @@ async def test_forward_sends_the_platform_message_id_as_the_dedup_id() -> None:
     broker = MemoryBroker()
     await broker.connect()
     await broker.declare("cb.ingress")
+    await broker.bind("cb.x.ingress", "ingress", "cb.ingress")  # as the router does
     client = Client(broker, "cb", "cb.web.test")
     await forward(client, Update("web", "7", "platform-1", "hello", user="ann"), seq=5)
     await forward(client, Update("web", "7", "platform-2", kind="end"))

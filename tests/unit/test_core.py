@@ -451,18 +451,51 @@ def test_end_discards_held_and_sets_last_seq() -> None:
     assert h.last_dispatch()["payload"] == "10"
 
 
-def test_waiting_limit_answers_excess_with_invalid_message() -> None:
+def test_waiting_limit_answers_excess_with_busy_and_leaves_the_session_unchanged() -> None:
     h = Harness(max_waiting=2)
     h.send("run")
     h.send("w1")
-    h.send("w2")
+    h.now += 1000
+    h.send("h1", seq=9)  # held: waiting and held count together
     h.take()
+    before = h.record
+    assert before is not None
+    h.now += 1000
     out = h.send("w3", id="over")
-    assert out.changed and out.remember is None
+    assert out.changed and out.remember is None  # the id is not remembered
     n = h.notices()[-1]
-    assert n["type"] == "error" and n["error"]["code"] == "invalid_message"
+    assert n["type"] == "error" and n["error"]["code"] == "busy"
     assert n["in_reply_to"] == "over"
-    assert h.record is not None and len(h.record.waiting) == 2
+    assert h.dispatches() == []
+    assert h.record is not None
+    assert (h.record.waiting, h.record.held, h.record.activity_ms, h.record.stack) == (
+        before.waiting, before.held, before.activity_ms, before.stack)
+    h.take()
+    # A message that would not wait is taken: no chain runs, so it starts one at once.
+    h.answer("reply")  # w1's chain starts
+    h.answer("reply")
+    assert h.record.chain is None and len(h.record.held) == 1
+    h.take()
+    h.send("free")
+    assert [d["payload"] for d in h.dispatches()] == ["free"]
+    assert h.notices() == []
+    # The refused id was not remembered: the same message is accepted later.
+    h.answer("reply")
+    h.take()
+    h.send("w3 again", id="over")
+    assert [d["payload"] for d in h.dispatches()] == ["w3 again"]
+
+
+def test_busy_counts_a_message_that_would_be_held() -> None:
+    h = Harness(max_waiting=1)
+    h.send("h1", seq=5)
+    h.take()
+    h.send("h2", seq=7, id="second-held")
+    n = h.notices()[-1]
+    assert n["error"]["code"] == "busy" and n["in_reply_to"] == "second-held"
+    # Next in line is accepted at once (no chain runs): not refused.
+    h.send("one", seq=1)
+    assert [d["payload"] for d in h.dispatches()] == ["one"]
 
 
 def test_expiry_covers_ttl_and_deadlines() -> None:
@@ -493,3 +526,41 @@ def test_undeliverable_for_old_attempt_is_ignored() -> None:
     h.tick(1000)
     from router.core import Undeliverable
     assert not h.run(Undeliverable(first["turn"], 1)).changed
+
+
+TRACE_A = {"traceparent": "00-" + "a" * 32 + "-" + "1" * 16 + "-01", "tracestate": "k=a"}
+TRACE_B = {"traceparent": "00-" + "b" * 32 + "-" + "2" * 16 + "-01"}
+
+
+def test_trace_headers_follow_every_dispatch_and_notice_of_their_chain() -> None:
+    h = Harness(max_attempts=2)
+    h.send("one", trace=TRACE_A)
+    h.send("two", trace=TRACE_B)  # waits behind the first chain: stored with its trace
+    h.send("three")  # no trace: none copied
+    h.answer("open", service="child", output=["o1"])
+    h.tick(h.cfg.turn_timeout_ms)  # a re-dispatch carries it too
+    h.answer("close", result=1)
+    h.answer("reply", output=["o2"])  # chain one ends; two starts
+    h.answer("reply", output=["o3"])  # chain two ends; three starts
+    h.answer("pass")  # the root passes: unhandled
+    by_chain: dict[str, list[dict[str, str]]] = {}
+    payloads = {"m1": "one", "m2": "two", "m3": "three"}
+    for effect in h.effects:
+        if effect.kind == "notice":
+            key = payloads[wire.decode(effect.body)["in_reply_to"]]
+            by_chain.setdefault(key, []).append(effect.headers)
+    assert by_chain == {"one": [TRACE_A, TRACE_A], "two": [TRACE_B], "three": [{}]}
+    dispatch_traces = [(wire.decode(e.body).get("payload"), e.headers) for e in h.sent]
+    assert dispatch_traces == [
+        ("one", TRACE_A), (None, TRACE_A), (None, TRACE_A), (None, TRACE_A),
+        ("two", TRACE_B), ("three", {})], dispatch_traces
+
+
+def test_busy_and_end_notices_carry_their_message_trace() -> None:
+    h = Harness(max_waiting=0)
+    h.send("run")
+    h.take()
+    h.send("over", id="busy-one", trace=TRACE_B)
+    h.send(type="end", id="bye", trace=TRACE_A)
+    assert [(n.headers, wire.decode(n.body)["in_reply_to"]) for n in h.take()] == [
+        (TRACE_B, "busy-one"), (TRACE_A, "bye")]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from worker_sdk.broker import Delivery, Outgoing
+from worker_sdk.broker import Delivery, Outgoing, Refused
 from worker_sdk.errors import ConfigError, PublishFailed
 from worker_sdk.memory import MemoryBroker
 
@@ -36,6 +36,38 @@ class BrokerContract:
         assert await broker.publish([out(queue, 1), out(f"{namespace}.missing", 2),
                                      out(queue, 3)]) == [True, False, True]
         assert await broker.publish([]) == []
+        await eventually(lambda: _count_is(broker, queue, 2))
+
+    async def test_a_message_the_broker_cannot_take_is_refused_not_sent(
+            self, broker: Any, namespace: str) -> None:
+        """What a message carries decides these: never sent, never raised, so that a caller
+        drops it instead of retrying forever; the others of the batch go out."""
+        queue = f"{namespace}.q"
+        await broker.declare(queue)
+        bad = [Outgoing("q" * 256, b"a", "r1"),  # a queue name holds 255 bytes
+               Outgoing("é" * 150, b"b", "r2"),  # 150 code points, 300 bytes
+               Outgoing("amq.rabbitmq.reply-to.abcd.x", b"c", "r3"),
+               Outgoing(queue, b"d", "i" * 256)]
+        results = await broker.publish([out(queue, 1), *bad, out(queue, 2)])
+        assert results[0] is True and results[-1] is True, results
+        for refused in results[1:-1]:
+            assert isinstance(refused, Refused) and not refused, results
+            assert refused.reason
+        assert "255" in results[1].reason
+        await eventually(lambda: _count_is(broker, queue, 2))
+        assert await broker.publish([out(queue, 3)]) == [True]  # the broker still works
+
+    async def test_exchange_routes_by_key_and_a_missing_one_is_unroutable(
+            self, broker: Any, namespace: str) -> None:
+        queue, exchange = f"{namespace}.q", f"{namespace}.x.q"
+        await broker.declare(queue)
+        assert await broker.publish([Outgoing("k", b"1", "m1", exchange=exchange)]) == [False]
+        await broker.bind(exchange, "k", queue)
+        await broker.bind(exchange, "k", queue)  # again: fine
+        assert await broker.publish([
+            Outgoing("k", b"1", "m1", exchange=exchange),
+            Outgoing("other", b"2", "m2", exchange=exchange),
+            Outgoing(queue, b"3", "m3")]) == [True, False, True]
         await eventually(lambda: _count_is(broker, queue, 2))
 
     async def test_queue_exists_and_consumer_count(self, broker: Any, namespace: str) -> None:

@@ -292,6 +292,7 @@ def test_load_service_errors(fake_module: str, spec: str, words: str) -> None:
 async def test_serve_answers_on_replies_and_acks_after_publish() -> None:
     broker = MemoryBroker()
     await broker.connect()
+    await router_side(broker)
     svc = Service("echo")
     svc.on_message(lambda ctx: ctx.reply(ctx.payload))
     stop = asyncio.Event()
@@ -317,6 +318,35 @@ async def test_serve_answers_on_replies_and_acks_after_publish() -> None:
     await broker.close()
 
 
+async def router_side(broker: MemoryBroker) -> None:
+    """What the router declares for replies: NS.replies, bound to NS.x.replies."""
+    await broker.declare("ns.replies")
+    await broker.bind("ns.x.replies", "replies", "ns.replies")
+
+
+async def test_a_reply_the_broker_refuses_is_dropped_not_retried() -> None:
+    broker = MemoryBroker()
+    await broker.connect()
+    await router_side(broker)
+    svc = Service("echo")
+    seen: list[str] = []
+    svc.on_message(lambda ctx: seen.append(ctx.turn))
+    await svc.serve(broker, "ns", prefetch=1)
+    # A forged dispatch whose turn makes the reply's message id over 255 bytes.
+    forged = wire.encode(dispatch("message", payload="x", turn="t" * 300).to_wire())
+    await broker.publish([wire_out("ns.service.echo", forged)])
+    for _ in range(200):
+        if seen:
+            break
+        await asyncio.sleep(0.01)
+    # Stopping waits for the handler, then hands back what it did not settle: nothing.
+    await broker.cancel("ns.service.echo", drain=5)
+    assert broker.messages("ns.service.echo") == []  # acknowledged, not handed back
+    assert seen == ["t" * 300]
+    assert broker.messages("ns.replies") == []
+    await broker.close()
+
+
 def wire_out(queue: str, body: bytes) -> Any:
     from worker_sdk.broker import Outgoing
 
@@ -330,13 +360,14 @@ async def test_dispatch_is_requeued_when_the_reply_publish_fails() -> None:
         failures = 1
 
         async def publish(self, messages: Any) -> list[bool]:
-            if any(m.queue == "ns.replies" for m in messages) and self.failures:
+            if any(m.exchange == "ns.x.replies" for m in messages) and self.failures:
                 self.failures -= 1
                 raise PublishFailed("simulated lost connection")
             return await super().publish(messages)
 
     broker = FlakyBroker()
     await broker.connect()
+    await router_side(broker)
     svc = Service("echo")
     seen: list[int] = []
     svc.on_message(lambda ctx: seen.append(ctx.attempt))

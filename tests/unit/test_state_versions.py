@@ -136,9 +136,11 @@ async def test_a_worker_hands_a_too_new_dispatch_back_then_fails_it(
     monkeypatch.setattr(service_module, "TOO_NEW_REQUEUES", 3)
     broker = MemoryBroker()
     await broker.connect()
+    replies = wire.queue_names("ns")["replies"]
+    await broker.declare(replies)  # as the router does
+    await broker.bind(wire.exchange_names("ns")["replies"], wire.REPLIES_KEY, replies)
     svc = Service("order")
     await svc.serve(broker, "ns", prefetch=1)
-    replies = wire.queue_names("ns")["replies"]
     got: list[bytes] = []
 
     async def collect(delivery: Any) -> None:
