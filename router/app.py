@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from worker_sdk import wire
+from worker_sdk import tracing, wire
 from worker_sdk.broker import Broker, Delivery
 from worker_sdk.errors import PublishFailed, StoreUnavailable
 
@@ -154,9 +154,14 @@ class Router:
             await self.outbox.dead_letter(got)
         else:
             message = got
-            out = await self.run_step(message.session,
-                                      lambda snap: ClientArrived(message, snap.seen),
-                                      dedup_id=message.id)
+            # The step's span: a consumer of the client message, child of the sender's span.
+            with tracing.start_span(
+                    f"process {self.ingress}", "consumer", delivery.headers,
+                    tracing.messaging("process", self.ingress, message_id=message.id,
+                                      routing_key=wire.INGRESS_KEY, session=message.session)):
+                out = await self.run_step(message.session,
+                                          lambda snap: ClientArrived(message, snap.seen),
+                                          dedup_id=message.id)
             if out.dropped and self.metrics is not None:
                 self.metrics.duplicates.inc()
             self.stats["client_messages"] += 1
@@ -169,7 +174,14 @@ class Router:
             await self.outbox.dead_letter(got)
         else:
             event = got.event
-            out = await self.run_step(got.session, lambda snap: event)
+            # The step's span: a consumer of the reply, child of the reply's span.
+            with tracing.start_span(
+                    f"process {self.replies}", "consumer", delivery.headers,
+                    tracing.messaging("process", self.replies, message_id=delivery.message_id,
+                                      routing_key=wire.REPLIES_KEY, session=got.session,
+                                      turn=event.turn,
+                                      action=event.reply.action if event.reply else None)):
+                out = await self.run_step(got.session, lambda snap: event)
             if out.dropped:
                 self.stats["replies_dropped"] += 1
                 if self.metrics is not None:

@@ -7,12 +7,13 @@ exist) is handed back to the caller as an ``Undeliverable`` event to step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from worker_sdk import wire
+from worker_sdk import tracing, wire
 from worker_sdk.broker import Broker, Outgoing, Published, Refused
 
 from .core import Effect, Record, Undeliverable
@@ -67,13 +68,16 @@ class Outbox:
                   and e.turn == current.id and e.attempt == current.attempt
                   and e.turn != answered]
         if first:
-            published = await self.broker.publish([_outgoing(e) for e in first])
+            with contextlib.ExitStack() as spans:
+                published = await self.broker.publish([_outgoing(e, spans, session) for e in first])
             for effect, fate in zip(first, published, strict=True):
                 self._count_unsent(fate, "notice" if effect.kind == "notice" else "dead",
                                    session)
         returned: list[Effect] = []
         if second:
-            published = await self.broker.publish([_outgoing(e) for e in second])
+            with contextlib.ExitStack() as spans:
+                published = await self.broker.publish([_outgoing(e, spans, session)
+                                                       for e in second])
             # A refused dispatch (a service name too long for a queue name) is reported back
             # like a returned one: no queue can take it.
             returned = [e for e, ok in zip(second, published, strict=True) if not ok]
@@ -131,5 +135,19 @@ class Outbox:
             log.info("event=%s_dropped where=%s (no such queue)", kind, where[:80])
 
 
-def _outgoing(effect: Effect) -> Outgoing:
-    return Outgoing(effect.queue, effect.body, effect.message_id, effect.headers)
+def _outgoing(effect: Effect, spans: contextlib.ExitStack | None = None,
+              session: str | None = None) -> Outgoing:
+    """The message of an outbox entry. When tracing, a dispatch or notice gets a producer
+    span, open until its publish is confirmed, whose context replaces the chain's trace
+    headers: a child of the step's span, or of the chain's context for leftovers."""
+    headers = effect.headers
+    if spans is not None and effect.kind in ("dispatch", "notice") and tracing.enabled():
+        service = (effect.queue.split(".service.", 1)[1]
+                   if effect.kind == "dispatch" and ".service." in effect.queue else None)
+        span = spans.enter_context(tracing.start_span(
+            f"send {effect.queue}", "producer", None if tracing.in_span() else headers,
+            tracing.messaging("send", effect.queue, message_id=effect.message_id,
+                              session=session, turn=effect.turn, service=service),
+            current=False))
+        headers = tracing.inject(headers, span)
+    return Outgoing(effect.queue, effect.body, effect.message_id, headers)

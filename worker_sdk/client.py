@@ -11,7 +11,7 @@ from collections import OrderedDict, deque
 from collections.abc import Mapping
 from typing import Any
 
-from . import wire
+from . import tracing, wire
 from .broker import Broker, Delivery, Outgoing, Refused
 from .errors import ConfigError, MessageRefused, NoRouter
 from .settings import Settings
@@ -160,9 +160,15 @@ class Client:
 
     async def _publish(self, msg: wire.ClientMessage) -> None:
         body = wire.encode(msg.to_wire())
-        (routed,) = await self.broker.publish([Outgoing(wire.INGRESS_KEY, body, msg.id,
-                                                        dict(msg.trace or {}),
-                                                        exchange=self._exchange)])
+        # The chain's root span when this process traces (its parent: ``trace`` if given,
+        # else the current span); its context rides the message to the router.
+        with tracing.start_span(
+                f"send {self._exchange}", "producer", msg.trace,
+                tracing.messaging("send", self._exchange, message_id=msg.id,
+                                  routing_key=wire.INGRESS_KEY, session=msg.session)) as span:
+            headers = tracing.inject(msg.trace or {}, span)
+            (routed,) = await self.broker.publish([Outgoing(wire.INGRESS_KEY, body, msg.id,
+                                                            headers, exchange=self._exchange)])
         if isinstance(routed, Refused):
             raise MessageRefused(f"message {msg.id[:40]!r} of session {msg.session[:40]!r} "
                                  f"cannot be sent: {routed.reason}")

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import versions, wire
+from . import tracing, versions, wire
 from .broker import Broker, Delivery, Outgoing, Refused
 from .errors import ActionError, BrokerUnavailable, CloudBunchError, ConfigError, PublishFailed
 from .settings import Settings, WorkerSettings
@@ -411,6 +411,16 @@ class Service:
                         self.name, delivery.message_id, exc.reason, exc.detail)
             await delivery.ack()
             return
+        # The handler's span: a consumer of the dispatch, child of the dispatch's span.
+        with tracing.start_span(
+                f"process {self.name}", "consumer", delivery.headers,
+                tracing.messaging("process", self.name, message_id=delivery.message_id,
+                                  session=dispatch.session, turn=dispatch.turn,
+                                  depth=dispatch.depth, service=self.name)):
+            await self._answer_dispatch(broker, replies, delivery, dispatch, metrics)
+
+    async def _answer_dispatch(self, broker: Broker, replies: str, delivery: Delivery,
+                               dispatch: wire.Dispatch, metrics: WorkerMetrics | None) -> None:
         try:
             reply, body = await self._handle(dispatch, metrics)
         except versions.StateTooNew as exc:
@@ -418,11 +428,20 @@ class Service:
                 return
             reply = _too_new_reply(dispatch, exc)
             body = wire.encode(reply.to_wire())
-        # The dispatch's trace context goes on with the reply (PROTOCOL.md, "Transport").
-        message = Outgoing(wire.REPLIES_KEY, body, f"{dispatch.turn}.{dispatch.attempt}.r",
-                           dict(dispatch.trace or {}), exchange=replies)
+        # The dispatch's trace context goes on with the reply (PROTOCOL.md, "Transport"):
+        # when this worker traces, as the context of the reply's own span.
+        reply_id = f"{dispatch.turn}.{dispatch.attempt}.r"
         try:
-            (routed,) = await broker.publish([message])
+            with tracing.start_span(
+                    f"send {replies}", "producer", None,
+                    tracing.messaging("send", replies, message_id=reply_id,
+                                      routing_key=wire.REPLIES_KEY, session=dispatch.session,
+                                      turn=dispatch.turn, depth=dispatch.depth,
+                                      service=self.name, action=reply.action)) as span:
+                message = Outgoing(wire.REPLIES_KEY, body, reply_id,
+                                   tracing.inject(dispatch.trace or {}, span),
+                                   exchange=replies)
+                (routed,) = await broker.publish([message])
         except PublishFailed as exc:
             if metrics is not None:
                 metrics.reply_failures.labels(self.name).inc()

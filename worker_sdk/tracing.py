@@ -132,6 +132,15 @@ def start_span(name: str, kind: Kind, headers: Mapping[str, Any] | None = None,
             span.end()
 
 
+def in_span() -> bool:
+    """Whether a span is current (always False when tracing is off)."""
+    if not enabled():
+        return False
+    from opentelemetry import trace
+
+    return bool(trace.get_current_span().get_span_context().is_valid)
+
+
 def inject(headers: Mapping[str, str], span: Any = None) -> dict[str, str]:
     """``headers`` with ``traceparent``/``tracestate`` of ``span`` (or of the current span);
     unchanged when tracing is off or there is no span."""
