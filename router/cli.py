@@ -206,7 +206,7 @@ async def run_router(config: RouterConfig) -> int:
         print(f"cloudbunch router: consuming {router.ingress} and {router.replies} "
               f"(root {config.root!r})", file=sys.stderr, flush=True)
         waits = {asyncio.create_task(stop.wait()), asyncio.create_task(router.wait_failed()),
-                 asyncio.create_task(broker.wait_lost())}  # type: ignore[attr-defined]
+                 asyncio.create_task(broker.wait_lost())}
         _done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()

@@ -13,13 +13,13 @@ from worker_sdk.errors import ConfigError
 from worker_sdk.settings import (
     DEFAULT_AMQP_URL,
     DEFAULT_NAMESPACE,
-    DEFAULT_REDIS_URL,
     QueueType,
     check_namespace,
     check_queue_type,
 )
 
 from .core import CoreConfig
+from .store import DEFAULT_REDIS_URL
 
 AMQP_SCHEMES = ("amqp", "amqps")
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")

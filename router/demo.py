@@ -11,10 +11,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from worker_sdk import wire
-from worker_sdk.errors import BrokerUnavailable, StoreUnavailable
+from worker_sdk.errors import BrokerUnavailable
 
 from .config import RouterConfig
 from .engine import Engine
+from .store import StoreUnavailable
 
 DEFAULT_SCRIPT = Path(__file__).resolve().with_name("demo_script.txt")
 

@@ -60,7 +60,7 @@ class Engine:
         for service in self.services:
             queue = wire.service_queue(self.config.namespace, service.name)
             for _ in range(500):
-                if await self.broker.queue_exists(queue):  # type: ignore[attr-defined]
+                if await self.broker.queue_exists(queue):
                     break
                 await asyncio.sleep(0.01)
 

@@ -47,10 +47,9 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker_sdk.errors import StoreUnavailable
 from worker_sdk.settings import check_namespace
 
-from .store import DEDUP_MEMORY, Snapshot
+from .store import DEDUP_MEMORY, Snapshot, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -252,17 +251,25 @@ class RedisStore:
         return StoreUnavailable(f"Redis is not reachable at {redact(self._url)}: {reason}; "
                                 "start it or set CLOUDBUNCH_REDIS_URL")
 
+    def _refused(self, error: BaseException) -> StoreUnavailable:
+        text = " ".join(str(error).split()) or type(error).__name__
+        return StoreUnavailable(f"Redis at {redact(self._url)} failed a command: {text}")
+
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
+        """Map every failure of Redis to StoreUnavailable, here at the adapter's boundary,
+        so that no caller needs to know redis-py's exceptions."""
         # Reached only once redis-py's own retries are spent.
         try:
             yield
+        except _CLUSTER_MISUSE:
+            raise  # a bug in how the store calls Redis, not a state of Redis
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             raise self._unavailable(error) from error
         except _CLUSTER_DOWN as error:
-            if not self.is_cluster or isinstance(error, _CLUSTER_MISUSE):
-                raise
             raise self._unavailable(error) from error
+        except RedisError as error:  # READONLY during a failover, OOM, LOADING...
+            raise self._refused(error) from error
 
     # -- the port -------------------------------------------------------------------------
 
@@ -364,6 +371,7 @@ class RedisStore:
             except RedisError as error:
                 if isinstance(error, (RedisConnectionError, RedisTimeoutError)):
                     raise
+                # Something answered that is not Redis: "not reachable" says it best.
                 raise self._unavailable(error) from error
 
     async def close(self) -> None:

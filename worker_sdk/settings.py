@@ -10,7 +10,6 @@ from typing import Literal
 from .errors import ConfigError
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_NAMESPACE = "cb"
 
 QueueType = Literal["quorum", "classic"]

@@ -29,8 +29,8 @@ import pytest
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
+from router.store import DEFAULT_REDIS_URL
 from worker_sdk import AmqpBroker, Client, Context, Service, wire
-from worker_sdk.settings import DEFAULT_REDIS_URL
 
 from . import bodies as B
 

@@ -21,6 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from router.config import RouterConfig
 from router.engine import Engine
 from router.redis_store import HINT_SHARDS, RedisStore, redact, split_cluster_url
+from router.store import StoreUnavailable
 from tests.integration.test_engine_both import EngineFactory, _cleanup
 from tests.integration.test_engine_both import test_pizza_script_reads_the_same as pizza_flow
 from tests.integration.test_engine_both import test_silent_service_times_out as timeout_flow
@@ -28,7 +29,6 @@ from tests.integration.test_redis_store import WallClock
 from tests.store_contract import FAR, StoreContract
 from worker_sdk import Service
 from worker_sdk.amqp import AmqpBroker
-from worker_sdk.errors import StoreUnavailable
 
 pytestmark = pytest.mark.infra
 

@@ -13,10 +13,8 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from router.redis_store import RedisStore, redact
-from router.store import DEDUP_MEMORY
+from router.store import DEDUP_MEMORY, DEFAULT_REDIS_URL, StoreUnavailable
 from tests.store_contract import FAR, StoreContract
-from worker_sdk.errors import StoreUnavailable
-from worker_sdk.settings import DEFAULT_REDIS_URL
 
 pytestmark = pytest.mark.infra
 
