@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 from worker_sdk import wire
 from worker_sdk.errors import BrokerUnavailable
+from worker_sdk.urls import redact
 
 from .config import RouterConfig
 from .engine import Engine
@@ -143,6 +144,4 @@ async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | No
 
 
 def _safe(url: str) -> str:
-    from worker_sdk.amqp import redact
-
     return redact(url)

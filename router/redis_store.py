@@ -48,6 +48,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker_sdk.settings import check_namespace
+from worker_sdk.urls import redact
 
 from .store import DEDUP_MEMORY, Snapshot, StoreUnavailable
 
@@ -139,17 +140,6 @@ else
 end
 return 1
 """
-
-
-def redact(url: str) -> str:
-    """The URL without its password, fit for logs and error messages."""
-    parts = urlsplit(url)
-    # By hand rather than .hostname/.port: a cluster URL may list several hosts.
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}@{hosts}" if user else hosts))
 
 
 def split_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]] | None:

@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -27,6 +26,7 @@ from tenacity import (
 from . import wire
 from .broker import Handler, Outgoing
 from .errors import BrokerUnavailable, ConfigError, PublishFailed
+from .urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +36,6 @@ _CLOSED_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     RuntimeError,
 )
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    if parts.username:
-        netloc = f"{parts.username}:***@{netloc}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _one_line(exc: BaseException) -> str:
