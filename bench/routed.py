@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import secrets
 import time
@@ -39,12 +40,16 @@ class Routed:
     """The routed deployment of one bench run and a client that measures round trips."""
 
     def __init__(self, namespace: str, amqp_url: str, redis_url: str, queue_type: str,
-                 *, prefetch: int) -> None:
+                 *, prefetch: int, history: int | None = None,
+                 relay: str = "router") -> None:
         self.ns = namespace
         self.amqp_url = amqp_url
         self.redis_url = redis_url
         self.queue_type = queue_type
         self.prefetch = prefetch
+        self.history = history
+        self.relay = relay
+        """``router``, or ``forwarder``: the stateless ceiling of bench.forwarder."""
         self.router: Proc | None = None
         self.worker: Proc | None = None
         self.broker = AmqpBroker(amqp_url, queue_type, name="bench-client")
@@ -64,12 +69,20 @@ class Routed:
         await self.store.ping()
         common = ["--namespace", self.ns, "--queue-type", self.queue_type,
                   "--amqp-url", self.amqp_url]
-        self.router = await Proc.python(
-            "router", "-m", "router.cli", "router", *common, "--redis-url", self.redis_url,
-            "--root", SERVICE, "--session-ttl", str(SESSION_TTL_S))
         self.worker = await Proc.python(
             "worker", "-m", "router.cli", "worker", "bench.services:bench", *common,
             "--prefetch", str(self.prefetch))
+        if self.relay == "forwarder":
+            # The worker runs on uvloop when it is installed: so does the forwarder.
+            uvloop = ["--uvloop"] if importlib.util.find_spec("uvloop") else []
+            self.router = await Proc.python(
+                "forwarder", "-m", "bench.forwarder", *common, "--service", SERVICE,
+                "--prefetch", "64", *uvloop)
+        else:
+            self.router = await Proc.python(
+                "router", "-m", "router.cli", "router", *common, "--redis-url",
+                self.redis_url, "--root", SERVICE, "--session-ttl", str(SESSION_TTL_S),
+                *(() if self.history is None else ("--history", str(self.history))))
         names = wire.queue_names(self.ns)
         await self._ready(self.router, names["replies"])
         await self._ready(self.worker, self.service_queue)
@@ -187,7 +200,7 @@ class Routed:
         return time.monotonic() - began
 
     async def session_bytes(self, session: str) -> int:
-        """MEMORY USAGE summed over the session's keys (record, outbox, dedup)."""
+        """MEMORY USAGE summed over the session's keys (record, outbox, dedup, history)."""
         total = 0
         redis = self.store._redis  # the bench reads what the adapter wrote
         for key in self.store.session_keys(session):

@@ -44,7 +44,7 @@ from .stats import Figure, Summary, Target, format_markdown, format_table, ratio
 log = logging.getLogger("bench")
 
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("pair", "depth", "sessions", "embedded")
+SECTIONS = ("pair", "depth", "sessions", "history", "embedded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +91,13 @@ class Bench:
     redis_url: str
     queue_type: str
     do_profile: bool
+    history: int | None = None
     ns: str = field(default_factory=lambda: "bench" + secrets.token_hex(4))
     figures: list[Figure] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
     routed: Routed | None = None
+    forwarded: Routed | None = None
+    """The ceiling: the same deployment with bench.forwarder in place of the router."""
     requester: Requester | None = None
     responder: Proc | None = None
     embedded: Embedded | None = None
@@ -125,6 +128,10 @@ class Bench:
             pids["worker"] = [self.routed.worker.pid]
         if self.responder is not None:
             pids["responder"] = [self.responder.pid]
+        if self.forwarded is not None and self.forwarded.router is not None:
+            pids["forwarder"] = [self.forwarded.router.pid]
+        if self.forwarded is not None and self.forwarded.worker is not None:
+            pids["forwarder_worker"] = [self.forwarded.worker.pid]
         return pids
 
     async def load(self, request: Callable[[str], Awaitable[None]], keys: list[str], *,
@@ -147,11 +154,11 @@ class Bench:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        needs_routed = bool({"pair", "depth", "sessions"} & set(self.sections)) \
+        needs_routed = bool({"pair", "depth", "sessions", "history"} & set(self.sections)) \
             or self.do_profile
         if needs_routed:
             self.routed = Routed(self.ns, self.amqp_url, self.redis_url, self.queue_type,
-                                 prefetch=64)
+                                 prefetch=64, history=self.history)
             self.say(f"namespace {self.ns}: starting router and worker processes")
             await self.routed.start()
             self.report["redis"] = await self.routed.redis_info()
@@ -173,6 +180,9 @@ class Bench:
             self.report["baseline_loop"] = loop_name
             assert self.routed is not None
             await self.routed._ready(self.responder, queues[0])
+            self.forwarded = Routed(self.ns + "f", self.amqp_url, self.redis_url,
+                                    self.queue_type, prefetch=64, relay="forwarder")
+            await self.forwarded.start()
 
     async def stop(self) -> None:
         """Stop every process and delete every queue and key (each step bounded)."""
@@ -184,6 +194,8 @@ class Bench:
             self.responder.close()
         if self.requester is not None:
             await self.requester.close()
+        if self.forwarded is not None:
+            await self.forwarded.stop()
         if self.routed is not None:
             await self.routed.stop()
 
@@ -192,14 +204,28 @@ class Bench:
     async def pair(self) -> None:
         """direct vs routed: throughput at N in flight, latency at 1 in flight, router CPU."""
         routed, requester, plan = self.routed, self.requester, self.plan
+        forwarded = self.forwarded
         assert routed is not None and requester is not None and self.responder is not None
+        assert forwarded is not None
         await self.warm_main()
         assert routed.router is not None and routed.worker is not None
         pids = self.our_pids()
         d_rate, r_rate, d_p50, d_p99, r_p50, r_p99 = [], [], [], [], [], []
+        f_rate, f_p50 = [], []
         cpu: dict[str, list[float]] = {}
         d_cpu: dict[str, list[float]] = {}
+        f_cpu: dict[str, list[float]] = {}
         for i in range(plan.runs):
+            meter = CpuMeter(pids)
+            f = await self.load(forwarded.turn, self.main_keys, in_flight=plan.in_flight,
+                                meter=meter)
+            for name in ("forwarder", "forwarder_worker", "bench", "rabbitmq"):
+                if name in meter.used:
+                    f_cpu.setdefault(name, []).append(1000 * meter.used[name] /
+                                                      max(f.completed, 1))
+            fl = await self.load(forwarded.turn, self.main_keys, in_flight=1, latency=True)
+            f_rate.append(f.rate)
+            f_p50.append(fl.p50_ms)
             meter = CpuMeter(pids)
             d = await self.load(requester.request, self.main_keys, in_flight=plan.in_flight,
                                 meter=meter)
@@ -230,8 +256,15 @@ class Bench:
         self.add("direct_throughput", f"direct round trips/s ({n} in flight)", "1/s", d_rate)
         self.add("routed_throughput", f"routed turns/s ({n} in flight, 1,000 sessions)", "1/s",
                  r_rate)
+        self.add("forwarder_throughput", f"forwarder turns/s ({n} in flight): the ceiling",
+                 "1/s", f_rate)
         self.add("ratio_throughput", "routed / direct throughput", "ratio",
-                 ratios(r_rate, d_rate), target=Target(">=", 0.50))
+                 ratios(r_rate, d_rate), target=Target(">=", 0.40))
+        self.add("ratio_routed_forwarder", "routed / forwarder throughput (router's own "
+                 "efficiency)", "ratio", ratios(r_rate, f_rate), target=Target(">=", 0.85))
+        self.add("ratio_forwarder_direct", "forwarder / direct throughput (price of the "
+                 "extra hops)", "ratio", ratios(f_rate, d_rate))
+        self.add("forwarder_p50", "forwarder p50 (1 in flight)", "ms", f_p50)
         self.add("direct_p50", "direct p50 (1 in flight)", "ms", d_p50)
         self.add("direct_p99", "direct p99 (1 in flight)", "ms", d_p99)
         self.add("routed_p50", "routed p50 (1 in flight)", "ms", r_p50)
@@ -248,6 +281,14 @@ class Bench:
             if name in d_cpu:
                 self.add(f"direct_{name}_cpu", f"  {name} CPU per direct round trip", "ms",
                          d_cpu[name])
+        for name in ("forwarder", "forwarder_worker", "bench", "rabbitmq"):
+            if name in f_cpu:
+                self.add(f"forwarded_{name}_cpu", f"  {name} CPU per forwarded turn", "ms",
+                         f_cpu[name])
+        if "rabbitmq" in cpu and "rabbitmq" in d_cpu:
+            self.add("ratio_rabbitmq_cpu", "RabbitMQ CPU per routed turn / per direct round "
+                     "trip", "ratio", ratios(cpu["rabbitmq"], d_cpu["rabbitmq"]),
+                     target=Target("<=", 2.5))
 
     async def warm_main(self) -> None:
         """Open the 1,000 sessions the throughput runs use (one start turn each)."""
@@ -345,6 +386,21 @@ class Bench:
         self.add("ratio_many_sessions", f"throughput {count:,} / 1,000 live sessions",
                  "ratio", ratios(rates, base_rates),
                  note="run i with many sessions against run i with 1,000")
+
+    async def history_section(self) -> None:
+        """Redis memory of one session after 10 and 100 messages, history included."""
+        routed = self.routed
+        assert routed is not None
+        keep = "router default" if self.history is None else str(self.history)
+        for turns in (1, 10, 100):
+            session = f"history-{turns}"
+            for _ in range(turns):
+                await routed.turn(session)
+            size = await routed.session_bytes(session)
+            self.say(f"session after {turns} messages: {size:,} B (--history {keep})")
+            self.add(f"session_bytes_{turns}_turns", f"Redis MEMORY USAGE of a session after "
+                     f"{turns} messages (--history {keep})", "B", [size],
+                     note="record, outbox, dedup and history keys; one measurement")
 
     async def embedded_section(self) -> None:
         """Turns per second fully in process (memory broker and store)."""
@@ -456,10 +512,12 @@ def save(report: dict[str, Any]) -> Path:
 async def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     sections = tuple(s for s in SECTIONS if s in args.only) if args.only else SECTIONS
-    bench = Bench(plan, sections, args.amqp_url, args.redis_url, args.queue_type, args.profile)
+    bench = Bench(plan, sections, args.amqp_url, args.redis_url, args.queue_type, args.profile,
+                  history=args.history)
     bench.report.update({"started": time.time(), "namespace": bench.ns, "quick": args.quick,
                          "plan": dataclasses.asdict(plan),
-                         "queue_type": args.queue_type, "machine": machine(),
+                         "queue_type": args.queue_type, "history": args.history,
+                         "machine": machine(),
                          "message_bytes": message_sizes(),
                          "loadavg_start": _loadavg()})
     task = asyncio.current_task()
@@ -476,6 +534,8 @@ async def run(args: argparse.Namespace) -> int:
                 await bench.depth_section()
             if "sessions" in sections:
                 await bench.sessions_section()
+            if "history" in sections:
+                await bench.history_section()
             if "embedded" in sections:
                 await bench.embedded_section()
             if args.profile:
@@ -536,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="type of the shared queues, routed and direct alike [default quorum]")
     p.add_argument("--limit", type=float, default=None, metavar="S",
                    help="stop (and clean up) after this many seconds [default 600; 150 quick]")
+    p.add_argument("--history", type=int, default=None, metavar="N",
+                   help="the router's --history (history entries per session) [default: the "
+                        "router's default]; compare CPU per turn with 0")
     p.add_argument("--amqp-url", default=os.environ.get("CLOUDBUNCH_AMQP_URL",
                                                         DEFAULT_AMQP_URL))
     p.add_argument("--redis-url", default=os.environ.get("CLOUDBUNCH_REDIS_URL",

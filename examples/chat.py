@@ -21,6 +21,7 @@ from worker_sdk import wire
 from worker_sdk.amqp import AmqpBroker
 from worker_sdk.broker import Delivery, Outgoing
 from worker_sdk.errors import CloudBunchError
+from worker_sdk.quick_replies import plain_text
 from worker_sdk.settings import Settings
 
 # A chain that ends with a reply has no closing notice: stop waiting after this much quiet.
@@ -66,7 +67,7 @@ async def chat(settings: Settings, session: str, lines: AsyncIterator[str], *,
                 except TimeoutError:
                     break
                 if notice.type == "output":
-                    print(f"  {notice.payload}")
+                    print(f"  {plain_text(notice.payload)}")
                 elif notice.type == "unhandled":
                     print(f"  (nobody handled {notice.payload!r})")
                 elif notice.type == "end":

@@ -67,7 +67,8 @@ class Router:
         self.stats: Counter[str] = Counter()
         self.outbox = Outbox(broker, store, self.dead, self.stats)
         self.stepper = Stepper(store, self.outbox, self.cfg, clock=clock, ids=ids,
-                               stats=self.stats, cache_age=min(5.0, config.session_ttl / 4))
+                               stats=self.stats, cache_age=min(5.0, config.session_ttl / 4),
+                               history_max=config.history)
         self.scanner = Scanner(
             store, self.stepper.run, self.cfg, clock=clock, health=self._health,
             period=min(0.1, config.turn_timeout / 4, max(config.seq_hold / 4, 0.01)))

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,8 @@ ROUTER_OPTIONS: list[tuple[str, str, str]] = [
     ("seq_hold", "SECONDS", "how long a message waits for the ones numbered before it"),
     ("queue_type", "TYPE", "'quorum' or 'classic', for every shared queue"),
     ("max_waiting", "N", "client messages a session may have waiting; more are refused"),
+    ("history", "N", "history entries kept per session for `session history` and replay "
+                     "(0: off)"),
 ]
 
 def _add_router_options(p: argparse.ArgumentParser, *, only: Sequence[str] | None = None,
@@ -99,11 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use the in-memory engine even if RabbitMQ and Redis answer")
     mode.add_argument("--real", action="store_true",
                       help="require RabbitMQ and Redis (fail if they do not answer)")
+    p.add_argument("--web", action="store_true",
+                   help="chat in the browser instead of the terminal (serves the web chat)")
+    p.add_argument("--port", type=int, default=None, metavar="PORT",
+                   help="with --web: the port [env CLOUDBUNCH_WEB_PORT; default 8080]")
+    p.add_argument("--no-browser", action="store_true",
+                   help="with --web: print the address without opening a browser")
     _add_router_options(p, only=[n for n, _, _ in ROUTER_OPTIONS
                                  if n not in ("root", "namespace")])
     p.add_argument("--namespace", dest="namespace", metavar="NS",
                    help="prefix of the demo's queues and keys [env CLOUDBUNCH_DEMO_NAMESPACE; "
                         "default cbdemo, so the demo never mixes with a deployment in 'cb']")
+
+    p = sub.add_parser("web", help="serve the web chat: a page and a WebSocket per tab",
+                       description="Run one web chat gateway replica (any number may run "
+                                   "behind a load balancer). SIGTERM or SIGINT stops it.")
+    from .channels.web.command import add_arguments as add_web_arguments
+
+    add_web_arguments(p)
 
     p = sub.add_parser("session", help="inspect sessions", description="Inspect sessions.")
     ssub = p.add_subparsers(dest="session_command", metavar="SUBCOMMAND", required=True)
@@ -112,6 +128,44 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "Redis.")
     ps.add_argument("session", help="the session id, e.g. tg:42")
     _add_router_options(ps, only=("redis_url", "namespace"))
+    ph = ssub.add_parser("history", help="print a session's recorded turns as a transcript",
+                         description="Print a session's history (the router records it "
+                                     "unless started with --history 0).")
+    ph.add_argument("session", help="the session id, e.g. tg:42")
+    ph.add_argument("--json", action="store_true", help="one JSON object per entry")
+    ph.add_argument("--no-state", action="store_true", help="leave states out")
+    _add_router_options(ph, only=("redis_url", "namespace"))
+    pe = ssub.add_parser("export", help="write a session's history to a file for replay",
+                         description="Write a session's history as a file that `cloudbunch "
+                                     "replay` and router.testing.replay read.")
+    pe.add_argument("session", help="the session id, e.g. tg:42")
+    pe.add_argument("-o", "--output", metavar="FILE", help="the file (default: stdout)")
+    _add_router_options(pe, only=("redis_url", "namespace"))
+    pd = ssub.add_parser("delete", help="delete a session and everything of it",
+                         description="Delete a session at once: its stack, waiting messages, "
+                                     "timers, outbox, dedup memory and history.")
+    pd.add_argument("session", help="the session id, e.g. tg:42")
+    _add_router_options(pd, only=("redis_url", "namespace"))
+    pl = ssub.add_parser("list", help="list a sample of sessions, most recently active first",
+                         description="List sessions with their stack and last activity, "
+                                     "found by an incremental SCAN (never one blocking call).")
+    pl.add_argument("--limit", type=_positive, default=50, metavar="N",
+                    help="at most N sessions (default 50)")
+    _add_router_options(pl, only=("redis_url", "namespace"))
+
+    p = sub.add_parser("replay", help="replay exported sessions against service code",
+                       description="Run the client messages of exported sessions through the "
+                                   "given services in memory (the real core, the recorded "
+                                   "times) and print every turn that acts differently from "
+                                   "the recording. Exit 0 when nothing differs, 1 otherwise.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="files of `cloudbunch session "
+                                                            "export`")
+    p.add_argument("--service", dest="services", action="append", required=True,
+                   metavar="MODULE:ATTR", help="a service to run (repeat for each service)")
+    p.add_argument("--root", metavar="SERVICE", help="the root service (default: the "
+                                                     "recorded one)")
+    p.add_argument("--ignore-state", action="store_true",
+                   help="accept turns that differ only in the state they save")
     return parser
 
 
@@ -172,10 +226,35 @@ def _run(args: argparse.Namespace) -> int:
         namespace = args.namespace or os.environ.get("CLOUDBUNCH_DEMO_NAMESPACE", "cbdemo")
         config = load_config(_options(args) | {"root": "pizza", "namespace": namespace})
         mode = "embedded" if args.embedded else "real" if args.real else "auto"
+        if args.web:
+            from .channels.web.command import web_settings
+            from .channels.web.demo import run_web_demo
+
+            web = web_settings({"port": args.port})
+            return run_event_loop(run_web_demo(config, mode=mode, host=web["host"],
+                                               port=web["port"],
+                                               open_browser=not args.no_browser))
         return run_event_loop(run_demo(config, mode=mode, script=args.script))
+    if args.command == "web":
+        from .channels.web.command import run as run_web
+
+        return run_web(vars(args))
     if args.command == "session":
         config = load_config(_options(args) | {"root": "-"})
-        return run_event_loop(show_session(config, args.session))
+        if args.session_command == "show":
+            return run_event_loop(show_session(config, args.session))
+        return run_event_loop(_session_tool(config, args))
+    if args.command == "replay":
+        from worker_sdk.service import load_service
+
+        from . import history, replay
+
+        services = [load_service(spec) for spec in args.services]
+        try:
+            return run_event_loop(replay.run(args.files, services, root=args.root,
+                                             ignore_state=args.ignore_state))
+        except (history.BadExport, replay.ReplayError, OSError) as exc:
+            raise ConfigError(str(exc)) from None
     raise AssertionError(args.command)
 
 
@@ -223,6 +302,28 @@ async def run_router(config: RouterConfig) -> int:
         with contextlib.suppress(Exception):
             await store.close()
     return code
+
+
+async def _session_tool(config: RouterConfig, args: argparse.Namespace) -> int:
+    from . import sessions
+    from .redis_store import RedisStore
+
+    store = RedisStore(config.redis_url, config.namespace)
+    try:
+        await store.ping()
+        match args.session_command:
+            case "history":
+                return await sessions.print_history(store, args.session, as_json=args.json,
+                                                    states=not args.no_state)
+            case "export":
+                return await sessions.write_export(store, args.session, config.namespace,
+                                                   args.output)
+            case "delete":
+                return await sessions.delete(store, args.session)
+            case _:
+                return await sessions.print_list(store, args.limit, int(time.time() * 1000))
+    finally:
+        await store.close()
 
 
 async def show_session(config: RouterConfig, session: str) -> int:

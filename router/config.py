@@ -49,6 +49,8 @@ class RouterConfig:
     seq_hold: float = 2.0
     queue_type: QueueType = "quorum"
     max_waiting: int = 1_000
+    history: int = 50
+    """History entries kept per session (client messages and turns); 0: no history."""
 
     def __post_init__(self) -> None:
         check_url(self.amqp_url, AMQP_SCHEMES, "--amqp-url / CLOUDBUNCH_AMQP_URL")
@@ -65,6 +67,8 @@ class RouterConfig:
         for name in ("max_attempts", "max_depth", "max_body", "max_waiting"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 1 or more")
+        if not 0 <= self.history <= 100_000:
+            raise ConfigError("--history must be from 0 (off) to 100000 entries")
 
     def core(self) -> CoreConfig:
         """The part of the settings the pure core obeys."""
@@ -89,6 +93,7 @@ ENV = {
     "seq_hold": "CLOUDBUNCH_SEQ_HOLD",
     "queue_type": "CLOUDBUNCH_QUEUE_TYPE",
     "max_waiting": "CLOUDBUNCH_MAX_WAITING",
+    "history": "CLOUDBUNCH_HISTORY",
 }
 """The environment variable of each setting."""
 
@@ -108,7 +113,8 @@ def load_config(options: Mapping[str, Any], env: Mapping[str, str] | None = None
     """Build the settings: option if given, else environment variable, else default."""
     env = os.environ if env is None else env
     kinds = {"turn_timeout": float, "session_ttl": float, "seq_hold": float,
-             "max_attempts": int, "max_depth": int, "max_body": int, "max_waiting": int}
+             "max_attempts": int, "max_depth": int, "max_body": int, "max_waiting": int,
+             "history": int}
     values: dict[str, Any] = {}
     for f in fields(RouterConfig):
         raw = options.get(f.name)

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 from worker_sdk import wire
 from worker_sdk.errors import BrokerUnavailable
+from worker_sdk.quick_replies import plain_text
 from worker_sdk.urls import redact
 
 from .config import RouterConfig
@@ -64,8 +65,7 @@ async def _lines(script: str | None) -> AsyncIterator[tuple[str, bool]]:
 
 def _show(notice: wire.Notice) -> str:
     if notice.type == "output":
-        text = notice.payload if isinstance(notice.payload, str) else repr(notice.payload)
-        return f"bot> {text}"
+        return f"bot> {plain_text(notice.payload)}"
     if notice.type == "unhandled":
         return "bot> (nobody understood that)"
     if notice.type == "end":
@@ -74,17 +74,11 @@ def _show(notice: wire.Notice) -> str:
     return f"bot> (error {error.code}: {error.message})"
 
 
-async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | None = None) -> int:
-    """Chat with the pizza bot; ``mode`` is auto, embedded or real."""
+async def choose_engine(config: RouterConfig, mode: str = "auto") -> Engine:
+    """The pizza bot's engine: on RabbitMQ and Redis when they answer (``mode`` auto), or
+    must (real), else (or when ``mode`` is embedded) in memory. Says which on stdout."""
     from .demo_flow import SERVICES
 
-    if script is not None and script != "-":
-        try:
-            open(script, encoding="utf-8").close()
-        except OSError as exc:
-            print(f"cloudbunch demo: cannot read script {script!r}: {exc.strerror}",
-                  file=sys.stderr)
-            return 1
     store = None
     if mode != "embedded" and await _answers(config.amqp_url, 5672):
         from .redis_store import RedisStore
@@ -110,7 +104,19 @@ async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | No
         engine = Engine(SERVICES, config)
         why = "as asked" if mode == "embedded" else "RabbitMQ or Redis did not answer"
         print(f"demo: using the embedded in-memory engine ({why})", flush=True)
+    return engine
 
+
+async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | None = None) -> int:
+    """Chat with the pizza bot; ``mode`` is auto, embedded or real."""
+    if script is not None and script != "-":
+        try:
+            open(script, encoding="utf-8").close()
+        except OSError as exc:
+            print(f"cloudbunch demo: cannot read script {script!r}: {exc.strerror}",
+                  file=sys.stderr)
+            return 1
+    engine = await choose_engine(config, mode)
     session = f"demo-{secrets.token_hex(4)}"
     turns = 0
     busy = 0.0

@@ -21,6 +21,9 @@ Where each action happens:
 - ``fail``: payment declines a card ending in 0000; checkout catches the failed result and
   offers to retry.
 
+Questions with a few possible answers offer them as quick replies (``quick_replies``: buttons
+in the web chat, ``[titles]`` after the text in the terminal); typing the answer works too.
+
 Every service keeps what it knows in ``ctx.state`` (and what it is given in ``ctx.args``),
 never in process memory, so any worker replica can serve any turn.
 
@@ -35,6 +38,7 @@ import re
 from typing import Any
 
 from worker_sdk import Context, Service
+from worker_sdk.quick_replies import quick_replies
 
 __all__ = ["ROOT", "SERVICES", "address", "checkout", "menu", "order", "payment", "pizza"]
 
@@ -77,9 +81,11 @@ def pizza_start(ctx: Context) -> None:
     # args is set when a cancel replaced the root: keep the count of orders placed so far.
     placed = int((ctx.args or {}).get("placed", 0))
     if ctx.args and ctx.args.get("cancelled"):
-        ctx.reply("Say 'order' whenever you want another pizza.", state={"placed": placed})
+        ctx.reply(quick_replies("Say 'order' whenever you want another pizza.", "order"),
+                  state={"placed": placed})
     else:
-        ctx.reply("Welcome to Bunch Pizza! Say 'order' to order a pizza, or 'help'.",
+        ctx.reply(quick_replies("Welcome to Bunch Pizza! Say 'order' to order a pizza, "
+                                "or 'help'.", "order", "help"),
                   state={"placed": placed})
 
 
@@ -121,7 +127,8 @@ def pizza_menu_done(ctx: Context) -> None:
         ctx.reply(f"Thank you! Order #{placed + 1} confirmed: {summary.get('description')}, "
                   f"paid {_money(int(summary.get('total', 0)))}, going to "
                   f"{summary.get('street')}. It will be there in 30 minutes.",
-                  "Say 'order' for another pizza or 'bye' to leave.",
+                  quick_replies("Say 'order' for another pizza or 'bye' to leave.",
+                                "order", "bye"),
                   state={"placed": placed + 1})
     else:
         code = result.error.code if result is not None and result.error else "error"
@@ -135,7 +142,8 @@ def pizza_menu_done(ctx: Context) -> None:
 @menu.on_start
 def menu_start(ctx: Context) -> None:
     names = ", ".join(f"{name} ({_money(price)})" for name, price in PIZZAS.items())
-    ctx.reply(f"Which pizza would you like? We have {names}.", state={"step": "pizza"})
+    ctx.reply(quick_replies(f"Which pizza would you like? We have {names}.", *PIZZAS),
+              state={"step": "pizza"})
 
 
 @menu.on_message
@@ -148,7 +156,8 @@ def menu_message(ctx: Context) -> None:
             ctx.pass_()  # "help", "cancel", or something for the root to explain
             return
         state.update(step="size", pizza=choice)
-        ctx.reply(f"A {choice}. Which size: small, medium or large?", state=state)
+        ctx.reply(quick_replies(f"A {choice}. Which size: small, medium or large?", *SIZES),
+                  state=state)
         return
     size = _pick(text, SIZES)
     if size is None:
@@ -176,8 +185,8 @@ def menu_checkout_done(ctx: Context) -> None:
 @order.on_start
 def order_start(ctx: Context) -> None:
     item = dict(ctx.args or {})
-    ctx.reply(f"A {item['size']} {item['pizza']}, {_money(item['price'])}. "
-              "Anything to drink: cola, water or no?", state=item)
+    ctx.reply(quick_replies(f"A {item['size']} {item['pizza']}, {_money(item['price'])}. "
+                            "Anything to drink: cola, water or no?", *DRINKS), state=item)
 
 
 @order.on_message
@@ -237,7 +246,8 @@ def checkout_payment_done(ctx: Context) -> None:
     error = result.error if result is not None else None
     if error is not None and error.code == "card_declined":
         ctx.reply(f"Your card was declined: {error.message}",
-                  "Say 'retry' to pay with another card, or 'cancel'.",
+                  quick_replies("Say 'retry' to pay with another card, or 'cancel'.",
+                                "retry", "cancel"),
                   state={**state, "step": "retry"})
         return
     ctx.fail(error.code if error else "error", error.message if error else "")

@@ -8,6 +8,8 @@ slot and every script touches one slot only (Redis Cluster):
 - ``NS:{tag}:o`` list: the outbox, oldest first;
 - ``NS:{tag}:d`` list: 12-byte digests of the last DEDUP_MEMORY client message ids, newest
   first (a list of fixed-size digests is a fraction of the memory of a sorted set);
+- ``NS:{tag}:h`` list: the session's history entries, oldest first, at most the router's
+  ``--history`` (only when history is on);
 - ``NS:{due-K}:due`` sorted sets, K in 0..7: the deadline index, member session id, score
   due time in ms; ``NS:{due-K}:n`` holds the last lease handed out from shard K.
 
@@ -80,15 +82,21 @@ if ARGV[1] ~= '' and redis.call('LPOS', KEYS[3], ARGV[1]) then seen = 1 end
 return {rec[1], rec[2], out, seen}
 """
 
-# KEYS: record, outbox, dedup.
-# ARGV: expected version, record, expire_at_ms, dedup digest or '', outbox entries...
+# KEYS: record, outbox, dedup, history.
+# ARGV: expected version, record, expire_at_ms, dedup digest or '', history bound,
+#       number of history entries H, H history entries..., outbox entries...
 _COMMIT = f"""
 local v = tonumber(redis.call('HGET', KEYS[1], 'v')) or 0
 if v ~= tonumber(ARGV[1]) then return 0 end
 if ARGV[4] ~= '' and redis.call('LPOS', KEYS[3], ARGV[4]) then return 0 end
 redis.call('HSET', KEYS[1], 'v', v + 1, 'b', ARGV[2])
+local h = tonumber(ARGV[6])
+if h > 0 then
+  redis.call('RPUSH', KEYS[4], unpack(ARGV, 7, 6 + h))
+  redis.call('LTRIM', KEYS[4], -tonumber(ARGV[5]), -1)
+end
 local n = #ARGV
-local i = 5
+local i = 7 + h
 while i <= n do
   -- in slices: unpack of a huge table overflows the Lua C stack
   local j = math.min(i + 999, n)
@@ -99,8 +107,13 @@ if ARGV[4] ~= '' then
   redis.call('LPUSH', KEYS[3], ARGV[4])
   redis.call('LTRIM', KEYS[3], 0, {DEDUP_MEMORY - 1})
 end
-for k = 1, 3 do redis.call('PEXPIREAT', KEYS[k], ARGV[3]) end
+for k = 1, 4 do redis.call('PEXPIREAT', KEYS[k], ARGV[3]) end
 return 1
+"""
+
+# KEYS: record, outbox, dedup, history. Deletes the session whole.
+_DELETE = """
+return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 """
 
 # KEYS: outbox. ARGV: entries to remove, one occurrence each (the oldest).
@@ -217,15 +230,17 @@ class RedisStore:
         self._discard = self._redis.register_script(_DISCARD)
         self._claim = self._redis.register_script(_CLAIM)
         self._settle = self._redis.register_script(_SETTLE)
+        self._delete = self._redis.register_script(_DELETE)
         self._next_shard = 0
 
     # -- keys -----------------------------------------------------------------------------
 
-    def session_keys(self, session: str) -> tuple[str, str, str]:
-        """The record, outbox and dedup keys of a session."""
+    def session_keys(self, session: str) -> tuple[str, str, str, str]:
+        """The record, outbox, dedup and history keys of a session."""
         digest = hashlib.sha256(session.encode()).digest()[:16]
         tag = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-        return f"{self._ns}:{{{tag}}}:r", f"{self._ns}:{{{tag}}}:o", f"{self._ns}:{{{tag}}}:d"
+        prefix = f"{self._ns}:{{{tag}}}:"
+        return prefix + "r", prefix + "o", prefix + "d", prefix + "h"
 
     def _shard(self, index: int) -> tuple[str, str]:
         return f"{self._ns}:{{due-{index}}}:due", f"{self._ns}:{{due-{index}}}:n"
@@ -274,11 +289,14 @@ class RedisStore:
 
     async def commit(self, session: str, expected_version: int, record: bytes, *,
                      append: Sequence[bytes] = (), remember: str | None = None,
-                     expire_at_ms: int, hint_ms: int | None = None) -> bool:
+                     expire_at_ms: int, hint_ms: int | None = None,
+                     history: Sequence[bytes] = (), history_max: int = 0) -> bool:
         """Compare-and-set the record, append to the outbox, remember an id, set expiry."""
         digest = _dedup_digest(remember) if remember is not None else b""
         keys = self.session_keys(session)
-        args: list[bytes | int] = [expected_version, record, expire_at_ms, digest, *append]
+        kept = list(history) if history_max > 0 else []
+        args: list[bytes | int] = [expected_version, record, expire_at_ms, digest,
+                                   history_max, len(kept), *kept, *append]
         async with self._guard():
             if hint_ms is None:
                 return bool(await self._commit(keys=keys, args=args))
@@ -369,6 +387,39 @@ class RedisStore:
         await self._redis.aclose()
 
     # -- tools ----------------------------------------------------------------------------
+
+    async def history(self, session: str) -> list[bytes]:
+        """The session's history entries, oldest first (empty when history is off)."""
+        async with self._guard():
+            found: list[Any] = await self._redis.lrange(
+                self.session_keys(session)[3], 0, -1)
+        return list(found)
+
+    async def delete_session(self, session: str) -> bool:
+        """Delete a session whole (record with its stack, waiting messages and timers,
+        outbox, dedup memory, history) atomically; True if it existed."""
+        async with self._guard():
+            deleted = await self._delete(keys=self.session_keys(session))
+            # The deadline hint sits on another slot; a stale one is dropped when it fires.
+            await self._redis.zrem(self._hint_key(session), session)
+        return bool(deleted)
+
+    async def scan_records(self, limit: int) -> AsyncIterator[bytes]:
+        """Up to ``limit`` stored session records, found by incremental SCAN (no call
+        blocks Redis for long; on a cluster every primary is visited)."""
+        if limit <= 0:
+            return
+        pattern = _escape_glob(self._ns) + ":{*}:r"
+        found = 0
+        async with self._guard():
+            async for key in self._redis.scan_iter(match=pattern, count=200):
+                blob: Any = await self._redis.hget(key, "b")
+                if blob is None:
+                    continue
+                yield blob
+                found += 1
+                if found >= limit:
+                    return
 
     async def ttl_ms(self, session: str) -> int:
         """Milliseconds until the session expires; -2 if it does not exist, -1 if it never does."""

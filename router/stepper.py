@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import core
+from . import core, history
 from .core import CoreConfig, Event, Outcome, Record, ReplyArrived
 from .outbox import Outbox
 from .record_cache import FastPathGate, RecordCache
@@ -59,13 +59,15 @@ class Stepper:
 
     def __init__(self, store: SessionStore, outbox: Outbox, cfg: CoreConfig, *,
                  clock: Callable[[], float], ids: Callable[[], str], stats: Counter[str],
-                 cache_age: float) -> None:
+                 cache_age: float, history_max: int = 0) -> None:
         self.store = store
         self.outbox = outbox
         self.cfg = cfg
         self.clock = clock
         self.ids = ids
         self.stats = stats
+        self.history_max = history_max
+        """History entries kept per session (0: none recorded)."""
         self.cache = RecordCache(max_age=cache_age)
         self._fast = FastPathGate()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -108,13 +110,15 @@ class Stepper:
         event = job.make_event(snap)
         if snap.outbox:
             return await self._leftovers(session, record, snap.outbox, event, job)
-        out = core.step(record, session, event, int(self.clock() * 1000), self.ids, self.cfg)
+        now = int(self.clock() * 1000)
+        out = core.step(record, session, event, now, self.ids, self.cfg)
         if not out.changed:
             if fast:
                 return _Tried()  # "nothing to do" from a cached record is not proof: load
             self.cache.put(session, snap.version, record)
             return _Tried(out)
-        return await self._commit(session, snap.version, record, out, job.hint, fast)
+        return await self._commit(session, snap.version, record, event, now, out, job.hint,
+                                  fast)
 
     async def _read(self, session: str, job: _Job) -> tuple[Snapshot, Record | None, bool]:
         """The session as this try sees it, and whether it comes from the cache."""
@@ -149,9 +153,9 @@ class Stepper:
         returned = await self.outbox.deliver(session, record, outbox, answered=answered)
         return _Tried(None, list(returned))
 
-    async def _commit(self, session: str, version: int, record: Record | None, out: Outcome,
-                      hint: bool, fast: bool) -> _Tried:
-        """Commit the step's record and outbox; on success, deliver the outbox."""
+    async def _commit(self, session: str, version: int, record: Record | None, event: Event,
+                      now: int, out: Outcome, hint: bool, fast: bool) -> _Tried:
+        """Commit the step's record, outbox and history; on success, deliver the outbox."""
         assert out.record is not None
         new = out.record
         due = new.due_ms(self.cfg)
@@ -161,7 +165,9 @@ class Stepper:
         applied = await self.store.commit(
             session, version, new.encode(), append=encoded, remember=out.remember,
             expire_at_ms=new.expire_at_ms(self.cfg),
-            hint_ms=due if hint and due is not None and due != old_due else None)
+            hint_ms=due if hint and due is not None and due != old_due else None,
+            history=history.entries(record, event, out, now) if self.history_max else (),
+            history_max=self.history_max)
         if fast:
             self._fast.outcome(applied)
         if not applied:

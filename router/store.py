@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,12 +52,14 @@ class SessionStore(Protocol):
 
     async def commit(self, session: str, expected_version: int, record: bytes, *,
                      append: Sequence[bytes] = (), remember: str | None = None,
-                     expire_at_ms: int, hint_ms: int | None = None) -> bool:
+                     expire_at_ms: int, hint_ms: int | None = None,
+                     history: Sequence[bytes] = (), history_max: int = 0) -> bool:
         """Compare-and-set: if the version is still ``expected_version`` and ``remember`` is
         not remembered yet, write the record (version + 1), append ``append`` to the outbox,
-        remember ``remember`` (keeping the last DEDUP_MEMORY ids), and make every key of the
-        session expire at ``expire_at_ms``; all atomically. Return False (and change
-        nothing) otherwise.
+        remember ``remember`` (keeping the last DEDUP_MEMORY ids), append ``history`` to the
+        session's history keeping its last ``history_max`` entries (none when 0), and make
+        every key of the session expire at ``expire_at_ms``; all atomically. Return False
+        (and change nothing) otherwise.
 
         ``hint_ms``, if given, is written to the deadline index *before* the atomic part.
         """
@@ -80,6 +82,15 @@ class SessionStore(Protocol):
     async def settle_hint(self, session: str, lease: int, due_ms: int | None) -> None:
         """If the hint still equals ``lease``: set it to ``due_ms``, or remove it if None."""
 
+    async def history(self, session: str) -> list[bytes]:
+        """The session's history entries, oldest first."""
+
+    async def delete_session(self, session: str) -> bool:
+        """Delete everything of one session atomically; True if it existed."""
+
+    def scan_records(self, limit: int) -> AsyncIterator[bytes]:
+        """Up to ``limit`` stored records, in no particular order, without long blocking."""
+
     async def ping(self) -> None:
         """Raise StoreUnavailable if the store does not answer."""
 
@@ -95,6 +106,7 @@ class _Session:
     outbox: list[bytes] = field(default_factory=list)
     seen: dict[str, None] = field(default_factory=dict)
     """Remembered ids in insertion order (a dict is an ordered set)."""
+    history: list[bytes] = field(default_factory=list)
 
 
 class MemoryStore:
@@ -133,7 +145,8 @@ class MemoryStore:
 
     async def commit(self, session: str, expected_version: int, record: bytes, *,
                      append: Sequence[bytes] = (), remember: str | None = None,
-                     expire_at_ms: int, hint_ms: int | None = None) -> bool:
+                     expire_at_ms: int, hint_ms: int | None = None,
+                     history: Sequence[bytes] = (), history_max: int = 0) -> bool:
         """Compare-and-set the record, append to the outbox, remember an id, set expiry."""
         await asyncio.sleep(0)
         if hint_ms is not None:
@@ -148,6 +161,9 @@ class MemoryStore:
         state.version += 1
         state.record = bytes(record)
         state.outbox.extend(bytes(entry) for entry in append)
+        if history_max > 0 and history:
+            state.history.extend(bytes(entry) for entry in history)
+            del state.history[:-history_max]
         if remember is not None:
             state.seen[remember] = None
             while len(state.seen) > DEDUP_MEMORY:
@@ -200,6 +216,27 @@ class MemoryStore:
             del self._hints[session]
         else:
             self._hints[session] = due_ms
+
+    async def history(self, session: str) -> list[bytes]:
+        """The session's history entries, oldest first."""
+        await asyncio.sleep(0)
+        state = self._get(session)
+        return [] if state is None else list(state.history)
+
+    async def delete_session(self, session: str) -> bool:
+        """Delete everything of one session; True if it existed."""
+        await asyncio.sleep(0)
+        self._hints.pop(session, None)
+        existed = self._get(session) is not None
+        self._sessions.pop(session, None)
+        return existed
+
+    async def scan_records(self, limit: int) -> AsyncIterator[bytes]:
+        """Up to ``limit`` stored records."""
+        for name in list(self._sessions)[:max(limit, 0)]:
+            state = self._get(name)
+            if state is not None:
+                yield state.record
 
     async def ping(self) -> None:
         """Always answers."""

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from worker_sdk import wire
 from worker_sdk.service import Service
 
+from . import history, sessions
 from .config import RouterConfig
 from .engine import Engine
+from .replay import Report, replay_export
 
 
 class HandlerError(AssertionError):
@@ -98,6 +101,25 @@ class FlowTest:
         """The saved states on the session's stack, root first."""
         rec = await self.engine.record(session or self.session)
         return [] if rec is None else [f.state for f in rec.stack]
+
+    async def export(self, *, session: str | None = None) -> dict[str, Any]:
+        """The session's recorded history as an export document (what ``cloudbunch session
+        export`` writes): record a conversation here, replay it against changed code."""
+        session = session or self.session
+        return await sessions.export(self.engine.store, session, self.engine.config.namespace)
+
+    async def replay(self, export: str | Path | dict[str, Any], *,
+                     ignore_state: bool = False) -> Report:
+        """Replay an exported session (a file of ``cloudbunch session export``, or a document)
+        against this test's services; ``report.ok`` when no turn acts differently."""
+        if isinstance(export, dict):
+            document = export
+        else:
+            document = history.from_json(Path(export).read_text(encoding="utf-8"),
+                                         where=str(export))
+        return await replay_export(document, self.engine.services,
+                                   root=self.engine.config.root, ignore_state=ignore_state,
+                                   max_depth=self.engine.config.max_depth)
 
     def _check(self) -> None:
         if self.raise_errors and self._catch.records:

@@ -309,3 +309,54 @@ class StoreContract:
 
     async def test_ping_answers(self, store: Any) -> None:
         await store.ping()
+
+    # -- history, deletion, sampling ---------------------------------------------------------
+
+    async def test_history_is_appended_with_the_commit_and_bounded(self, store: Any,
+                                                                    clock: Clock) -> None:
+        expire = clock.now_ms() + FAR
+        for version in range(5):
+            assert await store.commit("s", version, b"r", expire_at_ms=expire,
+                                      history=[f"h{version}a".encode(), f"h{version}b".encode()],
+                                      history_max=3)
+        assert await store.history("s") == [b"h3b", b"h4a", b"h4b"]
+
+    async def test_history_of_a_refused_commit_is_not_written(self, store: Any,
+                                                              clock: Clock) -> None:
+        await _create(store, clock, history=[b"one"], history_max=10)
+        assert not await store.commit("s", 0, b"x", expire_at_ms=clock.now_ms() + FAR,
+                                      history=[b"two"], history_max=10)
+        assert await store.history("s") == [b"one"]
+
+    async def test_history_off_writes_nothing(self, store: Any, clock: Clock) -> None:
+        await _create(store, clock, history=[b"one"], history_max=0)
+        assert await store.history("s") == []
+
+    async def test_history_expires_with_the_session(self, store: Any, clock: Clock) -> None:
+        assert await store.commit("s", 0, b"r", expire_at_ms=clock.now_ms() + 1000,
+                                  history=[b"h"], history_max=10)
+        await clock.advance(1500)
+        assert await store.history("s") == []
+        assert (await store.load("s")).version == 0
+
+    async def test_delete_session_removes_everything_of_it_only(self, store: Any,
+                                                                clock: Clock) -> None:
+        await _create(store, clock, append=[b"e"], remember="m", history=[b"h"],
+                      history_max=10, hint_ms=1)
+        await _create(store, clock, session="other", history=[b"h"], history_max=10)
+        assert await store.delete_session("s")
+        snap = await store.load("s", "m")
+        assert (snap.version, snap.record, snap.outbox, snap.seen) == (0, None, [], False)
+        assert await store.history("s") == []
+        assert await store.claim_due(10, 1000) == []
+        assert not await store.delete_session("s")
+        assert (await store.load("other")).version == 1
+        assert await store.history("other") == [b"h"]
+
+    async def test_scan_records_finds_sessions_up_to_the_limit(self, store: Any,
+                                                               clock: Clock) -> None:
+        for i in range(7):
+            await _create(store, clock, session=f"s{i}")
+        found = [blob async for blob in store.scan_records(100)]
+        assert sorted(found) == [b"rec-1"] * 7
+        assert len([blob async for blob in store.scan_records(3)]) == 3

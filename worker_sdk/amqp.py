@@ -207,8 +207,10 @@ class AmqpBroker:
     async def declare(self, queue: str) -> None:
         await self._declare(queue, durable=True, arguments={"x-queue-type": self.queue_type})
 
-    async def declare_own(self, queue: str, *, durable: bool = True) -> None:
-        await self._declare(queue, durable=durable, arguments=None)
+    async def declare_own(self, queue: str, *, durable: bool = True,
+                          single_active: bool = False) -> None:
+        await self._declare(queue, durable=durable, arguments={
+            "x-single-active-consumer": True} if single_active else None)
 
     async def _declare(self, queue: str, *, durable: bool,
                        arguments: dict[str, Any] | None) -> None:

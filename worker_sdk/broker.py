@@ -62,8 +62,13 @@ class Broker(Protocol):
     async def declare(self, queue: str) -> None:
         """Declare a shared durable queue (arguments exactly {x-queue-type: TYPE})."""
 
-    async def declare_own(self, queue: str, *, durable: bool = True) -> None:
-        """Declare a party's own queue (a frontend's reply queue): no queue-type argument."""
+    async def declare_own(self, queue: str, *, durable: bool = True,
+                          single_active: bool = False) -> None:
+        """Declare a party's own queue (a frontend's reply queue): no queue-type argument.
+
+        ``single_active``: of the queue's consumers only one gets messages at a time (in
+        order); another takes over when it goes (``x-single-active-consumer``).
+        """
 
     async def delete(self, queue: str) -> None:
         """Delete a queue (tests and tools)."""

@@ -132,9 +132,12 @@ class Client:
             raise
         return msg.id
 
-    async def end(self, session: str) -> str:
-        """End the session: the router discards its stack and sends an ``end`` notice."""
-        msg = wire.ClientMessage(session=session, id=_new_id(), reply_to=self.reply_queue,
+    async def end(self, session: str, *, id: str | None = None) -> str:
+        """End the session: the router discards its stack and sends an ``end`` notice.
+
+        ``id`` (default: a new one) is the message's dedup key, as for :meth:`send`.
+        """
+        msg = wire.ClientMessage(session=session, id=id or _new_id(), reply_to=self.reply_queue,
                                  type="end")
         await self._publish(msg)
         return msg.id

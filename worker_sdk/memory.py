@@ -195,8 +195,12 @@ class MemoryBroker:
     async def declare(self, queue: str) -> None:
         self._declare(queue, {"x-queue-type": self.queue_type}, durable=True)
 
-    async def declare_own(self, queue: str, *, durable: bool = True) -> None:
-        self._declare(queue, None, durable=durable)
+    async def declare_own(self, queue: str, *, durable: bool = True,
+                          single_active: bool = False) -> None:
+        # One process, one consumer per queue and connection: single_active changes nothing
+        # here but is remembered, so a re-declare with the other setting fails as on RabbitMQ.
+        self._declare(queue, {"x-single-active-consumer": True} if single_active else None,
+                      durable=durable)
 
     def _declare(self, name: str, arguments: dict[str, Any] | None, *, durable: bool) -> None:
         existing = self._queues.get(name)

@@ -7,6 +7,7 @@ Decorators only record handlers; nothing connects until :meth:`Service.serve` or
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import inspect
 import logging
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
-from . import wire
+from . import versions, wire
 from .broker import Broker, Delivery, Outgoing
 from .errors import ActionError, BrokerUnavailable, CloudBunchError, ConfigError, PublishFailed
 from .settings import Settings
@@ -31,6 +32,12 @@ F = TypeVar("F", bound=HandlerFn)
 
 # How long a stopping worker lets running handlers finish (the process exits within 10 s).
 DRAIN_SECONDS: Final = 7.0
+
+TOO_NEW_REQUEUES: Final = 10
+"""How often one worker hands back a dispatch whose state is newer than it knows before it
+fails the turn with code ``state_too_new`` (a newer worker usually takes it long before)."""
+TOO_NEW_PAUSE: Final = 0.5
+"""Seconds a worker waits before handing such a dispatch back, so that it is no hot loop."""
 
 
 class Context:
@@ -166,10 +173,17 @@ class Context:
 class Service:
     """A named service: handlers for ``start``, ``message`` and ``result`` events."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, state_version: int = 1) -> None:
         if not isinstance(name, str) or not name or any(c.isspace() for c in name):
             raise ConfigError(f"a service name must be a non-empty word, not {name!r}")
+        if (not isinstance(state_version, int) or isinstance(state_version, bool)
+                or state_version < 1):
+            raise ConfigError(f"state_version must be an integer >= 1, not {state_version!r}")
         self.name = name
+        self.state_version = state_version
+        """The version of the state this code saves (see :mod:`worker_sdk.versions`)."""
+        self._migrations: dict[int, versions.Migration] = {}
+        self._too_new: dict[tuple[str, int], int] = {}
         self._on_start: HandlerFn | None = None
         self._on_message: HandlerFn | None = None
         self._on_result: dict[str | None, HandlerFn] = {}
@@ -196,14 +210,51 @@ class Service:
             return fn
         return register
 
+    def migration(self, from_version: int) -> Callable[[versions.Migration],
+                                                        versions.Migration]:
+        """Register ``fn(state) -> state`` turning a state of ``from_version`` into the next.
+
+        A frame saved by older code is migrated step by step before its handler sees it.
+        """
+        def register(fn: versions.Migration) -> versions.Migration:
+            migrations = {**self._migrations, from_version: fn}
+            try:
+                versions.check_migrations(self.state_version, migrations)
+            except ValueError as exc:
+                raise ConfigError(f"service {self.name!r}: {exc}") from None
+            self._migrations = migrations
+            return fn
+        return register
+
     # ------------------------------------------------------------------ the pure part
 
     async def handle(self, dispatch: wire.Dispatch) -> wire.Reply:
-        """Run the matching handler (or the default) and build the reply; never raises."""
-        return (await self._handle(dispatch))[0]
+        """Run the matching handler (or the default) and build the reply; never raises.
+
+        A state newer than this service's ``state_version`` fails the turn with code
+        ``state_too_new`` (in memory there is no newer worker to hand it to).
+        """
+        try:
+            return (await self._handle(dispatch))[0]
+        except versions.StateTooNew as exc:
+            return _too_new_reply(dispatch, exc)
 
     async def _handle(self, dispatch: wire.Dispatch) -> tuple[wire.Reply, bytes]:
-        """The reply and its encoded body (encoding is where an unencodable state fails)."""
+        """The reply and its encoded body (encoding is where an unencodable state fails).
+
+        Raises StateTooNew, before any handler runs, for a state saved by newer code.
+        """
+        migrated = False
+        if dispatch.state is not None:
+            try:
+                migrated, state = versions.upgrade(dispatch.state, self.state_version,
+                                                   self._migrations)
+            except versions.StateTooNew:
+                raise
+            except Exception as exc:
+                return _exception_reply(dispatch, self.name, exc, "state_migration")
+            if state is not dispatch.state:  # unwrapped, or migrated
+                dispatch = dataclasses.replace(dispatch, state=state)
         ctx = Context(dispatch, self.name)
         handler = self._pick(dispatch)
         try:
@@ -214,15 +265,26 @@ class Service:
                 if inspect.isawaitable(outcome):
                     await outcome
             reply = ctx.to_reply()
+            if self.state_version > 1:
+                reply = self._versioned(reply, dispatch.state, migrated)
             body = wire.encode(reply.to_wire())
         except Exception as exc:
-            log.exception("event=handler_exception session=%s turn=%s service=%s",
-                          dispatch.session, dispatch.turn, self.name)
-            text = " ".join(str(exc).split())
-            reply = wire.Reply(session=dispatch.session, turn=dispatch.turn, action="fail",
-                               error=wire.ErrorInfo("exception", f"{type(exc).__name__}: {text}"))
-            body = wire.encode(reply.to_wire())
+            return _exception_reply(dispatch, self.name, exc, "handler_exception")
         return reply, body
+
+    def _versioned(self, reply: wire.Reply, state: Any, migrated: bool) -> wire.Reply:
+        """Stamp the saved state with this code's version (a migrated state is saved too)."""
+        if reply.action not in ("reply", "open"):
+            return reply
+        if reply.state is wire.ABSENT:
+            if not migrated:
+                return reply
+            new = state
+        else:
+            new = reply.state
+        if new is None:
+            return reply
+        return dataclasses.replace(reply, state=versions.wrap(self.state_version, new))
 
     def _pick(self, dispatch: wire.Dispatch) -> HandlerFn | None:
         if dispatch.event == "start":
@@ -263,7 +325,13 @@ class Service:
                         self.name, delivery.message_id, exc.reason, exc.detail)
             await delivery.ack()
             return
-        reply, body = await self._handle(dispatch)
+        try:
+            reply, body = await self._handle(dispatch)
+        except versions.StateTooNew as exc:
+            if not await self._hand_back_too_new(dispatch, delivery, exc):
+                return
+            reply = _too_new_reply(dispatch, exc)
+            body = wire.encode(reply.to_wire())
         message = Outgoing(replies, body, f"{dispatch.turn}.{dispatch.attempt}.r")
         try:
             (routed,) = await broker.publish([message])
@@ -284,9 +352,45 @@ class Service:
                  "action=%s", dispatch.session, dispatch.turn, self.name, dispatch.event,
                  dispatch.attempt, reply.action)
 
+    async def _hand_back_too_new(self, dispatch: wire.Dispatch, delivery: Delivery,
+                                 exc: versions.StateTooNew) -> bool:
+        """Requeue a dispatch for a newer worker; True once this worker gave up on it."""
+        key = (dispatch.turn, dispatch.attempt)
+        seen = self._too_new.get(key, 0) + 1
+        if seen > TOO_NEW_REQUEUES:
+            self._too_new.pop(key, None)
+            log.error("event=state_too_new_failed session=%s turn=%s service=%s found=%d "
+                      "known=%d", dispatch.session, dispatch.turn, self.name, exc.found,
+                      exc.known)
+            return True
+        if len(self._too_new) > 10_000:  # forget the oldest: a bound, not a cache
+            self._too_new.pop(next(iter(self._too_new)))
+        self._too_new[key] = seen
+        log.warning("event=state_too_new session=%s turn=%s service=%s found=%d known=%d "
+                    "handed_back=%d", dispatch.session, dispatch.turn, self.name, exc.found,
+                    exc.known, seen)
+        await asyncio.sleep(TOO_NEW_PAUSE)
+        await delivery.reject(requeue=True)
+        return False
+
     def run(self, settings: Settings | None = None, prefetch: int = 16) -> None:
         """Serve until SIGTERM/SIGINT (exit 0) or until the broker is lost for good (exit 1)."""
         sys.exit(run_main([self], settings, prefetch))
+
+
+def _exception_reply(dispatch: wire.Dispatch, service: str, exc: Exception,
+                     event: str) -> tuple[wire.Reply, bytes]:
+    log.exception("event=%s session=%s turn=%s service=%s", event, dispatch.session,
+                  dispatch.turn, service)
+    text = " ".join(str(exc).split())
+    reply = wire.Reply(session=dispatch.session, turn=dispatch.turn, action="fail",
+                       error=wire.ErrorInfo("exception", f"{type(exc).__name__}: {text}"))
+    return reply, wire.encode(reply.to_wire())
+
+
+def _too_new_reply(dispatch: wire.Dispatch, exc: versions.StateTooNew) -> wire.Reply:
+    return wire.Reply(session=dispatch.session, turn=dispatch.turn, action="fail",
+                      error=wire.ErrorInfo("state_too_new", str(exc)))
 
 
 def _default(ctx: Context) -> None:

@@ -21,6 +21,7 @@ from router.engine import Engine
 from router.redis_store import RedisStore
 from worker_sdk import Context, Service, wire
 from worker_sdk.amqp import AmqpBroker
+from worker_sdk.quick_replies import plain_text
 
 pytestmark = pytest.mark.infra
 
@@ -66,9 +67,14 @@ async def _cleanup(amqp_url: str, redis_url: str, namespace: str,
     await store.close()
 
 
+def _text(n: wire.Notice) -> str:
+    if n.type == "output":
+        return plain_text(n.payload)
+    return n.error.code if n.error else ""
+
+
 def _shown(notices: list[wire.Notice]) -> list[str]:
-    return [f"{n.type}:{n.payload if n.type == 'output' else n.error.code if n.error else ''}"
-            for n in notices]
+    return [f"{n.type}:{_text(n)}" for n in notices]
 
 
 async def test_pizza_script_reads_the_same(make_engine: EngineFactory) -> None:

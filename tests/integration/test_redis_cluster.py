@@ -87,7 +87,8 @@ async def test_a_session_sits_in_one_slot_and_sessions_spread(store: RedisStore,
     sessions = [f"user-{i}" for i in range(60)] + ["a{b}c", "{x}", "séance"]
     for session in sessions:
         assert await store.commit(session, 0, b"r", append=[b"e"], remember="m",
-                                  expire_at_ms=clock.now_ms() + FAR)
+                                  expire_at_ms=clock.now_ms() + FAR, history=[b"h"],
+                                  history_max=5)
     where = await keys_by_node(raw, store._ns)
     node_of = {key: name for name, keys in where.items() for key in keys}
     used: set[str] = set()
@@ -95,12 +96,12 @@ async def test_a_session_sits_in_one_slot_and_sessions_spread(store: RedisStore,
         keys = store.session_keys(session)
         slots = {await raw.cluster_keyslot(key) for key in keys}  # the server's own answer
         assert len(slots) == 1, session
-        nodes = {node_of[key] for key in keys}  # all three keys exist, on one node
+        nodes = {node_of[key] for key in keys}  # all four keys exist, on one node
         assert len(nodes) == 1, session
         used |= nodes
     primaries = {node.name for node in raw.get_primaries()}
     assert used == primaries
-    print(f"\nsessions per primary: { {n: len(k) // 3 for n, k in sorted(where.items())} }")
+    print(f"\nsessions per primary: { {n: len(k) // 4 for n, k in sorted(where.items())} }")
 
 
 async def test_delete_namespace_scans_every_primary(store: RedisStore, raw: RedisCluster,

@@ -94,3 +94,12 @@ def test_plan_and_message_sizes() -> None:
     sizes = message_sizes()
     # The baseline sends what the routed service receives and answers.
     assert sizes["direct_request"] == sizes["dispatch"] and sizes["dispatch"] > 150
+
+
+def test_the_forwarder_carries_where_notices_go_in_the_turn_id() -> None:
+    from bench.forwarder import _carried, _turn
+
+    turn = _turn("cb.client.x" * 20, "m-1")
+    assert len(turn) >= 16
+    assert _carried(turn) == ("cb.client.x" * 20, "m-1")
+    assert _turn("q", "m") != _turn("q", "m")  # unguessable, never repeated

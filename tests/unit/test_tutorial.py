@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from examples.tutorial import ask_name, greeter
+from examples.tutorial import answer, ask_name, greeter
 from router.testing import FlowTest, HandlerError
 from worker_sdk import Context, Service
 
@@ -41,3 +41,21 @@ async def test_handler_exceptions_fail_the_test_by_default() -> None:
             await flow.say("hi")
     async with FlowTest([broken], root="greeter", raise_errors=False) as flow:
         assert await flow.say("hi") == ["<error exception>"]
+
+
+async def test_a_recorded_conversation_replays_against_the_same_and_changed_code() -> None:
+    async with FlowTest([greeter, ask_name], root="greeter") as flow:
+        for text in ("hi", "R2D2", "ada", "bye"):
+            await flow.say(text)
+        recording = await flow.export()
+        assert (await flow.replay(recording)).ok
+    polite = Service("ask_name")
+
+    @polite.on_start
+    def ask(ctx: Context) -> None:
+        ctx.reply("Hello! May I have your name?", state={"tries": 0})
+
+    polite.on_message(answer)
+    async with FlowTest([greeter, polite], root="greeter") as changed:
+        report = await changed.replay(recording)
+    assert [(d.turn, sorted(d.fields)) for d in report.differences] == [(2, ["output"])]
