@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-HEAVY = "{'aio_pika', 'aiormq', 'redis', 'tenacity'}"
+HEAVY = "{'aio_pika', 'aiormq', 'redis', 'tenacity', 'aiohttp'}"
 
 
 def _heavy_after(statement: str) -> str:
