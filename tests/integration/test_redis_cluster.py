@@ -195,7 +195,8 @@ async def test_unreachable_cluster_is_one_clear_line() -> None:
         assert time.monotonic() - started < 15
         message = str(caught.value)
         assert "\n" not in message and "hunter2" not in message
-        assert message.startswith("Redis is not reachable at redis+cluster://user@127.0.0.1:1/0: ")
+        assert message.startswith(
+            "Redis is not reachable at redis+cluster://user:***@127.0.0.1:1/0: ")
         with pytest.raises(StoreUnavailable):
             await store.commit("s", 0, b"r", expire_at_ms=1, hint_ms=1)
         with pytest.raises(StoreUnavailable):

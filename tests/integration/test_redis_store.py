@@ -117,7 +117,7 @@ async def test_unreachable_redis_is_one_clear_line() -> None:
         assert time.monotonic() - started < 15  # bounded retries, no endless spin
         message = str(caught.value)
         assert "\n" not in message and "hunter2" not in message
-        assert message.startswith("Redis is not reachable at redis://user@127.0.0.1:1/0: ")
+        assert message.startswith("Redis is not reachable at redis://user:***@127.0.0.1:1/0: ")
         assert message.endswith("; start it or set CLOUDBUNCH_REDIS_URL")
         with pytest.raises(StoreUnavailable):
             await store.load("s")
