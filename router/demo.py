@@ -12,9 +12,9 @@ from urllib.parse import urlparse
 
 from worker_sdk import wire
 from worker_sdk.errors import BrokerUnavailable
-from worker_sdk.quick_replies import plain_text
 from worker_sdk.urls import redact
 
+from .channels.base import render
 from .config import RouterConfig
 from .engine import Engine
 from .store import StoreUnavailable
@@ -64,14 +64,7 @@ async def _lines(script: str | None) -> AsyncIterator[tuple[str, bool]]:
 
 
 def _show(notice: wire.Notice) -> str:
-    if notice.type == "output":
-        return f"bot> {plain_text(notice.payload)}"
-    if notice.type == "unhandled":
-        return "bot> (nobody understood that)"
-    if notice.type == "end":
-        return "bot> (conversation over: the next message starts a new one)"
-    error = notice.error or wire.ErrorInfo("error")
-    return f"bot> (error {error.code}: {error.message})"
+    return f"bot> {render(notice).text}"
 
 
 async def choose_engine(config: RouterConfig, mode: str = "auto") -> Engine:
