@@ -56,7 +56,7 @@ class Router:
 
     def __init__(self, config: RouterConfig, broker: Broker, store: SessionStore, *,
                  clock: Callable[[], float] = time.time,
-                 ids: Callable[[], str] = new_id) -> None:
+                 ids: Callable[[], str] = new_id, scan: bool = True) -> None:
         self.config = config
         self.cfg = config.core()
         self.broker = broker
@@ -71,7 +71,10 @@ class Router:
                                history_max=config.history)
         self.scanner = Scanner(
             store, self.stepper.run, self.cfg, clock=clock, health=self._health,
-            period=min(0.1, config.turn_timeout / 4, max(config.seq_hold / 4, 0.01)))
+            period=min(0.1, config.turn_timeout / 4, max(config.seq_hold / 4, 0.01)),
+            stats=self.stats)
+        self._scan = scan
+        """False: no scanning task; whoever owns the clock calls :meth:`fire_due`."""
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -88,8 +91,9 @@ class Router:
         """Declare the shared queues, start consuming and scanning deadlines."""
         for queue in (self.ingress, self.replies, self.dead):
             await self.broker.declare(queue)
-        self._scanning = asyncio.create_task(self.scanner.run(self._stopping),
-                                             name="cloudbunch-scanner")
+        if self._scan:
+            self._scanning = asyncio.create_task(self.scanner.run(self._stopping),
+                                                 name="cloudbunch-scanner")
         for queue, handler in ((self.ingress, self.on_ingress), (self.replies, self.on_reply)):
             await self.broker.consume(queue, self._guard(handler, queue), prefetch=64)
         log.info("event=router_started namespace=%s root=%s", self.config.namespace,
@@ -108,6 +112,10 @@ class Router:
                 await self._scanning
         log.info("event=router_stopped %s", " ".join(f"{k}={v}" for k, v in
                                                       sorted(self.stats.items())))
+
+    async def fire_due(self) -> int:
+        """Fire the deadlines and idle timers due now (one scanner pass); how many sessions."""
+        return await self.scanner.fire_due()
 
     async def wait_failed(self) -> None:
         """Return when the replica cannot go on (the store stayed unreachable)."""

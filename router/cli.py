@@ -15,12 +15,16 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from worker_sdk.errors import CloudBunchError, ConfigError
 from worker_sdk.service import run_event_loop
 
 from .config import ENV, RouterConfig, load_config
+
+if TYPE_CHECKING:
+    from .core import Timer
 
 log = logging.getLogger("router.cli")
 
@@ -64,6 +68,17 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not 0 < value <= 2_592_000:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 2592000 (30 days), "
+                                         f"not {text}")
     return value
 
 
@@ -113,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", dest="namespace", metavar="NS",
                    help="prefix of the demo's queues and keys [env CLOUDBUNCH_DEMO_NAMESPACE; "
                         "default cbdemo, so the demo never mixes with a deployment in 'cb']")
+    p.add_argument("--remind-after", type=_positive_seconds, default=60.0, metavar="SECONDS",
+                   help="silence after which a question is asked again [default 60]")
+    p.add_argument("--give-up-after", type=_positive_seconds, default=900.0,
+                   metavar="SECONDS", help="silence after which the order in progress is "
+                                           "dropped [default 900]")
 
     p = sub.add_parser("web", help="serve the web chat: a page and a WebSocket per tab",
                        description="Run one web chat gateway replica (any number may run "
@@ -120,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     from .channels.web.command import add_arguments as add_web_arguments
 
     add_web_arguments(p)
+
+    p = sub.add_parser("telegram", help="run the Telegram gateway (bot token in "
+                                        "CLOUDBUNCH_TELEGRAM_TOKEN)",
+                       description="Connect a Telegram bot to CloudBunch: long polling, or a "
+                                   "webhook with --webhook-url. Needs the 'telegram' extra "
+                                   "(pip install 'cloudbunch[telegram]'). SIGTERM or SIGINT "
+                                   "stops it.")
+    from .channels.telegram.command import add_arguments as add_telegram_arguments
+
+    add_telegram_arguments(p)
 
     p = sub.add_parser("session", help="inspect sessions", description="Inspect sessions.")
     ssub = p.add_subparsers(dest="session_command", metavar="SUBCOMMAND", required=True)
@@ -222,6 +252,7 @@ def _run(args: argparse.Namespace) -> int:
                         connect_timeout=CONNECT_TIMEOUT)
     if args.command == "demo":
         from .demo import run_demo
+        from .demo_flow import IdleTimes
 
         namespace = args.namespace or os.environ.get("CLOUDBUNCH_DEMO_NAMESPACE", "cbdemo")
         config = load_config(_options(args) | {"root": "pizza", "namespace": namespace})
@@ -234,7 +265,12 @@ def _run(args: argparse.Namespace) -> int:
             return run_event_loop(run_web_demo(config, mode=mode, host=web["host"],
                                                port=web["port"],
                                                open_browser=not args.no_browser))
-        return run_event_loop(run_demo(config, mode=mode, script=args.script))
+        idle = IdleTimes(remind_after=args.remind_after, give_up_after=args.give_up_after)
+        return run_event_loop(run_demo(config, mode=mode, script=args.script, idle=idle))
+    if args.command == "telegram":
+        from .channels.telegram.command import run as run_telegram
+
+        return run_telegram(vars(args), verbose=args.verbose)
     if args.command == "web":
         from .channels.web.command import run as run_web
 
@@ -328,7 +364,7 @@ async def _session_tool(config: RouterConfig, args: argparse.Namespace) -> int:
 
 async def show_session(config: RouterConfig, session: str) -> int:
     """Print a session's stack, turn in flight, waiting and held messages."""
-    from .core import Effect, Record
+    from .core import CorruptRecord, Effect, IdleFired, Record
     from .redis_store import RedisStore
 
     store = RedisStore(config.redis_url, config.namespace)
@@ -342,12 +378,20 @@ async def show_session(config: RouterConfig, session: str) -> int:
         print(f"session {session!r}: no record in namespace {config.namespace!r} "
               "(never seen, or expired)")
         return 1
-    rec = Record.decode(snap.record)
+    try:
+        rec = Record.decode(snap.record)
+    except CorruptRecord as exc:
+        print(f"session {session!r}: its stored record cannot be read ({exc}); delete its "
+              "keys to let the session start afresh", file=sys.stderr)
+        return 1
     print(f"session {session!r} (namespace {config.namespace!r}, version {snap.version}, "
           f"expires in {ttl / 1000:.0f} s)")
     print("stack (root first):" if rec.stack else "stack: empty")
+    now_ms = time.time() * 1000
     for depth, frame in enumerate(rec.stack):
         print(f"  {depth}: {frame.service}  state={frame.state!r}")
+        if frame.timer is not None:
+            print(f"     {describe_timer(frame.timer, rec.last_client_ms, now_ms)}")
     if rec.turn is not None:
         t = rec.turn
         print(f"turn in flight: {t.id} event={t.event} depth={t.depth} attempt={t.attempt} "
@@ -358,6 +402,9 @@ async def show_session(config: RouterConfig, session: str) -> int:
         print("turn in flight: none")
     print(f"waiting messages: {len(rec.waiting)}")
     for m in rec.waiting:
+        if isinstance(m, IdleFired):
+            print(f"  idle timer of frame {m.depth} ({m.seconds} s), fired")
+            continue
         print(f"  {m.id}: {m.payload!r}" + (f" seq={m.seq}" if m.seq is not None else ""))
     if rec.held:
         print(f"held for seq (last accepted {rec.last_seq}): {len(rec.held)}")
@@ -369,6 +416,16 @@ async def show_session(config: RouterConfig, session: str) -> int:
             e = Effect.decode(blob)
             print(f"  {e.kind} -> {e.queue}")
     return 0
+
+
+def describe_timer(timer: Timer, last_client_ms: int, now_ms: float) -> str:
+    """One line about a frame's idle timer for ``session show``."""
+    if timer.fired:
+        return f"idle timer: {timer.seconds:g} s of silence, fired (its turn is queued or done)"
+    due = timer.due_ms(last_client_ms)
+    when = datetime.fromtimestamp(due / 1000, UTC).isoformat(timespec="milliseconds")
+    return (f"idle timer: {timer.seconds:g} s of silence, fires at {when} "
+            f"(in {max(0.0, (due - now_ms) / 1000):.1f} s, unless a message arrives)")
 
 
 if __name__ == "__main__":

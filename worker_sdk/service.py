@@ -73,7 +73,7 @@ class Context:
 
     @property
     def event(self) -> str:
-        """``start``, ``message`` or ``result``."""
+        """``start``, ``message``, ``result`` or ``idle``."""
         return self._dispatch.event
 
     @property
@@ -86,6 +86,7 @@ class Context:
 
     @property
     def payload(self) -> Any:
+        """``message``: the client's input; ``idle``: the seconds of silence that fired it."""
         return self._dispatch.payload
 
     @property
@@ -116,15 +117,23 @@ class Context:
         """Add messages for the client; they are sent before the action's effects."""
         self._output.extend(outputs)
 
-    def reply(self, *outputs: Any, state: Any = KEEP) -> None:
-        """Stay on top, optionally saving a new state (None clears it); the chain ends."""
-        self._choose("reply", state=state)
+    def reply(self, *outputs: Any, state: Any = KEEP, idle: float | None = None) -> None:
+        """Stay on top, optionally saving a new state (None clears it); the chain ends.
+
+        ``idle=N``: if the person stays silent N seconds, this frame gets an ``idle`` event
+        (see :meth:`Service.on_idle`); the timer lasts until this frame's next turn.
+        """
+        self._choose("reply", state=state, idle=_check_idle(idle))
         self._output.extend(outputs)
 
-    def open(self, service: str, args: Any = None, *, state: Any = KEEP) -> None:
-        """Call a child service; its result comes back to this frame as a ``result`` event."""
+    def open(self, service: str, args: Any = None, *, state: Any = KEEP,
+             idle: float | None = None) -> None:
+        """Call a child service; its result comes back to this frame as a ``result`` event.
+
+        ``idle=N`` sets this frame's idle timer while the child runs (a root's "end the
+        order after 15 minutes of silence")."""
         self._check_name(service)
-        self._choose("open", service=service, args=args, state=state)
+        self._choose("open", service=service, args=args, state=state, idle=_check_idle(idle))
 
     def close(self, result: Any = None) -> None:
         """End this frame, returning ``result`` to the parent."""
@@ -136,9 +145,10 @@ class Context:
         self._choose("replace", service=service, args=args)
 
     def pass_(self) -> None:
-        """Not handled here: hand this message to the frame below."""
-        if self.event != "message":
-            raise ActionError(f"pass_() is only allowed on message events, not {self.event!r}")
+        """Not handled here: hand this message (or idle event) to the frame below."""
+        if self.event not in ("message", "idle"):
+            raise ActionError(f"pass_() is only allowed on message and idle events, not "
+                              f"{self.event!r}")
         self._choose("pass")
 
     def fail(self, code: str, message: str = "") -> None:
@@ -170,8 +180,18 @@ class Context:
                           output=list(self._output), **fields)
 
 
+def _check_idle(idle: Any) -> float | None:
+    if idle is None or idle == 0:
+        return None
+    if (not isinstance(idle, (int, float)) or isinstance(idle, bool) or not idle > 0
+            or idle > wire.MAX_IDLE or idle != idle):
+        raise ActionError(f"idle must be a number of seconds above 0 and at most "
+                          f"{wire.MAX_IDLE} (or 0/None for no timer), not {idle!r}")
+    return idle
+
+
 class Service:
-    """A named service: handlers for ``start``, ``message`` and ``result`` events."""
+    """A named service: handlers for ``start``, ``message``, ``result`` and ``idle`` events."""
 
     def __init__(self, name: str, *, state_version: int = 1) -> None:
         if not isinstance(name, str) or not name or any(c.isspace() for c in name):
@@ -187,6 +207,7 @@ class Service:
         self._on_start: HandlerFn | None = None
         self._on_message: HandlerFn | None = None
         self._on_result: dict[str | None, HandlerFn] = {}
+        self._on_idle: HandlerFn | None = None
 
     def __repr__(self) -> str:
         return f"Service({self.name!r})"
@@ -201,6 +222,15 @@ class Service:
     def on_message(self, fn: F) -> F:
         """Handle ``message``: the client's input in ``ctx.payload``."""
         self._on_message = fn
+        return fn
+
+    def on_idle(self, fn: F) -> F:
+        """Handle ``idle``: the person was silent for ``ctx.payload`` seconds, as this frame
+        asked with ``ctx.reply(..., idle=N)`` or ``ctx.open(..., idle=N)``.
+
+        Without this handler an ``idle`` event is answered by keeping the state and setting
+        no new timer."""
+        self._on_idle = fn
         return fn
 
     def on_result(self, child: str | None = None) -> Callable[[F], F]:
@@ -291,6 +321,8 @@ class Service:
             return self._on_start
         if dispatch.event == "message":
             return self._on_message
+        if dispatch.event == "idle":
+            return self._on_idle
         child = dispatch.result.service if dispatch.result is not None else None
         if child is not None and child in self._on_result:
             return self._on_result[child]
@@ -400,7 +432,8 @@ def _default(ctx: Context) -> None:
     elif ctx.event == "result" and ctx.result is not None and not ctx.result.ok:
         error = ctx.result.error or wire.ErrorInfo("error")
         ctx.fail(error.code or "error", error.message)
-    # start, or a successful result: reply, keeping the state (the Context default).
+    # start, idle, or a successful result: reply, keeping the state and setting no timer
+    # (the Context default).
 
 
 async def run_services(services: Sequence[Service], broker: Broker, namespace: str,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from .procs import REPO, Harness, child_env, cli
-from .test_e2e_actions import deploy, open_b, start_root
+from .test_e2e_actions import deploy, start_root
 
 pytestmark = pytest.mark.infra
 
@@ -83,13 +83,20 @@ async def test_sigterm_exits_0_and_another_replica_completes_the_turn(e2e: Harne
 
 async def test_session_show_prints_the_stack(e2e: Harness) -> None:
     front, s = await deploy(e2e, "A", "B")
-    await open_b(front, s, "tg:42")
+    a, b = s["A"], s["B"]
+    await start_root(front, a, "tg:42")
+    await front.send("tg:42", "open B")
+    await a.reply(await a.next(), "open", service="B", idle=900)
+    await b.reply(await b.next(), "reply", state="b0")
+    await front.harness.idle("tg:42")
     await front.send("tg:42", "go")
     await s["B"].next()  # leaves a turn in flight
     code, out, err = await run_cli("session", "show", "tg:42", "--namespace", e2e.ns,
                                    "--redis-url", e2e.redis_url)
     assert code == 0, err
     assert re.search(r"^\s*0: A\s+state='a0'$", out, re.M), out
+    assert re.search(r"^\s*idle timer: 900 s of silence, fires at 20\d\d-\S+ \(in 89\d\.\d s",
+                     out, re.M), out
     assert re.search(r"^\s*1: B\s+state='b0'$", out, re.M), out
     assert "turn in flight:" in out and "event=message depth=1" in out, out
     code, out, err = await run_cli("session", "show", "nobody", "--namespace", e2e.ns,

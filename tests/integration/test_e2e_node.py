@@ -20,6 +20,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from router.store import DEFAULT_REDIS_URL
+from worker_sdk.quick_replies import plain_text
 
 from .procs import QUEUE_TYPE, REPO, Harness, Proc, child_env, eventually, opened, pack, unpack
 
@@ -58,7 +59,7 @@ def transcript() -> list[tuple[str, list[str]]]:
 def shown(notice: dict[str, Any]) -> str:
     """A notice as the reference transcript writes it."""
     if notice["type"] == "output":
-        return f"output:{notice['payload']}"
+        return f"output:{plain_text(notice['payload'])}"  # quick replies as "text [a] [b]"
     error = notice.get("error")
     return f"{notice['type']}:{error['code'] if error else ''}"
 

@@ -34,6 +34,14 @@ function int(value) {
   throw new TypeError(`not an integer: ${JSON.stringify(value)}`);
 }
 
+/**
+ * An output element with quick-reply buttons (the payload convention of docs/protocol.md):
+ * frontends with buttons show them, the others show `text [a] [b]`.
+ */
+export function quickReplies(text, ...buttons) {
+  return { text, buttons };
+}
+
 export function money(cents) {
   const whole = Math.floor(cents / 100);
   const rest = ((cents % 100) + 100) % 100;
@@ -99,7 +107,7 @@ export const checkout = new Service("checkout", {
         turn.reply(
           [
             `Your card was declined: ${error.message ?? ""}`,
-            "Say 'retry' to pay with another card, or 'cancel'.",
+            quickReplies("Say 'retry' to pay with another card, or 'cancel'.", "retry", "cancel"),
           ],
           { state: { ...state, step: "retry" } },
         );

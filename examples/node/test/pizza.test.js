@@ -47,6 +47,10 @@ test("checkout offers a retry after a declined card, and opens payment on 'retry
     result: { service: "payment", ok: false, error: { code: "card_declined", message: "no." } },
   });
   assert.equal(declined.action, "reply");
+  assert.deepEqual(declined.output, [
+    "Your card was declined: no.",
+    { text: "Say 'retry' to pay with another card, or 'cancel'.", buttons: ["retry", "cancel"] },
+  ]);
   assert.deepEqual(declined.state, { ...state, step: "retry" });
   const retry = checkout.handle({ ...base, event: "message", state: declined.state, payload: " Retry " });
   assert.deepEqual([retry.action, retry.service, retry.args], ["open", "payment", { total: 1290 }]);

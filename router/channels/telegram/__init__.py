@@ -1,0 +1,1 @@
+"""The Telegram gateway: ``cloudbunch telegram`` (needs the ``telegram`` extra: aiogram 3)."""
