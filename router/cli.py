@@ -18,18 +18,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from worker_sdk.amqp_connect import CONNECT_TIMEOUT
 from worker_sdk.errors import CloudBunchError, ConfigError
+from worker_sdk.logs import configure as configure_logging
 from worker_sdk.service import run_event_loop
 
 from .config import ENV, RouterConfig, load_config
+from .probes import ProcessOptions, add_process_options, process_options
 
 if TYPE_CHECKING:
     from .core import Timer
 
 log = logging.getLogger("router.cli")
-
-CONNECT_TIMEOUT = 10.0
-"""Seconds a starting process keeps trying to reach RabbitMQ before it gives up."""
 
 ROUTER_OPTIONS: list[tuple[str, str, str]] = [
     ("amqp_url", "URL", "RabbitMQ URL (amqp:// or amqps://)"),
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run one router replica. Any number may run at once. "
                                    "SIGTERM or SIGINT stops it cleanly within 10 seconds.")
     _add_router_options(p)
+    add_process_options(p)
 
     p = sub.add_parser("worker", help="run service workers: cloudbunch worker module:attr ...",
                        description="Serve one or more services (each a worker_sdk.Service "
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dispatches handled at once per service "
                         "[env CLOUDBUNCH_PREFETCH; default 16]")
     _add_router_options(p, only=("amqp_url", "namespace", "queue_type"))
+    add_process_options(p)
 
     p = sub.add_parser("demo", help="chat with the example pizza bot in the terminal",
                        description="Run a router, the example pizza services and a terminal "
@@ -196,6 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "recorded one)")
     p.add_argument("--ignore-state", action="store_true",
                    help="accept turns that differ only in the state they save")
+
+    from .status import add_arguments as add_status_arguments
+
+    p = sub.add_parser("status", help="one screen for an operator: queues, workers, dead "
+                                      "letters; exit 1 when something needs a person",
+                       description="Show every service queue's depth and consumers, the "
+                                   "routers' queues and the dead letters' reasons. Exit "
+                                   "status 1 when a queue has messages and no consumer, or "
+                                   "dead letters are growing.")
+    add_status_arguments(p)
+    _add_router_options(p, only=("amqp_url", "namespace"))
     return parser
 
 
@@ -203,16 +216,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cloudbunch`` console script."""
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
-    if args.command == "demo":
+    if args.command in ("demo", "status"):
         level = logging.DEBUG if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        ops = process_options(args)
+    except CloudBunchError as exc:
+        print(f"cloudbunch {args.command}: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(level, ops.log_format)
     if not args.verbose:
         # aio-pika and aiormq log every reconnect attempt; our own lines say what matters.
         for name in ("aiormq", "aio_pika"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        return _run(args)
+        return _run(args, ops)
     except CloudBunchError as exc:
         print(f"cloudbunch {args.command}: {exc}", file=sys.stderr)
         return 1
@@ -234,10 +251,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name, None) for name, _, _ in ROUTER_OPTIONS}
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, ops: ProcessOptions) -> int:
     if args.command == "router":
         config = load_config(_options(args))
-        return run_event_loop(run_router(config))
+        return run_event_loop(run_router(config, metrics_port=ops.metrics_port))
     if args.command == "worker":
         from worker_sdk.service import load_service, run_main
         from worker_sdk.settings import Settings
@@ -249,7 +266,8 @@ def _run(args: argparse.Namespace) -> int:
         if prefetch is None:
             prefetch = _positive_env("CLOUDBUNCH_PREFETCH", 16)
         return run_main(services, settings, prefetch=prefetch,
-                        connect_timeout=CONNECT_TIMEOUT)
+                        connect_timeout=CONNECT_TIMEOUT, metrics_port=ops.metrics_port,
+                        configure_logging=False)
     if args.command == "demo":
         from .demo import run_demo
         from .demo_flow import IdleTimes
@@ -291,11 +309,20 @@ def _run(args: argparse.Namespace) -> int:
                                              ignore_state=args.ignore_state))
         except (history.BadExport, replay.ReplayError, OSError) as exc:
             raise ConfigError(str(exc)) from None
+    if args.command == "status":
+        from .status import run_status
+
+        config = load_config(_options(args) | {"root": "-"})
+        return run_event_loop(run_status(config.amqp_url, config.namespace, args,
+                                         os.environ.get("CLOUDBUNCH_MANAGEMENT_URL")))
     raise AssertionError(args.command)
 
 
-async def run_router(config: RouterConfig) -> int:
-    """Run one replica until SIGTERM/SIGINT (exit 0) or until a server is lost (exit 1)."""
+async def run_router(config: RouterConfig, *, metrics_port: int | None = None) -> int:
+    """Run one replica until SIGTERM/SIGINT (exit 0) or until a server is lost (exit 1).
+
+    With ``metrics_port``, serve /metrics, /healthz and /readyz on it.
+    """
     from worker_sdk.amqp import AmqpBroker
 
     from .app import Router
@@ -304,13 +331,26 @@ async def run_router(config: RouterConfig) -> int:
     store = RedisStore(config.redis_url, config.namespace)
     broker = AmqpBroker(config.amqp_url, config.queue_type, name="cloudbunch-router",
                         connect_timeout=CONNECT_TIMEOUT)
+    metrics = None
+    if metrics_port is not None:
+        from .metrics import RouterMetrics
+
+        metrics = RouterMetrics(config.core())
+    router = Router(config, broker, store, metrics=metrics)
+    probes = None
+    if metrics_port is not None:
+        from .probes import start_router_probes
+
+        probes = await start_router_probes(router, metrics_port)
     try:
         await store.ping()
         await broker.connect()
     except BaseException:
         await store.close()
+        if probes is not None:
+            probes[1].cancel()
+            await probes[0].close()
         raise
-    router = Router(config, broker, store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -333,6 +373,9 @@ async def run_router(config: RouterConfig) -> int:
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(router.stop(), 8.5)
+        if probes is not None:
+            probes[1].cancel()
+            await probes[0].close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(broker.close(), 1.0)
         with contextlib.suppress(Exception):

@@ -59,6 +59,9 @@ class Broker(Protocol):
         """Return when the connection is lost for good (reconnecting gave up); the caller
         should then exit so that a supervisor restarts it. Never returns while it holds."""
 
+    def is_connected(self) -> bool:
+        """Whether the connection is up now (False while reconnecting or after close)."""
+
     async def declare(self, queue: str) -> None:
         """Declare a shared durable queue (arguments exactly {x-queue-type: TYPE})."""
 

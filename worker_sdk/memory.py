@@ -232,6 +232,9 @@ class MemoryBroker:
             await self.cancel(queue, drain=0)
         self._closed = True
 
+    def is_connected(self) -> bool:
+        return not self._closed
+
     async def wait_lost(self) -> None:
         """Never returns by itself: an in-process broker cannot be lost."""
         if self._lost is None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from worker_sdk.amqp_connect import CONNECT_TIMEOUT
+
 from .procs import REPO, Harness, child_env, cli
 from .test_e2e_actions import deploy, start_root
 
@@ -151,13 +153,17 @@ async def test_demo_real(e2e: Harness) -> None:
 
 async def test_unreachable_broker_prints_one_clear_line(unreachable: Any) -> None:
     process, out, started = unreachable
-    code = await asyncio.to_thread(process.wait, 45)
+    code = await asyncio.to_thread(process.wait, 90)
     took = time.monotonic() - started
     out.seek(0)
     text = out.read().decode(errors="replace")
     assert code != 0
     assert "Traceback" not in text
     lines = [line for line in text.splitlines() if line.strip()]
+    # One line when it starts retrying, one when it gives up after the connect time.
     assert "RabbitMQ is not reachable" in lines[-1] and "127.0.0.1:1" in lines[-1], lines[-1]
-    assert len(lines) == 1, f"{len(lines)} lines instead of one (after {took:.0f} s):\n" + \
+    assert f"after trying for {CONNECT_TIMEOUT:g} s" in lines[-1], lines[-1]
+    assert len(lines) == 2, f"{len(lines)} lines instead of two (after {took:.0f} s):\n" + \
         "\n".join(lines[:5])
+    assert f"retrying for {CONNECT_TIMEOUT:.0f} s" in lines[0], lines[0]
+    assert took >= CONNECT_TIMEOUT

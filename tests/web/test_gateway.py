@@ -150,5 +150,30 @@ async def test_a_notice_delivered_twice_is_shown_once(web: WebHarness) -> None:
         await tab.wait_text("after")
         assert tab.bot_texts() == ["once", "after"]
         assert seqs(tab) == [1, 2]
+        await tab.send("not json")
+        await tab.wait(lambda f: f["type"] == "error")
+        async with tab.http.get(web.url + "metrics") as response:
+            text = await response.text()
+        assert "cloudbunch_web_notices_relayed_total 2.0" in text
+        assert "cloudbunch_web_notices_duplicate_total 1.0" in text
+        assert 'cloudbunch_web_frames_refused_total{code="bad_frame"} 1.0' in text
+        assert "cloudbunch_web_sockets 1.0" in text
     finally:
         await tab.close()
+
+
+async def test_a_socket_on_another_replica_takes_the_session_over(web: WebHarness) -> None:
+    await web.gateway()
+    a_url = web.url
+    web.port = free_port()
+    await web.gateway()
+    first = await Tab.open(a_url)
+    second = await Tab.open(web.url, session=first.session)
+    try:
+        await asyncio.wait_for(first.closed.wait(), 15)
+        assert first.close_code == 4001
+        await second.say("hi", mid())
+        await second.wait_text("Welcome")
+    finally:
+        await first.close()
+        await second.close()
