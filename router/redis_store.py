@@ -509,6 +509,15 @@ class RedisStore:
         async with self._guard():
             return int(await self._redis.pttl(self.session_keys(session)[0]))
 
+    async def records(self) -> AsyncIterator[bytes]:
+        """Every stored session record of the namespace, in no order (tools)."""
+        async with self._guard():
+            async for key in self._redis.scan_iter(match=_escape_glob(self._ns) + ":{*}:r",
+                                                   count=1000):
+                blob: Any = await self._redis.hget(key, "b")
+                if blob is not None:
+                    yield blob.encode() if isinstance(blob, str) else bytes(blob)
+
     async def delete_namespace(self) -> int:
         """Delete every key of the namespace (tests, tools); return how many.
 
