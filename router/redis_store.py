@@ -379,6 +379,7 @@ class RedisStore:
         pipe: Any
         if self.is_cluster:
             cluster: Any = self._redis
+            await cluster.initialize()  # the slot map, when this is the client's first command
             pipe = cluster.pipeline()
             # EVAL, not EVALSHA: a node promoted by a failover has no script cache.
             pipe.execute_command("EVAL", script, len(keys), *keys, *args)
