@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,10 @@ class Routed:
 
     def __init__(self, namespace: str, amqp_url: str, redis_url: str, queue_type: str,
                  *, prefetch: int, history: int | None = None,
-                 relay: str = "router") -> None:
+                 relay: str = "router", process_args: Sequence[str] = ()) -> None:
         self.ns = namespace
+        self.process_args = list(process_args)
+        """Extra options of the router and worker processes (--metrics-port 0, ...)."""
         self.amqp_url = amqp_url
         self.redis_url = redis_url
         self.queue_type = queue_type
@@ -71,7 +74,7 @@ class Routed:
                   "--amqp-url", self.amqp_url]
         self.worker = await Proc.python(
             "worker", "-m", "router.cli", "worker", "bench.services:bench", *common,
-            "--prefetch", str(self.prefetch))
+            "--prefetch", str(self.prefetch), *self.process_args)
         if self.relay == "forwarder":
             # The worker runs on uvloop when it is installed: so does the forwarder.
             uvloop = ["--uvloop"] if importlib.util.find_spec("uvloop") else []
@@ -82,7 +85,8 @@ class Routed:
             self.router = await Proc.python(
                 "router", "-m", "router.cli", "router", *common, "--redis-url",
                 self.redis_url, "--root", SERVICE, "--session-ttl", str(SESSION_TTL_S),
-                *(() if self.history is None else ("--history", str(self.history))))
+                *(() if self.history is None else ("--history", str(self.history))),
+                *self.process_args)
         names = wire.queue_names(self.ns)
         await self._ready(self.router, names["replies"])
         await self._ready(self.worker, self.service_queue)

@@ -91,6 +91,8 @@ class Bench:
     queue_type: str
     do_profile: bool
     history: int | None = None
+    process_args: tuple[str, ...] = ()
+    """Extra options of the router and worker processes (--metrics-port 0, ...)."""
     ns: str = field(default_factory=lambda: "bench" + secrets.token_hex(4))
     figures: list[Figure] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
@@ -157,7 +159,8 @@ class Bench:
             or self.do_profile
         if needs_routed:
             self.routed = Routed(self.ns, self.amqp_url, self.redis_url, self.queue_type,
-                                 prefetch=64, history=self.history)
+                                 prefetch=64, history=self.history,
+                                 process_args=self.process_args)
             self.say(f"namespace {self.ns}: starting router and worker processes")
             await self.routed.start()
             self.report["redis"] = await self.routed.redis_info()
@@ -512,10 +515,12 @@ async def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     sections = tuple(s for s in SECTIONS if s in args.only) if args.only else SECTIONS
     bench = Bench(plan, sections, args.amqp_url, args.redis_url, args.queue_type, args.profile,
-                  history=args.history)
+                  history=args.history,
+                  process_args=("--metrics-port", "0") if args.metrics else ())
     bench.report.update({"started": time.time(), "namespace": bench.ns, "quick": args.quick,
                          "plan": dataclasses.asdict(plan),
                          "queue_type": args.queue_type, "history": args.history,
+                         "metrics": args.metrics,
                          "machine": machine(),
                          "message_bytes": message_sizes(),
                          "loadavg_start": _loadavg()})
@@ -595,6 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="type of the shared queues, routed and direct alike [default quorum]")
     p.add_argument("--limit", type=float, default=None, metavar="S",
                    help="stop (and clean up) after this many seconds [default 600; 150 quick]")
+    p.add_argument("--metrics", action="store_true",
+                   help="router and worker serve Prometheus metrics (--metrics-port 0), to "
+                        "measure what metrics cost")
     p.add_argument("--history", type=int, default=None, metavar="N",
                    help="the router's --history (history entries per session) [default: the "
                         "router's default]; compare CPU per turn with 0")

@@ -38,7 +38,13 @@ def chat(ctx: Context) -> None:
 
 @ask_name.on_start
 def ask(ctx: Context) -> None:
-    ctx.reply(ctx.args["prompt"], state={"tries": 0})
+    # idle=60: if the person says nothing for a minute, on_idle below gets an idle event.
+    ctx.reply(ctx.args["prompt"], state={"tries": 0}, idle=60)
+
+
+@ask_name.on_idle
+def remind(ctx: Context) -> None:
+    ctx.reply("Still there? What is your name?")  # no idle= this time: one reminder only
 
 
 @ask_name.on_message

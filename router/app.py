@@ -17,7 +17,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
@@ -33,6 +33,9 @@ from .outbox import Outbox
 from .scanner import Scanner
 from .stepper import Stepper
 from .store import SessionStore, Snapshot
+
+if TYPE_CHECKING:
+    from .metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,12 @@ class Router:
 
     def __init__(self, config: RouterConfig, broker: Broker, store: SessionStore, *,
                  clock: Callable[[], float] = time.time,
-                 ids: Callable[[], str] = new_id) -> None:
+                 ids: Callable[[], str] = new_id, scan: bool = True,
+                 metrics: RouterMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
+        """Prometheus metrics (router.metrics), or None: not measured."""
+        self._consuming = False
         self.cfg = config.core()
         self.broker = broker
         self.store = store
@@ -64,13 +71,16 @@ class Router:
         names = wire.queue_names(config.namespace)
         self.ingress, self.replies, self.dead = names["ingress"], names["replies"], names["dead"]
         self.stats: Counter[str] = Counter()
-        self.outbox = Outbox(broker, store, self.dead, self.stats)
+        self.outbox = Outbox(broker, store, self.dead, self.stats, metrics=metrics)
         self.stepper = Stepper(store, self.outbox, self.cfg, clock=clock, ids=ids,
                                stats=self.stats, cache_age=min(5.0, config.session_ttl / 4),
-                               history_max=config.history)
+                               history_max=config.history, metrics=metrics)
         self.scanner = Scanner(
             store, self.stepper.run, self.cfg, clock=clock, health=self._health,
-            period=min(0.1, config.turn_timeout / 4, max(config.seq_hold / 4, 0.01)))
+            period=min(0.1, config.turn_timeout / 4, max(config.seq_hold / 4, 0.01)),
+            stats=self.stats)
+        self._scan = scan
+        """False: no scanning task; whoever owns the clock calls :meth:`fire_due`."""
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -87,16 +97,19 @@ class Router:
         """Declare the shared queues, start consuming and scanning deadlines."""
         for queue in (self.ingress, self.replies, self.dead):
             await self.broker.declare(queue)
-        self._scanning = asyncio.create_task(self.scanner.run(self._stopping),
-                                             name="cloudbunch-scanner")
+        if self._scan:
+            self._scanning = asyncio.create_task(self.scanner.run(self._stopping),
+                                                 name="cloudbunch-scanner")
         for queue, handler in ((self.ingress, self.on_ingress), (self.replies, self.on_reply)):
             await self.broker.consume(queue, self._guard(handler, queue), prefetch=64)
+        self._consuming = True
         log.info("event=router_started namespace=%s root=%s", self.config.namespace,
                  self.config.root)
 
     async def stop(self, grace: float = 7.0) -> None:
         """Stop consuming, let in-flight steps finish (up to ``grace`` s), stop the scanner."""
         self._stopping.set()
+        self._consuming = False
         await asyncio.gather(*(self.broker.cancel(q, drain=grace)
                                for q in (self.ingress, self.replies)), return_exceptions=True)
         with contextlib.suppress(TimeoutError):
@@ -107,6 +120,20 @@ class Router:
                 await self._scanning
         log.info("event=router_stopped %s", " ".join(f"{k}={v}" for k, v in
                                                       sorted(self.stats.items())))
+
+    def not_ready(self) -> str | None:
+        """Why this replica should get no traffic now (None: ready): /readyz."""
+        if not self._consuming:
+            return "not consuming (starting or stopping)"
+        if not self.broker.is_connected():
+            return "not connected to RabbitMQ (reconnecting)"
+        if self._store_down_since is not None:
+            return "Redis is not answering (retrying)"
+        return None
+
+    async def fire_due(self) -> int:
+        """Fire the deadlines and idle timers due now (one scanner pass); how many sessions."""
+        return await self.scanner.fire_due()
 
     async def wait_failed(self) -> None:
         """Return when the replica cannot go on (the store stayed unreachable)."""
@@ -121,8 +148,11 @@ class Router:
             await self.outbox.dead_letter(got)
         else:
             message = got
-            await self.run_step(message.session, lambda snap: ClientArrived(message, snap.seen),
-                                dedup_id=message.id)
+            out = await self.run_step(message.session,
+                                      lambda snap: ClientArrived(message, snap.seen),
+                                      dedup_id=message.id)
+            if out.dropped and self.metrics is not None:
+                self.metrics.duplicates.inc()
             self.stats["client_messages"] += 1
         await delivery.ack()
 
@@ -136,6 +166,8 @@ class Router:
             out = await self.run_step(got.session, lambda snap: event)
             if out.dropped:
                 self.stats["replies_dropped"] += 1
+                if self.metrics is not None:
+                    self.metrics.fenced.inc()
                 log.info("event=reply_dropped session=%s turn=%s why=%r", got.session,
                          event.turn, out.dropped)
         await delivery.ack()
@@ -149,7 +181,11 @@ class Router:
                source: str) -> Callable[[Delivery], Any]:
         """Run a consumer's handler: retry transient failures, then hand the delivery back;
         dead-letter one that hits a router bug."""
+        label = source.rsplit(".", 1)[-1]
+
         async def guarded(delivery: Delivery) -> None:
+            if self.metrics is not None:
+                self.metrics.deliveries.labels(label).inc()
             self._busy += 1
             self._idle.clear()
             try:
@@ -201,9 +237,14 @@ class Router:
         store stays unreachable for 30 s."""
         if error is None:
             self._store_down_since = None
+            if self.metrics is not None:
+                self.metrics.dependency("redis", True)
             return
         if not _transient(error):
             return
+        if self.metrics is not None and (isinstance(error, StoreUnavailable) or
+                                         type(error).__module__.startswith("redis")):
+            self.metrics.dependency("redis", False)
         now = time.monotonic()
         if self._store_down_since is None:
             self._store_down_since = now

@@ -15,17 +15,21 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
+from worker_sdk.amqp_connect import CONNECT_TIMEOUT
 from worker_sdk.errors import CloudBunchError, ConfigError
+from worker_sdk.logs import configure as configure_logging
 from worker_sdk.service import run_event_loop
 
 from .config import ENV, RouterConfig, load_config
+from .probes import ProcessOptions, add_process_options, process_options
+
+if TYPE_CHECKING:
+    from .core import Timer
 
 log = logging.getLogger("router.cli")
-
-CONNECT_TIMEOUT = 10.0
-"""Seconds a starting process keeps trying to reach RabbitMQ before it gives up."""
 
 ROUTER_OPTIONS: list[tuple[str, str, str]] = [
     ("amqp_url", "URL", "RabbitMQ URL (amqp:// or amqps://)"),
@@ -67,6 +71,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not 0 < value <= 2_592_000:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 2592000 (30 days), "
+                                         f"not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloudbunch",
@@ -79,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run one router replica. Any number may run at once. "
                                    "SIGTERM or SIGINT stops it cleanly within 10 seconds.")
     _add_router_options(p)
+    add_process_options(p)
 
     p = sub.add_parser("worker", help="run service workers: cloudbunch worker module:attr ...",
                        description="Serve one or more services (each a worker_sdk.Service "
@@ -89,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dispatches handled at once per service "
                         "[env CLOUDBUNCH_PREFETCH; default 16]")
     _add_router_options(p, only=("amqp_url", "namespace", "queue_type"))
+    add_process_options(p)
 
     p = sub.add_parser("demo", help="chat with the example pizza bot in the terminal",
                        description="Run a router, the example pizza services and a terminal "
@@ -113,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", dest="namespace", metavar="NS",
                    help="prefix of the demo's queues and keys [env CLOUDBUNCH_DEMO_NAMESPACE; "
                         "default cbdemo, so the demo never mixes with a deployment in 'cb']")
+    p.add_argument("--remind-after", type=_positive_seconds, default=60.0, metavar="SECONDS",
+                   help="silence after which a question is asked again [default 60]")
+    p.add_argument("--give-up-after", type=_positive_seconds, default=900.0,
+                   metavar="SECONDS", help="silence after which the order in progress is "
+                                           "dropped [default 900]")
 
     p = sub.add_parser("web", help="serve the web chat: a page and a WebSocket per tab",
                        description="Run one web chat gateway replica (any number may run "
@@ -176,6 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "recorded one)")
     p.add_argument("--ignore-state", action="store_true",
                    help="accept turns that differ only in the state they save")
+
+    from .status import add_arguments as add_status_arguments
+
+    p = sub.add_parser("status", help="one screen for an operator: queues, workers, dead "
+                                      "letters; exit 1 when something needs a person",
+                       description="Show every service queue's depth and consumers, the "
+                                   "routers' queues and the dead letters' reasons. Exit "
+                                   "status 1 when a queue has messages and no consumer, or "
+                                   "dead letters are growing.")
+    add_status_arguments(p)
+    _add_router_options(p, only=("amqp_url", "namespace"))
     return parser
 
 
@@ -183,16 +216,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cloudbunch`` console script."""
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
-    if args.command == "demo":
+    if args.command in ("demo", "status"):
         level = logging.DEBUG if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        ops = process_options(args)
+    except CloudBunchError as exc:
+        print(f"cloudbunch {args.command}: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(level, ops.log_format)
     if not args.verbose:
         # aio-pika and aiormq log every reconnect attempt; our own lines say what matters.
         for name in ("aiormq", "aio_pika"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        return _run(args)
+        return _run(args, ops)
     except CloudBunchError as exc:
         print(f"cloudbunch {args.command}: {exc}", file=sys.stderr)
         return 1
@@ -214,10 +251,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name, None) for name, _, _ in ROUTER_OPTIONS}
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, ops: ProcessOptions) -> int:
     if args.command == "router":
         config = load_config(_options(args))
-        return run_event_loop(run_router(config))
+        return run_event_loop(run_router(config, metrics_port=ops.metrics_port))
     if args.command == "worker":
         from worker_sdk.service import load_service, run_main
         from worker_sdk.settings import Settings
@@ -229,9 +266,11 @@ def _run(args: argparse.Namespace) -> int:
         if prefetch is None:
             prefetch = _positive_env("CLOUDBUNCH_PREFETCH", 16)
         return run_main(services, settings, prefetch=prefetch,
-                        connect_timeout=CONNECT_TIMEOUT)
+                        connect_timeout=CONNECT_TIMEOUT, metrics_port=ops.metrics_port,
+                        configure_logging=False)
     if args.command == "demo":
         from .demo import run_demo
+        from .demo_flow import IdleTimes
 
         namespace = args.namespace or os.environ.get("CLOUDBUNCH_DEMO_NAMESPACE", "cbdemo")
         config = load_config(_options(args) | {"root": "pizza", "namespace": namespace})
@@ -244,7 +283,8 @@ def _run(args: argparse.Namespace) -> int:
             return run_event_loop(run_web_demo(config, mode=mode, host=web["host"],
                                                port=web["port"],
                                                open_browser=not args.no_browser))
-        return run_event_loop(run_demo(config, mode=mode, script=args.script))
+        idle = IdleTimes(remind_after=args.remind_after, give_up_after=args.give_up_after)
+        return run_event_loop(run_demo(config, mode=mode, script=args.script, idle=idle))
     if args.command == "telegram":
         from .channels.telegram.command import run as run_telegram
 
@@ -269,11 +309,20 @@ def _run(args: argparse.Namespace) -> int:
                                              ignore_state=args.ignore_state))
         except (history.BadExport, replay.ReplayError, OSError) as exc:
             raise ConfigError(str(exc)) from None
+    if args.command == "status":
+        from .status import run_status
+
+        config = load_config(_options(args) | {"root": "-"})
+        return run_event_loop(run_status(config.amqp_url, config.namespace, args,
+                                         os.environ.get("CLOUDBUNCH_MANAGEMENT_URL")))
     raise AssertionError(args.command)
 
 
-async def run_router(config: RouterConfig) -> int:
-    """Run one replica until SIGTERM/SIGINT (exit 0) or until a server is lost (exit 1)."""
+async def run_router(config: RouterConfig, *, metrics_port: int | None = None) -> int:
+    """Run one replica until SIGTERM/SIGINT (exit 0) or until a server is lost (exit 1).
+
+    With ``metrics_port``, serve /metrics, /healthz and /readyz on it.
+    """
     from worker_sdk.amqp import AmqpBroker
 
     from .app import Router
@@ -282,13 +331,26 @@ async def run_router(config: RouterConfig) -> int:
     store = RedisStore(config.redis_url, config.namespace)
     broker = AmqpBroker(config.amqp_url, config.queue_type, name="cloudbunch-router",
                         connect_timeout=CONNECT_TIMEOUT)
+    metrics = None
+    if metrics_port is not None:
+        from .metrics import RouterMetrics
+
+        metrics = RouterMetrics(config.core())
+    router = Router(config, broker, store, metrics=metrics)
+    probes = None
+    if metrics_port is not None:
+        from .probes import start_router_probes
+
+        probes = await start_router_probes(router, metrics_port)
     try:
         await store.ping()
         await broker.connect()
     except BaseException:
         await store.close()
+        if probes is not None:
+            probes[1].cancel()
+            await probes[0].close()
         raise
-    router = Router(config, broker, store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -299,7 +361,7 @@ async def run_router(config: RouterConfig) -> int:
         print(f"cloudbunch router: consuming {router.ingress} and {router.replies} "
               f"(root {config.root!r})", file=sys.stderr, flush=True)
         waits = {asyncio.create_task(stop.wait()), asyncio.create_task(router.wait_failed()),
-                 asyncio.create_task(broker.wait_lost())}  # type: ignore[attr-defined]
+                 asyncio.create_task(broker.wait_lost())}
         _done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
@@ -311,6 +373,9 @@ async def run_router(config: RouterConfig) -> int:
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(router.stop(), 8.5)
+        if probes is not None:
+            probes[1].cancel()
+            await probes[0].close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(broker.close(), 1.0)
         with contextlib.suppress(Exception):
@@ -342,7 +407,7 @@ async def _session_tool(config: RouterConfig, args: argparse.Namespace) -> int:
 
 async def show_session(config: RouterConfig, session: str) -> int:
     """Print a session's stack, turn in flight, waiting and held messages."""
-    from .core import Effect, Record
+    from .core import CorruptRecord, Effect, IdleFired, Record
     from .redis_store import RedisStore
 
     store = RedisStore(config.redis_url, config.namespace)
@@ -356,12 +421,20 @@ async def show_session(config: RouterConfig, session: str) -> int:
         print(f"session {session!r}: no record in namespace {config.namespace!r} "
               "(never seen, or expired)")
         return 1
-    rec = Record.decode(snap.record)
+    try:
+        rec = Record.decode(snap.record)
+    except CorruptRecord as exc:
+        print(f"session {session!r}: its stored record cannot be read ({exc}); delete its "
+              "keys to let the session start afresh", file=sys.stderr)
+        return 1
     print(f"session {session!r} (namespace {config.namespace!r}, version {snap.version}, "
           f"expires in {ttl / 1000:.0f} s)")
     print("stack (root first):" if rec.stack else "stack: empty")
+    now_ms = time.time() * 1000
     for depth, frame in enumerate(rec.stack):
         print(f"  {depth}: {frame.service}  state={frame.state!r}")
+        if frame.timer is not None:
+            print(f"     {describe_timer(frame.timer, rec.last_client_ms, now_ms)}")
     if rec.turn is not None:
         t = rec.turn
         print(f"turn in flight: {t.id} event={t.event} depth={t.depth} attempt={t.attempt} "
@@ -372,6 +445,9 @@ async def show_session(config: RouterConfig, session: str) -> int:
         print("turn in flight: none")
     print(f"waiting messages: {len(rec.waiting)}")
     for m in rec.waiting:
+        if isinstance(m, IdleFired):
+            print(f"  idle timer of frame {m.depth} ({m.seconds} s), fired")
+            continue
         print(f"  {m.id}: {m.payload!r}" + (f" seq={m.seq}" if m.seq is not None else ""))
     if rec.held:
         print(f"held for seq (last accepted {rec.last_seq}): {len(rec.held)}")
@@ -383,6 +459,16 @@ async def show_session(config: RouterConfig, session: str) -> int:
             e = Effect.decode(blob)
             print(f"  {e.kind} -> {e.queue}")
     return 0
+
+
+def describe_timer(timer: Timer, last_client_ms: int, now_ms: float) -> str:
+    """One line about a frame's idle timer for ``session show``."""
+    if timer.fired:
+        return f"idle timer: {timer.seconds:g} s of silence, fired (its turn is queued or done)"
+    due = timer.due_ms(last_client_ms)
+    when = datetime.fromtimestamp(due / 1000, UTC).isoformat(timespec="milliseconds")
+    return (f"idle timer: {timer.seconds:g} s of silence, fires at {when} "
+            f"(in {max(0.0, (due - now_ms) / 1000):.1f} s, unless a message arrives)")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ atomically, then publishes the effects.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgpack
 
@@ -48,12 +50,14 @@ class Frame:
     one or two frames, so a deep stack costs little more than a shallow one.
     """
 
-    __slots__ = ("_packed", "_state", "service")
+    __slots__ = ("_packed", "_state", "service", "timer")
 
-    def __init__(self, service: str, state: Any = None, *, packed: bytes | None = None) -> None:
+    def __init__(self, service: str, state: Any = None, *, packed: bytes | None = None,
+                 timer: Timer | None = None) -> None:
         self.service = service
         self._state = _LAZY if packed is not None else state
         self._packed = packed
+        self.timer = timer
 
     @property
     def state(self) -> Any:
@@ -74,18 +78,47 @@ class Frame:
         return self._packed
 
     def copy(self) -> Frame:
-        other = Frame(self.service)
+        other = Frame(self.service, timer=self.timer)
         other._state, other._packed = self._state, self._packed
         return other
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Frame) and self.service == other.service
-                and self.state == other.state)
+                and self.state == other.state and self.timer == other.timer)
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Frame({self.service!r}, {self.state!r})"
+        return f"Frame({self.service!r}, {self.state!r}, timer={self.timer!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """A frame's idle timer: fires after ``seconds`` of session silence (contract "Idle timers")."""
+
+    seconds: int | float
+    set_ms: int
+    """When the reply that set it was applied; silence counts from this or the session's last
+    accepted client message, whichever is later."""
+    token: str
+    """The id of the turn whose reply set it: a queued firing finds its timer by this."""
+    fired: bool = False
+
+    def due_ms(self, last_client_ms: int) -> int:
+        """When it fires: never early, so the milliseconds are rounded up."""
+        return max(self.set_ms, last_client_ms) + math.ceil(self.seconds * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class IdleFired:
+    """A fired timer waiting in the session's FIFO for its turn."""
+
+    depth: int
+    token: str
+    seconds: int | float
+    accepted: int
+    """The session's count of accepted client messages when it fired: one more, and it is
+    dropped."""
 
 
 @dataclass(slots=True)
@@ -104,15 +137,36 @@ class Turn:
 
     id: str
     depth: int
-    event: Literal["start", "message", "result"]
+    event: Literal["start", "message", "result", "idle"]
     attempt: int
     deadline_ms: int
-    body: dict[str, Any]
-    """The dispatch body without ``attempt``, re-sent unchanged on a deadline."""
+    source: wire.Dispatch | dict[str, Any] = field(compare=False)
+    """The first attempt's dispatch (later attempts re-send it with their number), or its
+    stored form until :attr:`dispatch` is first read: most steps never need it."""
     opened_by: Literal["open", "replace"] | None = None
     """Set on the first start of a frame pushed by open/replace: a missing queue refuses."""
     replaced: Frame | None = None
     """The frame a ``replace`` popped, restored if the replacement is refused."""
+
+    @property
+    def dispatch(self) -> wire.Dispatch:
+        if isinstance(self.source, dict):
+            try:
+                self.source = _dispatch_from_map(self.source)
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raise CorruptRecord(f"the turn's dispatch: {type(exc).__name__}: {exc}") from None
+        return self.source
+
+    def stored_dispatch(self) -> dict[str, Any]:
+        return self.source if isinstance(self.source, dict) else _dispatch_to_map(self.source)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Turn) and self.id == other.id and self.depth == other.depth
+                and self.event == other.event and self.attempt == other.attempt
+                and self.deadline_ms == other.deadline_ms and self.opened_by == other.opened_by
+                and self.replaced == other.replaced and self.dispatch == other.dispatch)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -131,18 +185,32 @@ class Record:
     stack: list[Frame] = field(default_factory=list)
     turn: Turn | None = None
     chain: Chain | None = None
-    waiting: list[ClientMessage] = field(default_factory=list)
+    waiting: list[ClientMessage | IdleFired] = field(default_factory=list)
+    """Client messages and fired timers waiting for the chain in flight, in order."""
     held: list[Held] = field(default_factory=list)
     last_seq: int = 0
     activity_ms: int = 0
     stamp_ms: int = 0
     """When the record (and so its outbox) was last written."""
+    last: Chain | None = None
+    """The last accepted client message: where an idle chain's notices go, and its meta."""
+    last_client_ms: int = 0
+    """When the last client message was accepted (the session's silence starts there)."""
+    accepted: int = 0
+    """How many client messages the session accepted (tells a fired timer it is stale)."""
+
+    def timers_due(self) -> list[tuple[int, int]]:
+        """``(due_ms, depth)`` of every timer that has not fired yet, lowest frame first."""
+        return [(f.timer.due_ms(self.last_client_ms), depth)
+                for depth, f in enumerate(self.stack)
+                if f.timer is not None and not f.timer.fired]
 
     def due_ms(self, cfg: CoreConfig) -> int | None:
         """When this record next needs a deadline event, if ever."""
         dues = [h.arrived_ms + cfg.seq_hold_ms for h in self.held]
         if self.turn is not None:
             dues.append(self.turn.deadline_ms)
+        dues.extend(due for due, _ in self.timers_due())
         return min(dues) if dues else None
 
     def expire_at_ms(self, cfg: CoreConfig) -> int:
@@ -158,52 +226,179 @@ class Record:
         return Record(
             session=self.session,
             stack=[f.copy() for f in self.stack],
-            turn=None if turn is None else Turn(
-                turn.id, turn.depth, turn.event, turn.attempt, turn.deadline_ms, turn.body,
-                turn.opened_by, turn.replaced),
+            turn=None if turn is None else dataclasses.replace(turn),
             chain=self.chain, waiting=list(self.waiting), held=list(self.held),
-            last_seq=self.last_seq, activity_ms=self.activity_ms, stamp_ms=self.stamp_ms)
+            last_seq=self.last_seq, activity_ms=self.activity_ms, stamp_ms=self.stamp_ms,
+            last=self.last, last_client_ms=self.last_client_ms, accepted=self.accepted)
 
     # -- encoding (stored in the session store as one msgpack blob)
 
     def encode(self) -> bytes:
-        turn = self.turn
-        chain = self.chain
-        return wire.encode({
-            "s": self.session,
-            "k": [[f.service, f.packed()] for f in self.stack],
-            "t": None if turn is None else [
-                turn.id, turn.depth, turn.event, turn.attempt, turn.deadline_ms, turn.body,
-                turn.opened_by,
-                None if turn.replaced is None else [turn.replaced.service,
-                                                    turn.replaced.packed()]],
-            "c": None if chain is None else [chain.origin, chain.reply_to, chain.payload,
-                                               chain.meta],
-            "w": [m.to_wire() for m in self.waiting],
-            "h": [[h.message.to_wire(), h.arrived_ms] for h in self.held],
-            "q": self.last_seq,
-            "a": self.activity_ms,
-            "m": self.stamp_ms,
-        })
+        """The stored form: one keyed msgpack map, version :data:`RECORD_VERSION`."""
+        return wire.encode(_record_to_map(self))
 
     @classmethod
     def decode(cls, blob: bytes) -> Record:
-        raw = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-        t = raw["t"]
-        c = raw["c"]
-        return cls(
-            session=raw["s"],
-            stack=[Frame(s, packed=st) for s, st in raw["k"]],
-            turn=None if t is None else Turn(
-                id=t[0], depth=t[1], event=t[2], attempt=t[3], deadline_ms=t[4], body=t[5],
-                opened_by=t[6], replaced=None if t[7] is None else Frame(t[7][0], packed=t[7][1])),
-            chain=None if c is None else Chain(c[0], c[1], c[2], c[3]),
-            waiting=[ClientMessage.from_wire(m) for m in raw["w"]],
-            held=[Held(ClientMessage.from_wire(m), at) for m, at in raw["h"]],
-            last_seq=raw["q"],
-            activity_ms=raw["a"],
-            stamp_ms=raw.get("m", 0),
-        )
+        """Read a stored record; raise :class:`CorruptRecord` if it is not one."""
+        try:
+            raw = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise CorruptRecord(f"not msgpack: {exc}") from None
+        if not isinstance(raw, dict):
+            raise CorruptRecord(f"a {type(raw).__name__}, not a map")
+        version = raw.get("V", 1)
+        try:
+            if version == RECORD_VERSION:
+                return _record_from_map(raw)
+            if version == 1:
+                return _record_from_v1(raw)
+        except CorruptRecord:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError,
+                wire.BadBody) as exc:
+            raise CorruptRecord(f"{type(exc).__name__}: {exc}") from None
+        raise CorruptRecord(f"unknown record version {version!r}")
+
+
+class CorruptRecord(Exception):
+    """A stored session record that this router cannot read (damaged, or of an unknown
+    version): the session cannot be stepped until an operator removes it."""
+
+
+RECORD_VERSION: Final = 2
+"""The stored record's layout: 2 is keyed (``V`` 2); 1 was positional (read, never written)."""
+
+
+def _frame_to_map(frame: Frame) -> dict[str, Any]:
+    timer = frame.timer
+    if timer is None:
+        return {"n": frame.service, "s": frame.packed()}
+    return {"n": frame.service, "s": frame.packed(),
+            "i": {"n": timer.seconds, "at": timer.set_ms, "t": timer.token, "f": timer.fired}}
+
+
+def _frame_from_map(raw: dict[str, Any]) -> Frame:
+    timer = raw.get("i")
+    return Frame(raw["n"], packed=raw["s"], timer=None if timer is None else Timer(
+        timer["n"], timer["at"], timer["t"], timer["f"]))
+
+
+def _chain_to_map(chain: Chain | None) -> dict[str, Any] | None:
+    if chain is None:
+        return None
+    return {"o": chain.origin, "r": chain.reply_to, "p": chain.payload, "m": chain.meta}
+
+
+def _chain_from_map(raw: Any) -> Chain | None:
+    return None if raw is None else Chain(raw["o"], raw["r"], raw["p"], raw["m"])
+
+
+def _dispatch_to_map(d: wire.Dispatch) -> dict[str, Any]:
+    result = d.result
+    return {"s": d.session, "t": d.turn, "e": d.event, "d": d.depth, "st": d.state,
+            "ar": d.args, "p": d.payload, "b": d.bubbled, "m": d.meta,
+            "r": None if result is None else [
+                result.service, result.ok, result.value,
+                None if result.error is None else [result.error.code, result.error.message]]}
+
+
+def _dispatch_from_map(raw: dict[str, Any]) -> wire.Dispatch:
+    r = raw["r"]
+    result = None if r is None else Result(
+        r[0], r[1], r[2], None if r[3] is None else ErrorInfo(r[3][0], r[3][1]))
+    return wire.Dispatch(raw["s"], raw["t"], raw["e"], raw["d"], 1, raw["st"], raw["ar"],
+                         raw["p"], raw["b"], result, raw["m"])
+
+
+def _message_to_map(m: ClientMessage) -> dict[str, Any]:
+    return {"s": m.session, "i": m.id, "r": m.reply_to, "y": m.type, "p": m.payload,
+            "q": m.seq, "e": m.entry, "m": m.meta}
+
+
+def _message_from_map(raw: dict[str, Any]) -> ClientMessage:
+    return ClientMessage(raw["s"], raw["i"], raw["r"], raw["y"], raw["p"], raw["q"], raw["e"],
+                         raw["m"])
+
+
+def _record_to_map(rec: Record) -> dict[str, Any]:
+    turn = rec.turn
+    return {
+        "V": RECORD_VERSION,
+        "s": rec.session,
+        "k": [_frame_to_map(f) for f in rec.stack],
+        "t": None if turn is None else {
+            "id": turn.id, "d": turn.depth, "a": turn.attempt, "dl": turn.deadline_ms,
+            "x": turn.stored_dispatch(), "o": turn.opened_by,
+            "r": None if turn.replaced is None else _frame_to_map(turn.replaced)},
+        "c": _chain_to_map(rec.chain),
+        "w": [{"f": {"d": w.depth, "t": w.token, "n": w.seconds, "c": w.accepted}}
+              if isinstance(w, IdleFired) else {"m": _message_to_map(w)} for w in rec.waiting],
+        "h": [{"m": _message_to_map(h.message), "at": h.arrived_ms} for h in rec.held],
+        "q": rec.last_seq,
+        "a": rec.activity_ms,
+        "m": rec.stamp_ms,
+        "l": _chain_to_map(rec.last),
+        "lc": rec.last_client_ms,
+        "n": rec.accepted,
+    }
+
+
+def _waiting_from_map(raw: dict[str, Any]) -> ClientMessage | IdleFired:
+    fired = raw.get("f")
+    if fired is not None:
+        return IdleFired(fired["d"], fired["t"], fired["n"], fired["c"])
+    return _message_from_map(raw["m"])
+
+
+def _record_from_map(raw: dict[str, Any]) -> Record:
+    # Field types are not checked one by one (that would double the cost of every step):
+    # a damaged record fails here on its structure, or in the step on a type, and either
+    # way the shell contains it.
+    if not isinstance(raw["s"], str):
+        raise TypeError("the session id is not a string")
+    t = raw["t"]
+    turn = None
+    if t is not None:
+        x = t["x"]
+        turn = Turn(t["id"], t["d"], x["e"], t["a"], t["dl"], x, t["o"],
+                    None if t["r"] is None else _frame_from_map(t["r"]))
+    return Record(
+        session=raw["s"],
+        stack=[_frame_from_map(f) for f in raw["k"]],
+        turn=turn,
+        chain=_chain_from_map(raw["c"]),
+        waiting=[_waiting_from_map(w) for w in raw["w"]],
+        held=[Held(_message_from_map(h["m"]), h["at"]) for h in raw["h"]],
+        last_seq=raw["q"],
+        activity_ms=raw["a"],
+        stamp_ms=raw["m"],
+        last=_chain_from_map(raw["l"]),
+        last_client_ms=raw["lc"],
+        accepted=raw["n"],
+    )
+
+
+def _record_from_v1(raw: dict[str, Any]) -> Record:
+    """The positional layout written before version 2 (rolling upgrades)."""
+    t = raw["t"]
+    c = raw["c"]
+    turn = None
+    if t is not None:
+        dispatch = wire.Dispatch.from_wire(dict(t[5], attempt=1))
+        turn = Turn(id=t[0], depth=t[1], event=t[2], attempt=t[3], deadline_ms=t[4],
+                    source=dispatch, opened_by=t[6],
+                    replaced=None if t[7] is None else Frame(t[7][0], packed=t[7][1]))
+    return Record(
+        session=raw["s"],
+        stack=[Frame(s, packed=st) for s, st in raw["k"]],
+        turn=turn,
+        chain=None if c is None else Chain(c[0], c[1], c[2], c[3]),
+        waiting=[ClientMessage.from_wire(m) for m in raw["w"]],
+        held=[Held(ClientMessage.from_wire(m), at) for m, at in raw["h"]],
+        last_seq=raw["q"],
+        activity_ms=raw["a"],
+        stamp_ms=raw.get("m", 0),
+    )
 
 
 # ---------------------------------------------------------------------------- effects
@@ -284,6 +479,8 @@ class Outcome:
     """A client message id to add to the dedup memory."""
     dropped: str | None = None
     """Why an event was dropped without effect (stale reply, duplicate message...)."""
+    fired: int = 0
+    """How many idle timers fired in this step."""
 
 
 # ---------------------------------------------------------------------------- the step
@@ -333,7 +530,8 @@ class _Step:
         if msg.type == "end":
             self.end_session(msg)
             return
-        if len(rec.waiting) + len(rec.held) >= self.cfg.max_waiting:
+        waiting = sum(1 for w in rec.waiting if isinstance(w, ClientMessage))
+        if waiting + len(rec.held) >= self.cfg.max_waiting:
             # invalid_message is the one error code that leaves the session unchanged.
             self.notice(msg.reply_to, msg.id, "error", error=ErrorInfo(
                 "invalid_message", f"too many waiting: the session already has "
@@ -350,12 +548,17 @@ class _Step:
             rec.held.sort(key=lambda h: h.message.seq or 0)
 
     def accept(self, msg: ClientMessage) -> None:
+        rec = self.rec
         if msg.seq is not None:
-            self.rec.last_seq = msg.seq
-        if self.rec.chain is None:
+            rec.last_seq = msg.seq
+        # The session's silence restarts: every idle timer now counts from here.
+        rec.last = Chain(msg.id, msg.reply_to, None, msg.meta)
+        rec.last_client_ms = self.now
+        rec.accepted += 1
+        if rec.chain is None:
             self.start_chain(msg)
         else:
-            self.rec.waiting.append(msg)
+            rec.waiting.append(msg)
 
     def release_next_in_line(self) -> None:
         rec = self.rec
@@ -404,8 +607,47 @@ class _Step:
         rec = self.rec
         rec.turn = None
         rec.chain = None
-        if rec.waiting:
-            self.start_chain(rec.waiting.pop(0))
+        self.start_waiting()
+
+    def start_waiting(self) -> None:
+        """Start the next chain from the FIFO (fired timers that are stale are dropped)."""
+        rec = self.rec
+        while rec.chain is None and rec.waiting:
+            item = rec.waiting.pop(0)
+            if isinstance(item, IdleFired):
+                self.start_idle(item)
+            else:
+                self.start_chain(item)
+
+    # -- idle timers
+
+    def fire_timers(self) -> bool:
+        """Queue every timer that is due, lowest frame first; start one if nothing runs."""
+        rec = self.rec
+        due = [depth for at, depth in rec.timers_due() if at <= self.now]
+        self.out.fired += len(due)
+        for depth in due:
+            frame = rec.stack[depth]
+            timer = frame.timer
+            assert timer is not None
+            frame.timer = dataclasses.replace(timer, fired=True)
+            rec.waiting.append(IdleFired(depth, timer.token, timer.seconds, rec.accepted))
+        if due and rec.chain is None:
+            self.start_waiting()
+        return bool(due)
+
+    def start_idle(self, fired: IdleFired) -> None:
+        """A fired timer's turn came: dispatch ``idle`` to its frame, unless it is stale."""
+        rec = self.rec
+        frame = rec.stack[fired.depth] if fired.depth < len(rec.stack) else None
+        if (frame is None or frame.timer is None or frame.timer.token != fired.token
+                or rec.accepted != fired.accepted or rec.last is None):
+            return  # its frame is gone or had a turn, or the person spoke meanwhile
+        # A transition of the superstate exits its substates: no dispatches to them.
+        del rec.stack[fired.depth + 1:]
+        last = rec.last
+        rec.chain = Chain(last.origin, last.reply_to, None, last.meta)
+        self.dispatch(fired.depth, "idle", payload=fired.seconds)
 
     # -- replies
 
@@ -416,9 +658,9 @@ class _Step:
         rec.activity_ms = self.now
         reply = ev.reply
         problem = ev.problem
-        if reply is not None and reply.action == "pass" and turn.event != "message":
+        if reply is not None and reply.action == "pass" and turn.event not in ("message", "idle"):
             problem = wire.BadBody("invalid", f"action 'pass' is only allowed on a message "
-                                              f"event, not on {turn.event!r}")
+                                              f"or idle event, not on {turn.event!r}")
         if reply is None or problem is not None:
             assert problem is not None
             self.dead(ev.raw, problem, ev.source_queue)
@@ -436,17 +678,19 @@ class _Step:
         if reply.action == "reply":
             if reply.state is not ABSENT:
                 rec.stack[depth].state = reply.state
+            self.set_timer(rec.stack[depth], reply, turn)
             self.end_chain()
             return
         if reply.action == "pass":
             chain = rec.chain
             assert chain is not None
-            if depth == 0:
+            if depth > 0:
+                self.dispatch(depth - 1, "idle" if turn.event == "idle" else "message",
+                              payload=turn.dispatch.payload, bubbled=True)
+                return
+            if turn.event == "message":
                 self.notice(chain.reply_to, chain.origin, "unhandled", payload=chain.payload)
-                self.end_chain()
-            else:
-                self.dispatch(depth - 1, "message", payload=turn.body.get("payload"),
-                              bubbled=True)
+            self.end_chain()  # a root passing its idle event ends the chain silently
             return
         # Any other action by a lower frame exits the frames above it first.
         del rec.stack[depth + 1:]
@@ -455,6 +699,7 @@ class _Step:
             assert reply.service is not None
             if reply.state is not ABSENT:
                 frame.state = reply.state
+            self.set_timer(frame, reply, turn)
             if depth + 1 >= self.cfg.max_depth:
                 self.refuse(depth, reply.service, ErrorInfo(
                     "depth_exceeded", f"opening {reply.service!r} would make "
@@ -475,6 +720,10 @@ class _Step:
             assert reply.error is not None
             rec.stack.pop()
             self.finish_frame(Result(frame.service, False, error=reply.error))
+
+    def set_timer(self, frame: Frame, reply: Reply, turn: Turn) -> None:
+        """A reply's ``idle`` sets its frame's timer anew (the turn's dispatch dropped the old)."""
+        frame.timer = None if reply.idle is None else Timer(reply.idle, self.now, turn.id)
 
     def fail_frame(self, depth: int, error: ErrorInfo) -> None:
         """The frame at ``depth`` fails (router-raised): exits above it, then pops it."""
@@ -535,36 +784,29 @@ class _Step:
                 self.fail_frame(turn.depth, ErrorInfo(
                     "timeout", f"no valid reply from {self.rec.stack[turn.depth].service!r} "
                     f"after {turn.attempt} attempts"))
-        return changed
+        return self.fire_timers() or changed
 
     # -- effects
 
-    def dispatch(self, depth: int, event: Literal["start", "message", "result"], *,
+    def dispatch(self, depth: int, event: Literal["start", "message", "result", "idle"], *,
                  payload: Any = None, args: Any = None, bubbled: bool = False,
                  result: Result | None = None, opened_by: Literal["open", "replace"] | None = None,
                  replaced: Frame | None = None) -> None:
         rec = self.rec
         chain = rec.chain
         assert chain is not None
+        frame = rec.stack[depth]
+        frame.timer = None  # a timer lasts until its frame's next turn
         turn_id = self.new_id()
-        body: dict[str, Any] = {"v": wire.VERSION, "session": rec.session, "turn": turn_id,
-                                "event": event, "depth": depth, "state": rec.stack[depth].state}
-        if args is not None:
-            body["args"] = args
-        if payload is not None:
-            body["payload"] = payload
-        if event == "message":
-            body["bubbled"] = bubbled
-        if result is not None:
-            body["result"] = result.to_wire()
-        if chain.meta is not None:
-            body["meta"] = chain.meta
-        rec.turn = Turn(turn_id, depth, event, 1, self.now + self.cfg.turn_timeout_ms, body,
+        dispatch = wire.Dispatch(rec.session, turn_id, event, depth, 1, frame.state, args,
+                                 payload, bubbled, result, chain.meta)
+        rec.turn = Turn(turn_id, depth, event, 1, self.now + self.cfg.turn_timeout_ms, dispatch,
                         opened_by, replaced)
         self.publish_dispatch(rec.turn)
 
     def publish_dispatch(self, turn: Turn) -> None:
-        body = dict(turn.body, attempt=turn.attempt)
+        body = turn.dispatch.to_wire()
+        body["attempt"] = turn.attempt
         service = self.rec.stack[turn.depth].service
         self.out.effects.append(Effect(
             "dispatch", wire.service_queue(self.cfg.namespace, service),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import sys
 import time
@@ -15,11 +16,13 @@ from worker_sdk.errors import BrokerUnavailable, StoreUnavailable
 from worker_sdk.quick_replies import plain_text
 
 from .config import RouterConfig
+from .demo_flow import IdleTimes
 from .engine import Engine
 
 DEFAULT_SCRIPT = Path(__file__).resolve().with_name("demo_script.txt")
 
-HELP = "(type a message; /stack shows the session's stack, /end ends it, /quit leaves)"
+HELP = ("(type a message; /stack shows the session's stack, /wait S stays silent S seconds, "
+        "/end ends it, /quit leaves)")
 
 
 async def _answers(url: str, default_port: int) -> bool:
@@ -105,8 +108,26 @@ async def choose_engine(config: RouterConfig, mode: str = "auto") -> Engine:
     return engine
 
 
-async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | None = None) -> int:
-    """Chat with the pizza bot; ``mode`` is auto, embedded or real."""
+async def _show_unasked(engine: Engine, session: str, turn: asyncio.Lock) -> None:
+    """Print what the bot says without being asked (an idle timer's reminder), between the
+    person's messages."""
+    while True:
+        await engine.wait_notices(session)
+        async with turn:  # a message's own notices are taken by its converse()
+            notices = engine.take(session)
+        for notice in notices:
+            print(f"\n{_show(notice)}", flush=True)
+
+
+async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | None = None,
+                   idle: IdleTimes | None = None) -> int:
+    """Chat with the pizza bot; ``mode`` is auto, embedded or real; ``idle`` changes how long
+    the bot waits on a silent person."""
+    from . import demo_flow
+
+    if idle is not None:
+        demo_flow.IDLE.remind_after = idle.remind_after
+        demo_flow.IDLE.give_up_after = idle.give_up_after
     if script is not None and script != "-":
         try:
             open(script, encoding="utf-8").close()
@@ -118,7 +139,9 @@ async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | No
     session = f"demo-{secrets.token_hex(4)}"
     turns = 0
     busy = 0.0
+    turn = asyncio.Lock()
     async with engine:
+        shower = asyncio.create_task(_show_unasked(engine, session, turn))
         async for line, echo in _lines(script):
             text = line.strip()
             if not text or text.startswith("#"):
@@ -127,6 +150,13 @@ async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | No
                 print(f"you> {text}")
             if text == "/quit":
                 break
+            if text.startswith("/wait"):
+                # Silence: what the bot says meanwhile (an idle timer's) is printed as it comes.
+                try:
+                    await asyncio.sleep(float(text.removeprefix("/wait").strip() or "1"))
+                except ValueError:
+                    print("demo: /wait takes a number of seconds, e.g. /wait 5")
+                continue
             if text == "/stack":
                 rec = await engine.record(session)
                 frames = [f"{f.service}{'' if f.state is None else ' ' + repr(f.state)}"
@@ -134,12 +164,16 @@ async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | No
                 print("stack: " + (" > ".join(frames) if frames else "(empty)"))
                 continue
             started = time.perf_counter()
-            notices = await engine.converse(session, None if text == "/end" else text,
-                                            end=text == "/end")
+            async with turn:
+                notices = await engine.converse(session, None if text == "/end" else text,
+                                                end=text == "/end")
             busy += time.perf_counter() - started
             turns += 1
             for notice in notices:
                 print(_show(notice), flush=True)
+        shower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await shower
         await engine.converse(session, None, end=True)
     if turns:
         print(f"demo: {turns} messages in {busy:.2f} s "

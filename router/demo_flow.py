@@ -20,6 +20,10 @@ Where each action happens:
   "cancel", anything else) down to its parent.
 - ``fail``: payment declines a card ending in 0000; checkout catches the failed result and
   offers to retry.
+- idle timers: every question waits for its answer with ``idle=``; after a minute of silence
+  the form reminds the person once. The root, while an order is open, holds a longer timer:
+  after 15 minutes of silence it drops the order (its ``idle`` turn discards the forms above
+  it). ``cloudbunch demo --remind-after S --give-up-after S`` shortens both (:data:`IDLE`).
 
 Questions with a few possible answers offer them as quick replies (``quick_replies``: buttons
 in the web chat, ``[titles]`` after the text in the terminal); typing the answer works too.
@@ -35,17 +39,34 @@ workers with ``cloudbunch worker router.demo_flow:pizza router.demo_flow:menu ..
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from worker_sdk import Context, Service
 from worker_sdk.quick_replies import quick_replies
 
-__all__ = ["ROOT", "SERVICES", "address", "checkout", "menu", "order", "payment", "pizza"]
+__all__ = ["IDLE", "ROOT", "SERVICES", "IdleTimes", "address", "checkout", "menu", "order",
+           "payment", "pizza"]
 
 PIZZAS: dict[str, int] = {"margherita": 800, "pepperoni": 950, "veggie": 900}
 """Price of a medium pizza, in cents."""
 SIZES: dict[str, float] = {"small": 0.8, "medium": 1.0, "large": 1.3}
 DRINKS: dict[str, int] = {"cola": 250, "water": 150, "no": 0}
+
+
+
+@dataclass(slots=True)
+class IdleTimes:
+    """How long the bot waits on a silent person, in seconds."""
+
+    remind_after: float = 60.0
+    """A form repeats its question once after this much silence."""
+    give_up_after: float = 900.0
+    """The root drops the order in progress after this much silence."""
+
+
+IDLE = IdleTimes()
+"""Read at every turn; the demo's ``--remind-after`` / ``--give-up-after`` change it."""
 
 HELP = ("I take pizza orders. Say 'order' to start one, answer each question, "
         "'cancel' to drop the order in progress and 'bye' to leave.")
@@ -65,6 +86,21 @@ def _text(ctx: Context) -> str:
 
 def _money(cents: int) -> str:
     return f"${cents // 100}.{cents % 100:02d}"
+
+
+def _ask(ctx: Context, *lines: Any, state: dict[str, Any]) -> None:
+    """Ask a question (the last line: text, or text with quick replies) and wait for the
+    answer, reminding once after a silence (``on_idle`` of each form, :func:`_remind`)."""
+    ctx.reply(*lines, state={**state, "asked": lines[-1]}, idle=IDLE.remind_after)
+
+
+def _remind(ctx: Context) -> None:
+    """A form's idle timer fired: repeat the question, once (no new timer)."""
+    asked = (ctx.state or {}).get("asked", "")
+    if isinstance(asked, dict):  # a question with quick replies keeps its buttons
+        ctx.reply({**asked, "text": f"Are you still there? {asked.get('text', '')}"})
+    else:
+        ctx.reply(f"Are you still there? {asked}".strip())
 
 
 def _pick(text: str, choices: dict[str, Any]) -> str | None:
@@ -95,8 +131,10 @@ def pizza_message(ctx: Context) -> None:
     placed = int((ctx.state or {}).get("placed", 0))
     if text == "help":
         if ctx.bubbled:
-            # A digression: replying leaves the frames above in place; the form goes on.
-            ctx.reply(HELP, "Now, back to your order: please answer the last question.")
+            # A digression: replying leaves the frames above in place; the form goes on. This
+            # turn ended the root's timer: set it again, the order is still open.
+            ctx.reply(HELP, "Now, back to your order: please answer the last question.",
+                      idle=IDLE.give_up_after)
         else:
             ctx.reply(HELP)
     elif text == "cancel" and ctx.bubbled:
@@ -107,15 +145,24 @@ def pizza_message(ctx: Context) -> None:
     elif text == "cancel":
         ctx.reply("There is no order to cancel. Say 'order' to start one.")
     elif text in ("order", "menu", "start"):
-        ctx.open("menu")
+        # While the order is open, a long silence drops it (pizza_idle below).
+        ctx.open("menu", idle=IDLE.give_up_after)
     elif text in ("bye", "quit", "exit"):
         ctx.say(f"Goodbye! You placed {placed} order(s) today.")
         ctx.close({"placed": placed})
     elif ctx.bubbled:
         ctx.reply(f"Sorry, I did not understand {ctx.payload!r}. "
-                  "Answer the last question, or say 'help' or 'cancel'.")
+                  "Answer the last question, or say 'help' or 'cancel'.",
+                  idle=IDLE.give_up_after)
     else:
         ctx.reply("Say 'order' to order a pizza, or 'help'.")
+
+
+@pizza.on_idle
+def pizza_idle(ctx: Context) -> None:
+    # The forms above the root were discarded when this turn began: the order is gone.
+    ctx.reply(f"You have been away for {ctx.payload:g} seconds, so I dropped the order in "
+              "progress. Say 'order' to start again.")
 
 
 @pizza.on_result("menu")
@@ -142,8 +189,8 @@ def pizza_menu_done(ctx: Context) -> None:
 @menu.on_start
 def menu_start(ctx: Context) -> None:
     names = ", ".join(f"{name} ({_money(price)})" for name, price in PIZZAS.items())
-    ctx.reply(quick_replies(f"Which pizza would you like? We have {names}.", *PIZZAS),
-              state={"step": "pizza"})
+    _ask(ctx, quick_replies(f"Which pizza would you like? We have {names}.", *PIZZAS),
+         state={"step": "pizza"})
 
 
 @menu.on_message
@@ -156,8 +203,8 @@ def menu_message(ctx: Context) -> None:
             ctx.pass_()  # "help", "cancel", or something for the root to explain
             return
         state.update(step="size", pizza=choice)
-        ctx.reply(quick_replies(f"A {choice}. Which size: small, medium or large?", *SIZES),
-                  state=state)
+        _ask(ctx, quick_replies(f"A {choice}. Which size: small, medium or large?", *SIZES),
+             state=state)
         return
     size = _pick(text, SIZES)
     if size is None:
@@ -185,7 +232,7 @@ def menu_checkout_done(ctx: Context) -> None:
 @order.on_start
 def order_start(ctx: Context) -> None:
     item = dict(ctx.args or {})
-    ctx.reply(quick_replies(f"A {item['size']} {item['pizza']}, {_money(item['price'])}. "
+    _ask(ctx, quick_replies(f"A {item['size']} {item['pizza']}, {_money(item['price'])}. "
                             "Anything to drink: cola, water or no?", *DRINKS), state=item)
 
 
@@ -245,10 +292,10 @@ def checkout_payment_done(ctx: Context) -> None:
         return
     error = result.error if result is not None else None
     if error is not None and error.code == "card_declined":
-        ctx.reply(f"Your card was declined: {error.message}",
-                  quick_replies("Say 'retry' to pay with another card, or 'cancel'.",
-                                "retry", "cancel"),
-                  state={**state, "step": "retry"})
+        _ask(ctx, f"Your card was declined: {error.message}",
+             quick_replies("Say 'retry' to pay with another card, or 'cancel'.",
+                           "retry", "cancel"),
+             state={**state, "step": "retry"})
         return
     ctx.fail(error.code if error else "error", error.message if error else "")
 
@@ -258,7 +305,7 @@ def checkout_payment_done(ctx: Context) -> None:
 
 @address.on_start
 def address_start(ctx: Context) -> None:
-    ctx.reply("Where should we deliver? Street and number, please.")
+    _ask(ctx, "Where should we deliver? Street and number, please.", state={})
 
 
 @address.on_message
@@ -277,7 +324,7 @@ def address_message(ctx: Context) -> None:
 @payment.on_start
 def payment_start(ctx: Context) -> None:
     total = int((ctx.args or {}).get("total", 0))
-    ctx.reply(f"Please type your card number to pay {_money(total)}.", state={"total": total})
+    _ask(ctx, f"Please type your card number to pay {_money(total)}.", state={"total": total})
 
 
 @payment.on_message
@@ -294,6 +341,9 @@ def payment_message(ctx: Context) -> None:
     ctx.say(f"Paid {_money(total)} with the card ending in {digits[-4:]}.")
     ctx.close({"payment_id": f"pay-{ctx.turn}", "card": digits[-4:], "total": total})
 
+
+for _form in (menu, order, checkout, address, payment):
+    _form.on_idle(_remind)
 
 SERVICES: list[Service] = [pizza, menu, order, checkout, address, payment]
 ROOT = "pizza"

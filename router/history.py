@@ -50,7 +50,8 @@ def entries(before: Record | None, event: Event, outcome: Outcome, now_ms: int) 
                 "service": frame.service if frame is not None else None,
                 "depth": turn.depth, "event": turn.event, "attempt": turn.attempt,
                 # The state it carried is the one an earlier entry's reply saved.
-                "dispatch": {k: v for k, v in turn.body.items() if k != "state"},
+                "dispatch": {k: v for k, v in turn.dispatch.to_wire().items()
+                             if k not in ("state", "attempt")},
                 "reply": reply.to_wire() if reply is not None else None,
                 "problem": None if problem is None else f"{problem.reason}: {problem.detail}",
                 "stack": [f.service for f in outcome.record.stack],

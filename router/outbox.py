@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from time import perf_counter
+from typing import TYPE_CHECKING
 
 from worker_sdk import wire
 from worker_sdk.broker import Broker, Outgoing
@@ -17,6 +19,9 @@ from .core import Effect, Record, Undeliverable
 from .ingest import DeadLetter
 from .store import SessionStore
 
+if TYPE_CHECKING:
+    from .metrics import RouterMetrics
+
 log = logging.getLogger(__name__)
 
 
@@ -24,8 +29,9 @@ class Outbox:
     """Publishes outbox entries and dead letters for one router replica."""
 
     def __init__(self, broker: Broker, store: SessionStore, dead_queue: str,
-                 stats: Counter[str]) -> None:
+                 stats: Counter[str], *, metrics: RouterMetrics | None = None) -> None:
         self.broker = broker
+        self.metrics = metrics
         self.store = store
         self.dead_queue = dead_queue
         self.stats = stats
@@ -51,6 +57,8 @@ class Outbox:
         Returns the dispatches the broker returned, as events for the caller to step.
         """
         self._unsent.add(session)
+        m = self.metrics
+        started = perf_counter()
         current = record.turn if record is not None else None
         effects = [Effect.decode(e) for e in encoded]
         first = [e for e in effects if e.kind != "dispatch"]
@@ -63,6 +71,8 @@ class Outbox:
             for effect, ok in zip(first, routed, strict=True):
                 if not ok:
                     self.stats["notices_dropped"] += 1
+                    if m is not None:
+                        m.notices_dropped.inc()
                     log.info("event=notice_dropped session=%s queue=%s (no such queue)",
                              session, effect.queue)
         returned: list[Effect] = []
@@ -70,7 +80,12 @@ class Outbox:
             routed = await self.broker.publish([_outgoing(e) for e in second])
             returned = [e for e, ok in zip(second, routed, strict=True) if not ok]
             self.stats["dispatches"] += len(second) - len(returned)
+        if m is not None:
+            m.phase("publish", perf_counter() - started)
+            started = perf_counter()
         await self.store.discard(session, encoded, unhint_ms=unhint_ms)
+        if m is not None:
+            m.phase("discard", perf_counter() - started)
         self._unsent.discard(session)
         events = []
         for effect in returned:
@@ -83,6 +98,8 @@ class Outbox:
         """Publish a body unchanged to ``NS.dead`` with the reason headers (guarantee 8), then
         the error notice its sender is owed, if any."""
         self.stats["dead_letters"] += 1
+        if self.metrics is not None:
+            self.metrics.dead_letter(letter.source_queue, str(letter.reason))
         log.warning("event=dead_letter queue=%s reason=%s detail=%r", letter.source_queue,
                     letter.reason, letter.detail)
         await self.broker.publish([Outgoing(self.dead_queue, letter.body, letter.message_id,
@@ -92,8 +109,12 @@ class Outbox:
         notice = letter.notice
         routed = await self.broker.publish([Outgoing(letter.reply_to,
                                                      wire.encode(notice.to_wire()), notice.id)])
+        if self.metrics is not None:
+            self.metrics.notices.labels("error").inc()
         if not routed[0]:
             self.stats["notices_dropped"] += 1
+            if self.metrics is not None:
+                self.metrics.notices_dropped.inc()
 
 
 def _outgoing(effect: Effect) -> Outgoing:

@@ -32,7 +32,7 @@ import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -49,7 +49,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker_sdk.errors import StoreUnavailable
+from worker_sdk.errors import ConfigError, StoreUnavailable
 from worker_sdk.settings import check_namespace
 
 from .store import DEDUP_MEMORY, Snapshot
@@ -111,6 +111,14 @@ for k = 1, 4 do redis.call('PEXPIREAT', KEYS[k], ARGV[3]) end
 return 1
 """
 
+# KEYS: record. Rewrites the record's expiry unchanged: a write that replicates, so that a
+# WAIT after it covers every earlier write of the node.
+_BARRIER = """
+local t = redis.call('PEXPIRETIME', KEYS[1])
+if t > 0 then redis.call('PEXPIREAT', KEYS[1], t) end
+return 1
+"""
+
 # KEYS: record, outbox, dedup, history. Deletes the session whole.
 _DELETE = """
 return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
@@ -166,6 +174,31 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}@{hosts}" if user else hosts))
 
 
+WAIT_OPTIONS = ("wait_replicas", "wait_timeout")
+"""URL query options of the store itself (not passed to redis-py), see :class:`RedisStore`."""
+
+
+def take_wait_options(url: str) -> tuple[str, int, int]:
+    """The URL without ``wait_replicas`` / ``wait_timeout``, and their values (0 and 1000 ms
+    when absent)."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    mine = {k: v for k, v in pairs if k in WAIT_OPTIONS}
+    values: dict[str, int] = {}
+    for name, default, low in (("wait_replicas", 0, 0), ("wait_timeout", 1000, 1)):
+        raw = mine.get(name, str(default))
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            values[name] = low - 1
+        if values[name] < low:
+            raise ConfigError(f"CLOUDBUNCH_REDIS_URL (--redis-url): {name} must be a whole "
+                              f"number of at least {low}, not {raw!r}")
+    rest = urlencode([(k, v) for k, v in pairs if k not in WAIT_OPTIONS])
+    return (urlunsplit(parts._replace(query=rest)), values["wait_replicas"],
+            values["wait_timeout"])
+
+
 def split_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]] | None:
     """For a cluster URL: a plain URL of its first seed node and the other seeds' addresses.
 
@@ -211,10 +244,18 @@ class RedisStore:
     ``rediss+cluster://``): a Redis Cluster. The hosts are seed nodes: any one that answers
     is enough, the client finds the other nodes and follows resharding and failover. A
     cluster has database 0 only. Query parameters are passed on as with ``redis://``.
+
+    Two query parameters are the store's own: ``wait_replicas=N`` makes every commit wait
+    (Redis ``WAIT``) until N replicas of its node have it, for at most ``wait_timeout``
+    milliseconds (default 1000); a commit they do not confirm in time fails as a transient
+    store error, so the step is retried and its delivery is neither published nor
+    acknowledged before a replica holds it. Replication being asynchronous, without it a
+    failover can lose acknowledged commits (docs/reliability.md, "Clusters").
     """
 
     def __init__(self, url: str, namespace: str) -> None:
         self._url = url
+        url, self.wait_replicas, self.wait_timeout_ms = take_wait_options(url)
         self._ns = check_namespace(namespace)
         options: dict[str, Any] = {
             "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES),
@@ -284,9 +325,13 @@ class RedisStore:
     async def load(self, session: str, dedup_id: str | None = None) -> Snapshot:
         """Read record, version, outbox and (if ``dedup_id``) whether that id was seen."""
         digest = _dedup_digest(dedup_id) if dedup_id is not None else b""
+        keys = self.session_keys(session)
         async with self._guard():
-            version, record, outbox, seen = await self._load(
-                keys=self.session_keys(session), args=[digest])
+            version, record, outbox, seen = await self._load(keys=keys, args=[digest])
+            if outbox and self.wait_replicas:
+                # An outbox left by a step that may have died before its WAIT: publish it
+                # only once a replica holds it (a barrier write, then WAIT).
+                await self._replicated(_BARRIER, keys[:1], (), "an outbox")
         return Snapshot(version=int(version or 0), record=record, outbox=list(outbox),
                         seen=bool(seen))
 
@@ -300,6 +345,8 @@ class RedisStore:
         kept = list(history) if history_max > 0 else []
         args: list[bytes | int] = [expected_version, record, expire_at_ms, digest,
                                    history_max, len(kept), *kept, *append]
+        if self.wait_replicas:
+            return await self._commit_replicated(session, keys, args, hint_ms)
         async with self._guard():
             if hint_ms is None:
                 return bool(await self._commit(keys=keys, args=args))
@@ -313,6 +360,40 @@ class RedisStore:
             await self._commit(keys=keys, args=args, client=pipe)
             _, applied = await pipe.execute()
         return bool(applied)
+
+    async def _commit_replicated(self, session: str, keys: Sequence[str],
+                                 args: list[bytes | int], hint_ms: int | None) -> bool:
+        """The commit, then WAIT for the replicas: False if not applied, StoreUnavailable if
+        applied but not confirmed by ``wait_replicas`` replicas in time."""
+        async with self._guard():
+            if hint_ms is not None:
+                await self._redis.zadd(self._hint_key(session), {session: hint_ms})
+            applied = await self._replicated(_COMMIT, keys, args, "a commit")
+        return bool(applied)
+
+    async def _replicated(self, script: str, keys: Sequence[str], args: Sequence[bytes | int],
+                          what: str) -> Any:
+        """Run ``script``, then WAIT on the same connection: WAIT counts the replicas that
+        hold every write of its connection (and so every earlier write of that node)."""
+        wait = ("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        pipe: Any
+        if self.is_cluster:
+            cluster: Any = self._redis
+            pipe = cluster.pipeline()
+            # EVAL, not EVALSHA: a node promoted by a failover has no script cache.
+            pipe.execute_command("EVAL", script, len(keys), *keys, *args)
+            pipe.execute_command(*wait, target_nodes=cluster.get_node_from_key(keys[0]))
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.execute_command("EVAL", script, len(keys), *keys, *args)
+            pipe.execute_command(*wait)
+        result, acked = await pipe.execute()
+        if result and int(acked) < self.wait_replicas:
+            raise StoreUnavailable(
+                f"{what} was confirmed by {int(acked)} of {self.wait_replicas} Redis "
+                f"replica(s) within {self.wait_timeout_ms} ms (wait_replicas in "
+                "CLOUDBUNCH_REDIS_URL); retrying the step")
+        return result
 
     async def discard(self, session: str, entries: Sequence[bytes], *,
                       unhint_ms: int | None = None) -> None:

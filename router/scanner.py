@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
-from .core import CoreConfig, Event, Outcome, Tick
+from .core import CoreConfig, CorruptRecord, Event, Outcome, Tick
 from .store import SessionStore, Snapshot
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,10 @@ class Scanner:
 
     def __init__(self, store: SessionStore, step: Step, cfg: CoreConfig, *,
                  clock: Callable[[], float], period: float,
-                 health: Callable[[BaseException | None], None]) -> None:
+                 health: Callable[[BaseException | None], None],
+                 stats: Counter[str] | None = None) -> None:
         self.store = store
+        self.stats: Counter[str] = Counter() if stats is None else stats
         self.step = step
         self.cfg = cfg
         self.clock = clock
@@ -43,9 +46,7 @@ class Scanner:
         """Scan every ``period`` seconds (at once again while hints are due) until ``stopping``."""
         while not stopping.is_set():
             try:
-                claimed = await self.store.claim_due(int(self.clock() * 1000), LEASE_MS)
-                if claimed:
-                    await asyncio.gather(*(self._fire(s, lease) for s, lease in claimed))
+                if await self.fire_due():
                     continue
                 self.health(None)
             except asyncio.CancelledError:
@@ -58,11 +59,25 @@ class Scanner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), self.period)
 
+    async def fire_due(self) -> int:
+        """One pass: claim the deadlines due now and step each of their sessions; return how
+        many were claimed. (A test kit with a virtual clock calls it instead of :meth:`run`.)"""
+        claimed = await self.store.claim_due(int(self.clock() * 1000), LEASE_MS)
+        if claimed:
+            await asyncio.gather(*(self._fire(s, lease) for s, lease in claimed))
+        return len(claimed)
+
     async def _fire(self, session: str, lease: int) -> None:
         try:
             out = await self.step(session, _tick, hint=False)
+            self.stats["timers_fired"] += out.fired
             due = out.record.due_ms(self.cfg) if out.record is not None else None
             await self.store.settle_hint(session, lease, due)
+        except CorruptRecord as exc:
+            # Firing again would fail again: drop the hint. The record stays for an operator.
+            self.stats["corrupt_records"] += 1
+            log.error("event=corrupt_record session=%s error=%s", session, exc)
+            await self.store.settle_hint(session, lease, None)
         except Exception as exc:  # the lease makes it fire again later
             log.warning("event=deadline_failed session=%s error=%r", session, exc)
 

@@ -16,12 +16,17 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import perf_counter
+from typing import TYPE_CHECKING
 
 from . import core, history
 from .core import CoreConfig, Event, Outcome, Record, ReplyArrived
 from .outbox import Outbox
 from .record_cache import FastPathGate, RecordCache
 from .store import SessionStore, Snapshot
+
+if TYPE_CHECKING:
+    from .metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +64,10 @@ class Stepper:
 
     def __init__(self, store: SessionStore, outbox: Outbox, cfg: CoreConfig, *,
                  clock: Callable[[], float], ids: Callable[[], str], stats: Counter[str],
-                 cache_age: float, history_max: int = 0) -> None:
+                 cache_age: float, history_max: int = 0,
+                 metrics: RouterMetrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.outbox = outbox
         self.cfg = cfg
         self.clock = clock
@@ -111,7 +118,10 @@ class Stepper:
         if snap.outbox:
             return await self._leftovers(session, record, snap.outbox, event, job)
         now = int(self.clock() * 1000)
+        started = perf_counter()
         out = core.step(record, session, event, now, self.ids, self.cfg)
+        if self.metrics is not None:
+            self.metrics.phase("core", perf_counter() - started)
         if not out.changed:
             if fast:
                 return _Tried()  # "nothing to do" from a cached record is not proof: load
@@ -133,7 +143,10 @@ class Stepper:
             # refusal of a remembered message id) proves the cached record current.
             version, record = cached
             return Snapshot(version, None), record, True
+        started = perf_counter()
         snap = await self.store.load(session, job.dedup_id)
+        if self.metrics is not None:
+            self.metrics.phase("load", perf_counter() - started)
         record = Record.decode(snap.record) if snap.record is not None else None
         return snap, record, False
 
@@ -162,12 +175,15 @@ class Stepper:
         old_due = record.due_ms(self.cfg) if record is not None else None
         encoded = [e.encode() for e in out.effects]
         self.outbox.committing(session)
+        started = perf_counter()
         applied = await self.store.commit(
             session, version, new.encode(), append=encoded, remember=out.remember,
             expire_at_ms=new.expire_at_ms(self.cfg),
             hint_ms=due if hint and due is not None and due != old_due else None,
             history=history.entries(record, event, out, now) if self.history_max else (),
             history_max=self.history_max)
+        if self.metrics is not None:
+            self.metrics.phase("commit", perf_counter() - started)
         if fast:
             self._fast.outcome(applied)
         if not applied:
@@ -177,6 +193,8 @@ class Stepper:
             return _Tried()
         self.cache.put(session, version + 1, new)
         self.stats["steps"] += 1
+        if self.metrics is not None:
+            self.metrics.stepped(event, record, out)
         # A deadline just cleared: drop its hint now rather than let the scanner find it.
         unhint = old_due if hint and due is None else None
         returned = await self.outbox.deliver(session, new, encoded, unhint_ms=unhint)

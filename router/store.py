@@ -109,6 +109,8 @@ class MemoryStore:
         self._sessions: dict[str, _Session] = {}
         self._hints: dict[str, int] = {}
         self._last_lease = 0
+        self.changed = asyncio.Event()
+        """Set by every commit and discard (whoever waits on it clears it)."""
 
     def _now_ms(self) -> float:
         return self._clock() * 1000
@@ -158,6 +160,7 @@ class MemoryStore:
         state.expire_at_ms = expire_at_ms
         if expire_at_ms <= self._now_ms():  # PEXPIREAT in the past deletes at once
             del self._sessions[session]
+        self.changed.set()
         return True
 
     async def discard(self, session: str, entries: Sequence[bytes], *,
@@ -173,6 +176,7 @@ class MemoryStore:
         for entry in entries:
             if entry in state.outbox:
                 state.outbox.remove(entry)
+        self.changed.set()
 
     async def add_hint(self, session: str, due_ms: int) -> None:
         """Set the session's deadline hint to ``due_ms``."""
@@ -203,6 +207,10 @@ class MemoryStore:
             del self._hints[session]
         else:
             self._hints[session] = due_ms
+
+    def next_due_ms(self) -> int | None:
+        """The earliest deadline hint (the test kit's virtual clock jumps to it)."""
+        return min(self._hints.values(), default=None)
 
     async def history(self, session: str) -> list[bytes]:
         """The session's history entries, oldest first."""

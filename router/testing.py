@@ -8,6 +8,15 @@ memory, in a few lines::
             assert await flow.say("hi") == ["Pizza or drinks?"]
             assert await flow.stack() == ["menu"]
 
+Time is virtual: it stands still until the test moves it, so a 30-minute timeout is tested
+in milliseconds::
+
+        assert await flow.say("order") == ["Which pizza?"]
+        assert await flow.advance(60) == ["Are you still there? Which pizza?"]
+
+Each call returns once everything it caused has run to the end (the in-memory broker knows,
+:meth:`worker_sdk.MemoryBroker.join`): no test waits on the clock.
+
 Handler exceptions fail the test by default (``raise_errors=True``): a fake must not hide
 failures. Pass ``raise_errors=False`` to test how a flow copes with a crashing service.
 """
@@ -24,7 +33,7 @@ from worker_sdk.service import Service
 
 from . import history, sessions
 from .config import RouterConfig
-from .engine import Engine
+from .engine import Engine, VirtualClock
 from .replay import Report, replay_export
 
 
@@ -49,7 +58,9 @@ class FlowTest:
                  raise_errors: bool = True, **options: Any) -> None:
         options.setdefault("turn_timeout", 2.0)
         options.setdefault("namespace", "flowtest")
-        self.engine = Engine(services, RouterConfig(root=root, **options))
+        self.clock = VirtualClock()
+        """The test's clock: it moves only by :meth:`advance`."""
+        self.engine = Engine(services, RouterConfig(root=root, **options), clock=self.clock)
         self.session = session
         self.raise_errors = raise_errors
         self._catch = _Catch()
@@ -72,21 +83,21 @@ class FlowTest:
         self._check()
         return notices
 
+    async def advance(self, seconds: float, *, session: str | None = None) -> list[Any]:
+        """Let ``seconds`` of virtual time pass with nobody speaking; return what the person
+        reads meanwhile (as :meth:`say` shows it): idle timers and turn deadlines fire at
+        their moments, and every chain they start runs to its end."""
+        await self.engine.advance(seconds)
+        self._check()
+        return _shown(self.engine.take(session or self.session))
+
     async def say(self, payload: Any, *, session: str | None = None, **kw: Any) -> list[Any]:
         """Send one message; return the output payloads of its chain (what a person reads).
 
         An ``unhandled``, ``end`` or ``error`` notice is appended as ``"<unhandled>"``,
         ``"<end>"`` or ``"<error CODE>"`` so a test sees how the chain ended.
         """
-        shown: list[Any] = []
-        for n in await self.send(payload, session=session, **kw):
-            if n.type == "output":
-                shown.append(n.payload)
-            elif n.type == "error":
-                shown.append(f"<error {n.error.code if n.error else ''}>")
-            else:
-                shown.append(f"<{n.type}>")
-        return shown
+        return _shown(await self.send(payload, session=session, **kw))
 
     async def end(self, *, session: str | None = None) -> list[wire.Notice]:
         """End the session (``type: end``)."""
@@ -127,3 +138,16 @@ class FlowTest:
             self._catch.records.clear()
             raise HandlerError(f"a service handler raised: {record.getMessage()}") from (
                 record.exc_info[1] if record.exc_info else None)
+
+
+def _shown(notices: list[wire.Notice]) -> list[Any]:
+    """Notices as a person reads them; the ends of chains in angle brackets."""
+    shown: list[Any] = []
+    for n in notices:
+        if n.type == "output":
+            shown.append(n.payload)
+        elif n.type == "error":
+            shown.append(f"<error {n.error.code if n.error else ''}>")
+        else:
+            shown.append(f"<{n.type}>")
+    return shown

@@ -9,24 +9,27 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
 import aiormq.abc
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from aiormq import spec
-from tenacity import (
-    AsyncRetrying,
-    RetryError,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
 
 from . import wire
+from .amqp_connect import (
+    CONNECT_TIMEOUT,
+    FailoverConnection,
+    connect_any,
+    display,
+    quiet_library_logs,
+    redact,
+    split_urls,
+)
 from .broker import Handler, Outgoing
 from .errors import BrokerUnavailable, ConfigError, PublishFailed
+
+__all__ = ["CONNECT_TIMEOUT", "AmqpBroker", "AmqpDelivery", "redact"]
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +39,6 @@ _CLOSED_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     RuntimeError,
 )
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    if parts.username:
-        netloc = f"{parts.username}:***@{netloc}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -118,59 +105,69 @@ class _Consumer:
 
 
 class AmqpBroker:
-    """RabbitMQ through aio-pika: confirms, mandatory publishes, one channel per consumer."""
+    """RabbitMQ through aio-pika: confirms, mandatory publishes, one channel per consumer.
+
+    ``url`` may list several nodes of one cluster, comma-separated: the broker connects to
+    one that answers and, when it is lost, reconnects to the next (see ``amqp_connect``).
+    """
 
     def __init__(self, url: str, queue_type: str = "quorum", *, name: str = "cloudbunch",
-                 give_up_after: float = 30.0, connect_timeout: float = 30.0,
+                 give_up_after: float = 30.0, connect_timeout: float = CONNECT_TIMEOUT,
                  publish_timeout: float = 30.0) -> None:
         self.url = url
+        self.urls = split_urls(url)
         self.queue_type = queue_type
         self.name = name
         self.give_up_after = give_up_after
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: FailoverConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._consumers: dict[str, _Consumer] = {}
+        self._down_since: float | None = None
+        quiet_library_logs()
 
     # ------------------------------------------------------------------ lifecycle
 
     async def connect(self) -> None:
-        """Connect, retrying for ``connect_timeout`` seconds; raise BrokerUnavailable after."""
+        """Connect to a node that answers, trying for ``connect_timeout`` seconds.
+
+        Raises BrokerUnavailable when no node answered in that time, and ConfigError at once
+        for a refused login, a refused virtual host or a failed TLS handshake.
+        """
         if self._connection is not None:
             return
-        last: BaseException | None = None
+        connection = await connect_any(self.urls, name=self.name, timeout=self.connect_timeout)
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_delay(self.connect_timeout),
-                wait=wait_exponential(multiplier=0.1, max=2),
-                retry=retry_if_exception_type((TimeoutError, OSError,
-                                               aiormq.exceptions.AMQPError)),
-                reraise=False,
-            ):
-                with attempt:
-                    try:
-                        connection = await aio_pika.connect_robust(
-                            self.url, client_properties={"connection_name": self.name},
-                            timeout=10)
-                    except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-                        last = exc
-                        log.debug("event=connect_retry url=%s reason=%s", redact(self.url),
-                                  _one_line(exc))
-                        raise
-        except RetryError:
-            raise self._unavailable(last) from None
-        except ValueError as exc:  # a malformed URL is not worth retrying
-            raise self._unavailable(exc) from None
+            self._channel = await connection.channel(publisher_confirms=True,
+                                                     on_return_raises=False)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
         self._connection = connection
-        self._channel = await connection.channel(publisher_confirms=True,
-                                                 on_return_raises=False)
-        log.info("event=broker_connected url=%s name=%s", redact(self.url), self.name)
+        connection.close_callbacks.add(self._on_lost)
+        connection.reconnect_callbacks.add(self._on_reconnected)
+        log.info("event=broker_connected url=%s name=%s", connection.current_url, self.name)
 
-    def _unavailable(self, exc: BaseException | None) -> BrokerUnavailable:
-        reason = _one_line(exc) if exc is not None else "unknown error"
-        return BrokerUnavailable(f"RabbitMQ is not reachable at {redact(self.url)}: {reason}; "
-                                 "start it or set CLOUDBUNCH_AMQP_URL")
+    @property
+    def node_url(self) -> str | None:
+        """The URL (password redacted) of the node in use, None when not connected."""
+        return None if self._connection is None else self._connection.current_url
+
+    def _on_lost(self, connection: Any, exc: BaseException | None = None) -> None:
+        if self._connection is None or self._down_since is not None:
+            return  # closed by us, or already reported
+        self._down_since = time.monotonic()
+        reason = _one_line(exc) if exc is not None else "closed"
+        log.warning("event=broker_connection_lost url=%s reason=%s; reconnecting (to another "
+                    "node when several are configured)", display(connection.url), reason)
+
+    def _on_reconnected(self, connection: Any) -> None:
+        down_for = 0.0 if self._down_since is None else time.monotonic() - self._down_since
+        self._down_since = None
+        log.info("event=broker_reconnected url=%s down_for=%.1f", display(connection.url),
+                 down_for)
 
     async def close(self) -> None:
         """Stop consumers (handing back what they hold) and close the connection."""
@@ -181,6 +178,12 @@ class AmqpBroker:
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
+
+    def is_connected(self) -> bool:
+        """Whether the connection is up now (False while reconnecting or after close)."""
+        connection = self._connection
+        return (connection is not None and connection.connected.is_set()
+                and not connection.is_closed)
 
     async def wait_lost(self) -> None:
         """Return once the connection has been down for more than ``give_up_after`` seconds."""
@@ -195,10 +198,9 @@ class AmqpBroker:
                 down_since = None
             elif down_since is None:
                 down_since = now
-                log.warning("event=broker_connection_lost url=%s", redact(self.url))
             elif now - down_since > self.give_up_after:
-                log.error("event=broker_lost_for_good url=%s down_for=%.1f",
-                          redact(self.url), now - down_since)
+                log.error("event=broker_lost_for_good urls=%s down_for=%.1f",
+                          ",".join(redact(u) for u in self.urls), now - down_since)
                 return
             await asyncio.sleep(min(0.5, self.give_up_after / 4))
 
@@ -251,6 +253,13 @@ class AmqpBroker:
         except aiormq.exceptions.ChannelNotFoundEntity:
             return None
 
+    async def queue_stats(self, queue: str) -> tuple[int, int] | None:
+        """Ready messages and consumers of ``queue`` (passive declare); None if it is absent."""
+        result = await self._passive(queue)
+        if result is None:
+            return None
+        return int(result.message_count or 0), int(result.consumer_count or 0)
+
     async def queue_exists(self, queue: str) -> bool:
         """Whether ``queue`` exists (passive declare)."""
         return await self._passive(queue) is not None
@@ -264,6 +273,23 @@ class AmqpBroker:
         """How many ready messages ``queue`` has; 0 when it does not exist."""
         result = await self._passive(queue)
         return 0 if result is None else int(result.message_count or 0)
+
+    async def peek(self, queue: str, limit: int) -> list[tuple[dict[str, Any], bytes]]:
+        """Up to ``limit`` messages from the head of ``queue`` (headers, body), left in place:
+        they are taken unacknowledged and handed back when the channel closes."""
+        found: list[tuple[dict[str, Any], bytes]] = []
+        try:
+            async with self._temp_channel() as channel:
+                declared = await channel.declare_queue(queue, passive=True)
+                for _ in range(limit):
+                    message = await declared.get(no_ack=False, fail=False, timeout=5)
+                    if message is None:
+                        break
+                    found.append((dict(message.headers or {}), message.body))
+                # Closing the channel requeues every message taken, in their order.
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return []
+        return found
 
     # ------------------------------------------------------------------ publish
 

@@ -52,6 +52,9 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Stop consumers and close the connection."""
 
+    def is_connected(self) -> bool:
+        """Whether the connection is up now (False while reconnecting or after close)."""
+
     async def declare(self, queue: str) -> None:
         """Declare a shared durable queue (arguments exactly {x-queue-type: TYPE})."""
 

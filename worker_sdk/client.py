@@ -259,6 +259,18 @@ class NoticeIterator:
             raise StopAsyncIteration
         return item  # type: ignore[no-any-return]
 
+    def received(self) -> list[wire.Notice]:
+        """The notices that arrived and were not read yet, without waiting."""
+        taken: list[wire.Notice] = []
+        while not self._done and not self._sub.queue.empty():
+            item = self._sub.queue.get_nowait()
+            if item is _END:
+                self._done = True
+                self._client._unsubscribe(self._sub)
+                break
+            taken.append(item)
+        return taken
+
     async def aclose(self) -> None:
         """Stop receiving (notices for no one else go to the client's backlog again)."""
         self._done = True

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,11 +94,20 @@ class MemoryDelivery:
         return self._message
 
 
+class _Work:
+    """What :meth:`MemoryBroker.join` waits on, shared by every connection to the queues:
+    ``changed`` is set whenever a delivery is settled or a handler returns."""
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()
+
+
 class _Consumer:
     """Feeds one queue's messages to a handler, at most ``prefetch`` unsettled at once."""
 
-    def __init__(self, queue: _Queue, handler: Handler, prefetch: int) -> None:
+    def __init__(self, queue: _Queue, handler: Handler, prefetch: int, work: _Work) -> None:
         self.queue = queue
+        self.work = work
         self.handler = handler
         self.prefetch = max(1, prefetch)
         self.unsettled: dict[int, MemoryDelivery] = {}
@@ -121,7 +130,17 @@ class _Consumer:
             self.unsettled[id(delivery)] = delivery
             task = asyncio.create_task(self._handle(delivery))
             self.inflight.add(task)
-            task.add_done_callback(self.inflight.discard)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.inflight.discard(task)
+        self.work.changed.set()
+
+    @property
+    def busy(self) -> bool:
+        """Whether this consumer has work: a message to take, or one being handled."""
+        ready = bool(self.queue.ready) and len(self.unsettled) < self.prefetch
+        return ready or bool(self.unsettled) or bool(self.inflight)
 
     async def _handle(self, delivery: MemoryDelivery) -> None:
         try:
@@ -134,6 +153,7 @@ class _Consumer:
     def settle(self, delivery: MemoryDelivery, *, requeue: bool) -> None:
         if self.unsettled.pop(id(delivery), None) is None:
             return
+        self.work.changed.set()
         if requeue:
             message = delivery._message
             message.redelivered = True
@@ -171,12 +191,38 @@ class MemoryBroker:
         self._consumers: dict[str, list[_Consumer]] = {}
         self._closed = False
         self._lost: asyncio.Event | None = None
+        self._work = _Work()
 
     def connection(self) -> MemoryBroker:
         """Another connection to the same queues, as a second process would have."""
         other = MemoryBroker(self.queue_type)
         other._queues = self._queues
+        other._work = self._work
         return other
+
+    async def join(self, timeout: float | None = None, *,
+                   queues: Collection[str] | None = None) -> None:
+        """Return once every message published to a consumed queue has been delivered and
+        handled (acknowledged or rejected, and its handler returned), on every connection
+        to these queues; work a handler causes is waited for too. Messages of queues
+        nobody consumes (the dead letters, say) do not count; with ``queues``, only those
+        queues count. Raise TimeoutError after ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                # A consumer's loop is a task of its own: let it take what was just published.
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                if not self._busy(queues):
+                    return
+                self._work.changed.clear()
+                if not self._busy(queues):
+                    return
+                await self._work.changed.wait()
+
+    def _busy(self, queues: Collection[str] | None = None) -> bool:
+        return any(c.busy for q in self._queues.values() for c in q.consumers
+                   if queues is None or q.name in queues)
 
     async def connect(self) -> None:
         self._closed = False
@@ -185,6 +231,9 @@ class MemoryBroker:
         for queue in list(self._consumers):
             await self.cancel(queue, drain=0)
         self._closed = True
+
+    def is_connected(self) -> bool:
+        return not self._closed
 
     async def wait_lost(self) -> None:
         """Never returns by itself: an in-process broker cannot be lost."""
@@ -242,7 +291,7 @@ class MemoryBroker:
             raise ConfigError(f"cannot consume {queue!r}: no such queue (declare it first)")
         if queue in self._consumers:
             raise ConfigError(f"already consuming {queue!r} on this connection")
-        consumer = _Consumer(target, handler, prefetch)
+        consumer = _Consumer(target, handler, prefetch, self._work)
         target.consumers.append(consumer)
         target.notify()
         self._consumers[queue] = [consumer]

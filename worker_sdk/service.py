@@ -14,13 +14,17 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import versions, wire
 from .broker import Broker, Delivery, Outgoing
 from .errors import ActionError, BrokerUnavailable, CloudBunchError, ConfigError, PublishFailed
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ class Context:
 
     @property
     def event(self) -> str:
-        """``start``, ``message`` or ``result``."""
+        """``start``, ``message``, ``result`` or ``idle``."""
         return self._dispatch.event
 
     @property
@@ -86,6 +90,7 @@ class Context:
 
     @property
     def payload(self) -> Any:
+        """``message``: the client's input; ``idle``: the seconds of silence that fired it."""
         return self._dispatch.payload
 
     @property
@@ -116,15 +121,23 @@ class Context:
         """Add messages for the client; they are sent before the action's effects."""
         self._output.extend(outputs)
 
-    def reply(self, *outputs: Any, state: Any = KEEP) -> None:
-        """Stay on top, optionally saving a new state (None clears it); the chain ends."""
-        self._choose("reply", state=state)
+    def reply(self, *outputs: Any, state: Any = KEEP, idle: float | None = None) -> None:
+        """Stay on top, optionally saving a new state (None clears it); the chain ends.
+
+        ``idle=N``: if the person stays silent N seconds, this frame gets an ``idle`` event
+        (see :meth:`Service.on_idle`); the timer lasts until this frame's next turn.
+        """
+        self._choose("reply", state=state, idle=_check_idle(idle))
         self._output.extend(outputs)
 
-    def open(self, service: str, args: Any = None, *, state: Any = KEEP) -> None:
-        """Call a child service; its result comes back to this frame as a ``result`` event."""
+    def open(self, service: str, args: Any = None, *, state: Any = KEEP,
+             idle: float | None = None) -> None:
+        """Call a child service; its result comes back to this frame as a ``result`` event.
+
+        ``idle=N`` sets this frame's idle timer while the child runs (a root's "end the
+        order after 15 minutes of silence")."""
         self._check_name(service)
-        self._choose("open", service=service, args=args, state=state)
+        self._choose("open", service=service, args=args, state=state, idle=_check_idle(idle))
 
     def close(self, result: Any = None) -> None:
         """End this frame, returning ``result`` to the parent."""
@@ -136,9 +149,10 @@ class Context:
         self._choose("replace", service=service, args=args)
 
     def pass_(self) -> None:
-        """Not handled here: hand this message to the frame below."""
-        if self.event != "message":
-            raise ActionError(f"pass_() is only allowed on message events, not {self.event!r}")
+        """Not handled here: hand this message (or idle event) to the frame below."""
+        if self.event not in ("message", "idle"):
+            raise ActionError(f"pass_() is only allowed on message and idle events, not "
+                              f"{self.event!r}")
         self._choose("pass")
 
     def fail(self, code: str, message: str = "") -> None:
@@ -170,8 +184,18 @@ class Context:
                           output=list(self._output), **fields)
 
 
+def _check_idle(idle: Any) -> float | None:
+    if idle is None or idle == 0:
+        return None
+    if (not isinstance(idle, (int, float)) or isinstance(idle, bool) or not idle > 0
+            or idle > wire.MAX_IDLE or idle != idle):
+        raise ActionError(f"idle must be a number of seconds above 0 and at most "
+                          f"{wire.MAX_IDLE} (or 0/None for no timer), not {idle!r}")
+    return idle
+
+
 class Service:
-    """A named service: handlers for ``start``, ``message`` and ``result`` events."""
+    """A named service: handlers for ``start``, ``message``, ``result`` and ``idle`` events."""
 
     def __init__(self, name: str, *, state_version: int = 1) -> None:
         if not isinstance(name, str) or not name or any(c.isspace() for c in name):
@@ -187,6 +211,7 @@ class Service:
         self._on_start: HandlerFn | None = None
         self._on_message: HandlerFn | None = None
         self._on_result: dict[str | None, HandlerFn] = {}
+        self._on_idle: HandlerFn | None = None
 
     def __repr__(self) -> str:
         return f"Service({self.name!r})"
@@ -201,6 +226,15 @@ class Service:
     def on_message(self, fn: F) -> F:
         """Handle ``message``: the client's input in ``ctx.payload``."""
         self._on_message = fn
+        return fn
+
+    def on_idle(self, fn: F) -> F:
+        """Handle ``idle``: the person was silent for ``ctx.payload`` seconds, as this frame
+        asked with ``ctx.reply(..., idle=N)`` or ``ctx.open(..., idle=N)``.
+
+        Without this handler an ``idle`` event is answered by keeping the state and setting
+        no new timer."""
+        self._on_idle = fn
         return fn
 
     def on_result(self, child: str | None = None) -> Callable[[F], F]:
@@ -239,11 +273,14 @@ class Service:
         except versions.StateTooNew as exc:
             return _too_new_reply(dispatch, exc)
 
-    async def _handle(self, dispatch: wire.Dispatch) -> tuple[wire.Reply, bytes]:
+    async def _handle(self, dispatch: wire.Dispatch,
+                      metrics: WorkerMetrics | None = None) -> tuple[wire.Reply, bytes]:
         """The reply and its encoded body (encoding is where an unencodable state fails).
 
-        Raises StateTooNew, before any handler runs, for a state saved by newer code.
+        Raises StateTooNew, before any handler runs, for a state saved by newer code. With
+        ``metrics``, the time spent and the exception raised, if any, are recorded.
         """
+        started = time.perf_counter()
         migrated = False
         if dispatch.state is not None:
             try:
@@ -252,9 +289,13 @@ class Service:
             except versions.StateTooNew:
                 raise
             except Exception as exc:
+                if metrics is not None:
+                    metrics.handled(self.name, dispatch.event, time.perf_counter() - started,
+                                    exc)
                 return _exception_reply(dispatch, self.name, exc, "state_migration")
             if state is not dispatch.state:  # unwrapped, or migrated
                 dispatch = dataclasses.replace(dispatch, state=state)
+        error: Exception | None = None
         ctx = Context(dispatch, self.name)
         handler = self._pick(dispatch)
         try:
@@ -269,7 +310,10 @@ class Service:
                 reply = self._versioned(reply, dispatch.state, migrated)
             body = wire.encode(reply.to_wire())
         except Exception as exc:
-            return _exception_reply(dispatch, self.name, exc, "handler_exception")
+            error = exc
+            reply, body = _exception_reply(dispatch, self.name, exc, "handler_exception")
+        if metrics is not None:
+            metrics.handled(self.name, dispatch.event, time.perf_counter() - started, error)
         return reply, body
 
     def _versioned(self, reply: wire.Reply, state: Any, migrated: bool) -> wire.Reply:
@@ -291,6 +335,8 @@ class Service:
             return self._on_start
         if dispatch.event == "message":
             return self._on_message
+        if dispatch.event == "idle":
+            return self._on_idle
         child = dispatch.result.service if dispatch.result is not None else None
         if child is not None and child in self._on_result:
             return self._on_result[child]
@@ -302,31 +348,46 @@ class Service:
         """The queue this service consumes in ``namespace``."""
         return wire.service_queue(namespace, self.name)
 
-    async def serve(self, broker: Broker, namespace: str, prefetch: int = 16) -> None:
+    async def serve(self, broker: Broker, namespace: str, prefetch: int = 16, *,
+                    metrics: WorkerMetrics | None = None) -> None:
         """Declare this service's queue (and the replies queue) and start consuming it."""
         replies = wire.queue_names(namespace)["replies"]
         queue = self.queue(namespace)
         await broker.declare(replies)
         await broker.declare(queue)
+        if metrics is not None:
+            metrics.serving(self.name, prefetch)
 
         async def on_delivery(delivery: Delivery) -> None:
-            await self._answer(broker, replies, delivery)
+            if metrics is None:
+                await self._answer(broker, replies, delivery, None)
+                return
+            metrics.deliveries.labels(self.name).inc()
+            in_progress = metrics.in_progress.labels(self.name)
+            in_progress.inc()
+            try:
+                await self._answer(broker, replies, delivery, metrics)
+            finally:
+                in_progress.dec()
 
         await broker.consume(queue, on_delivery, prefetch=prefetch)
         log.info("event=service_serving service=%s queue=%s prefetch=%d", self.name, queue,
                  prefetch)
 
-    async def _answer(self, broker: Broker, replies: str, delivery: Delivery) -> None:
+    async def _answer(self, broker: Broker, replies: str, delivery: Delivery,
+                      metrics: WorkerMetrics | None) -> None:
         try:
             dispatch = wire.Dispatch.from_wire(wire.decode(delivery.body))
         except wire.BadBody as exc:
+            if metrics is not None:
+                metrics.bad_dispatches.labels(self.name).inc()
             # Not ours to fix: the router only sends valid dispatches, so this is noise.
             log.warning("event=bad_dispatch service=%s message_id=%s reason=%s detail=%s",
                         self.name, delivery.message_id, exc.reason, exc.detail)
             await delivery.ack()
             return
         try:
-            reply, body = await self._handle(dispatch)
+            reply, body = await self._handle(dispatch, metrics)
         except versions.StateTooNew as exc:
             if not await self._hand_back_too_new(dispatch, delivery, exc):
                 return
@@ -336,11 +397,15 @@ class Service:
         try:
             (routed,) = await broker.publish([message])
         except PublishFailed as exc:
+            if metrics is not None:
+                metrics.reply_failures.labels(self.name).inc()
             log.warning("event=reply_publish_failed session=%s turn=%s service=%s reason=%s",
                         dispatch.session, dispatch.turn, self.name, exc)
             await delivery.reject(requeue=True)
             return
         if not routed:
+            if metrics is not None:
+                metrics.reply_failures.labels(self.name).inc()
             log.error("event=replies_queue_missing session=%s turn=%s service=%s queue=%s",
                       dispatch.session, dispatch.turn, self.name, replies)
             # Wait a little before handing it back, so a missing queue is not a hot loop.
@@ -348,6 +413,8 @@ class Service:
             await delivery.reject(requeue=True)
             return
         await delivery.ack()
+        if metrics is not None:
+            metrics.replies.labels(self.name, reply.action).inc()
         log.debug("event=turn_answered session=%s turn=%s service=%s event_type=%s attempt=%d "
                  "action=%s", dispatch.session, dispatch.turn, self.name, dispatch.event,
                  dispatch.attempt, reply.action)
@@ -400,21 +467,27 @@ def _default(ctx: Context) -> None:
     elif ctx.event == "result" and ctx.result is not None and not ctx.result.ok:
         error = ctx.result.error or wire.ErrorInfo("error")
         ctx.fail(error.code or "error", error.message)
-    # start, or a successful result: reply, keeping the state (the Context default).
+    # start, idle, or a successful result: reply, keeping the state and setting no timer
+    # (the Context default).
 
 
 async def run_services(services: Sequence[Service], broker: Broker, namespace: str,
-                       prefetch: int, stop: asyncio.Event) -> None:
+                       prefetch: int, stop: asyncio.Event, *,
+                       metrics: WorkerMetrics | None = None,
+                       serving: asyncio.Event | None = None) -> None:
     """Serve ``services`` on a connected ``broker`` until ``stop`` is set or the broker is lost.
 
     On stop, consumers are cancelled and running handlers get a few seconds to finish.
     Raises BrokerUnavailable when the broker was lost for good. Does not close ``broker``.
+    ``serving`` is set while every service consumes (readiness).
     """
     names = [s.name for s in services]
     if len(set(names)) != len(names):
         raise ConfigError(f"a service is named twice: {', '.join(names)}")
     for service in services:
-        await service.serve(broker, namespace, prefetch)
+        await service.serve(broker, namespace, prefetch, metrics=metrics)
+    if serving is not None:
+        serving.set()
     waits: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait(), name="stop")}
     wait_lost = getattr(broker, "wait_lost", None)
     lost_task: asyncio.Task[Any] | None = None
@@ -424,6 +497,8 @@ async def run_services(services: Sequence[Service], broker: Broker, namespace: s
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        if serving is not None:
+            serving.clear()
         for task in waits:
             task.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
@@ -444,17 +519,25 @@ async def _cancel(broker: Broker, queue: str) -> None:
 
 
 def run_main(services: Sequence[Service], settings: Settings | None = None,
-             prefetch: int = 16, *, connect_timeout: float = 30.0) -> int:
+             prefetch: int = 16, *, connect_timeout: float | None = None,
+             metrics_port: int | None = None, configure_logging: bool = True) -> int:
     """Blocking entry point for workers; returns the process exit code.
 
     Reads ``Settings.from_env()`` when ``settings`` is None. Expected failures (broker not
-    reachable, bad setting) print one line to stderr and return 1.
+    reachable, bad setting) print one line to stderr and return 1. With ``metrics_port``
+    (else ``CLOUDBUNCH_METRICS_PORT``), serves /metrics, /healthz and /readyz on it.
     """
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if configure_logging:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = settings or Settings.from_env()
-        return run_event_loop(_main(services, settings, prefetch, connect_timeout))
+        if metrics_port is None:
+            from .exposition import metrics_port as read_port
+
+            metrics_port = read_port(os.environ.get("CLOUDBUNCH_METRICS_PORT"))
+        return run_event_loop(_main(services, settings, prefetch, connect_timeout,
+                                    metrics_port))
     except CloudBunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -463,24 +546,57 @@ def run_main(services: Sequence[Service], settings: Settings | None = None,
 
 
 async def _main(services: Sequence[Service], settings: Settings, prefetch: int,
-                connect_timeout: float) -> int:
+                connect_timeout: float | None, metrics_port: int | None = None) -> int:
     from .amqp import AmqpBroker  # the runtime needs aio-pika; the pure part does not
 
     names = "+".join(s.name for s in services)
+    timeout = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
     broker = AmqpBroker(settings.amqp_url, settings.queue_type, name=f"cloudbunch-worker {names}",
-                        connect_timeout=connect_timeout)
+                        **timeout)
     stop = asyncio.Event()
+    serving = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    metrics = server = None
     try:
+        if metrics_port is not None:
+            metrics, server = await start_worker_probes(metrics_port, broker, serving)
         await broker.connect()
-        await run_services(services, broker, settings.namespace, prefetch, stop)
+        await run_services(services, broker, settings.namespace, prefetch, stop,
+                           metrics=metrics, serving=serving)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if server is not None:
+            await server.close()
         await broker.close()
     return 0
+
+
+async def start_worker_probes(port: int, broker: Broker, serving: asyncio.Event,
+                              ) -> tuple[WorkerMetrics, Any]:
+    """The worker's metrics and its /metrics, /healthz, /readyz server, started."""
+    from .exposition import ProbeServer
+    from .metrics import WorkerMetrics
+
+    metrics = WorkerMetrics()
+    metrics.up.set_function(lambda: 1.0 if broker.is_connected() else 0.0)
+
+    def ready() -> str | None:
+        if not broker.is_connected():
+            return "not connected to RabbitMQ"
+        if not serving.is_set():
+            return "not consuming"
+        return None
+
+    server = ProbeServer(port, metrics.registry, ready)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on port {port}: {exc.strerror or exc}; "
+                          "choose another --metrics-port / CLOUDBUNCH_METRICS_PORT") from None
+    return metrics, server
 
 
 def run_event_loop(coro: Any) -> int:

@@ -6,6 +6,7 @@ contract is written once. Validation raises :class:`BadBody` naming the reason a
 
 from __future__ import annotations
 
+import math
 import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeGuard
@@ -17,9 +18,11 @@ CONTENT_TYPE: Final = "application/msgpack"
 
 MAX_SESSION_LEN: Final = 256
 ACTIONS: Final = frozenset({"reply", "open", "close", "replace", "pass", "fail"})
-EVENTS: Final = frozenset({"start", "message", "result"})
+EVENTS: Final = frozenset({"start", "message", "result", "idle"})
 NOTICE_TYPES: Final = frozenset({"output", "end", "error", "unhandled"})
 CLIENT_TYPES: Final = frozenset({"message", "end"})
+MAX_IDLE: Final = 2_592_000
+"""The longest idle timer a reply may set, in seconds (30 days)."""
 
 Reason = Literal["too_large", "undecodable", "invalid"]
 
@@ -302,7 +305,7 @@ class Dispatch:
 
     session: str
     turn: str
-    event: Literal["start", "message", "result"]
+    event: Literal["start", "message", "result", "idle"]
     depth: int
     attempt: int = 1
     state: Any = None
@@ -320,7 +323,7 @@ class Dispatch:
             body["args"] = self.args
         if self.payload is not None:
             body["payload"] = self.payload
-        if self.event == "message":
+        if self.event in ("message", "idle"):
             body["bubbled"] = self.bubbled
         if self.result is not None:
             body["result"] = self.result.to_wire()
@@ -333,8 +336,8 @@ class Dispatch:
         body = _check_map(obj, "dispatch")
         event = _req_str(body, "event")
         if event not in EVENTS:
-            raise BadBody("invalid", f"field 'event' is {_show(event)}; expected start, message "
-                                     "or result")
+            raise BadBody("invalid", f"field 'event' is {_show(event)}; expected start, message, "
+                                     "result or idle")
         depth: Any = body.get("depth")
         attempt: Any = body.get("attempt")
         if not _is_int(depth) or depth < 0:
@@ -363,6 +366,8 @@ class Reply:
     args: Any = None
     result: Any = None
     error: ErrorInfo | None = None
+    idle: int | float | None = None
+    """``reply``/``open``: seconds of session silence after which this frame gets ``idle``."""
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"v": VERSION, "session": self.session, "turn": self.turn,
@@ -379,6 +384,8 @@ class Reply:
             body["result"] = self.result
         if self.error is not None:
             body["error"] = self.error.to_wire()
+        if self.idle is not None:
+            body["idle"] = self.idle
         return body
 
     @classmethod
@@ -403,9 +410,22 @@ class Reply:
             if body.get("error") is None:
                 raise BadBody("invalid", "required field 'error' is missing (action 'fail')")
             error = ErrorInfo.from_wire(body["error"])
+        idle = _idle(body.get("idle")) if action in ("reply", "open") else None
         return cls(session=session, turn=turn, action=action,  # type: ignore[arg-type]
                    state=body.get("state", ABSENT), output=output, service=service,
-                   args=body.get("args"), result=body.get("result"), error=error)
+                   args=body.get("args"), result=body.get("result"), error=error, idle=idle)
+
+
+def _idle(value: Any) -> int | float | None:
+    """A reply's ``idle``: None for no timer (absent, nil or 0), else seconds in (0, MAX_IDLE]."""
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise BadBody("invalid", f"field 'idle' must be a number of seconds, not {_kind(value)}")
+    if not math.isfinite(value) or not 0 <= value <= MAX_IDLE:
+        raise BadBody("invalid", f"field 'idle' is {_show(value)}; it must be 0 (no timer) or "
+                                 f"more, up to {MAX_IDLE} seconds")
+    return value or None
 
 
 @dataclass(frozen=True, slots=True)

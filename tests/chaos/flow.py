@@ -11,11 +11,19 @@ once from a leaf), ``swap`` replaces, ``help`` / ``reset`` / ``noise`` / ``crash
 message, a fail of a lower frame), ``oops`` / ``crash`` / ``die`` fail (``die`` at the root:
 the session is gone), ``bye`` closes the root (the session ends). A frame's state counts the
 turns that saved it and appears in its outputs, so a turn applied twice or lost shows.
+
+Idle timers: in a session whose messages carry ``meta: {"idle": true}`` (a third of them),
+every chain that ends with a ``reply`` of the top frame (not a digression) sets that frame's
+timer (:data:`IDLE_S`). When it fires, the frame answers ``idle`` with one output
+(``"idle: SERVICE nN"``), keeping its state and setting no new timer, so the stack is the same
+whether or not the person was silent long enough: the model predicts, per message, the one
+idle notice that may follow its chain, and the last message's one must arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -31,6 +39,8 @@ COMMANDS: dict[str, float] = {
     "deep": 4.0, "ok": 2.0, "swap": 2.0, "oops": 1.0, "help": 2.0, "reset": 1.0,
     "crash": 1.0, "noise": 1.0, "bye": 0.5, "die": 0.5,
 }
+IDLE_S = float(os.environ.get("CHAOS_IDLE", "4"))
+"""Seconds of silence after which a timer session's top frame gets ``idle``."""
 SLEEP = float(os.environ.get("CHAOS_SLEEP", "0.005"))
 """Longest simulated work per turn, in seconds (a random fraction of it is slept)."""
 
@@ -49,6 +59,7 @@ class Act:
     args: Any = None
     result: Any = None
     error: str | None = None
+    idle: float | None = None
 
 
 def text(cmd: str, k: int) -> str:
@@ -63,8 +74,25 @@ def _parse(payload: Any) -> tuple[str, str]:
 
 def decide(service: str, event: str, state: Any, *, payload: Any = None, args: Any = None,
            bubbled: bool = False, ok: bool = True, value: Any = None,
-           code: str | None = None) -> Act:
-    """What ``service`` answers to one dispatch (the whole behaviour of the flow)."""
+           code: str | None = None, timer: bool = False) -> Act:
+    """What ``service`` answers to one dispatch (the whole behaviour of the flow); with
+    ``timer``, a reply of the top frame sets its idle timer."""
+    act = _decide(service, event, state, payload=payload, args=args, bubbled=bubbled, ok=ok,
+                  value=value, code=code)
+    if timer and act.action == "reply" and not bubbled and event != "idle":
+        return dataclasses.replace(act, idle=IDLE_S)
+    return act
+
+
+def idle_output(service: str, state: Any) -> str:
+    """What a frame says when its idle timer fires."""
+    return f"idle: {service} n{state if isinstance(state, int) else 0}"
+
+
+def _decide(service: str, event: str, state: Any, *, payload: Any, args: Any,
+            bubbled: bool, ok: bool, value: Any, code: str | None) -> Act:
+    if event == "idle":
+        return Act("reply", (idle_output(service, state),))
     n = state if isinstance(state, int) else 0
     if service == "top":
         if event == "result":
@@ -140,11 +168,12 @@ def _service(name: str) -> Service:
         act = decide(name, ctx.event, ctx.state, payload=ctx.payload, args=ctx.args,
                      bubbled=ctx.bubbled, ok=result.ok if result is not None else True,
                      value=result.value if result is not None else None,
-                     code=result.error.code if result is not None and result.error else None)
+                     code=result.error.code if result is not None and result.error else None,
+                     timer=bool(ctx.meta.get("idle")))
         ctx.say(*act.output)
         state = {} if act.state is _KEEP else {"state": act.state}
         if act.action == "reply":
-            ctx.reply(**state)
+            ctx.reply(**state, idle=act.idle)
         elif act.action == "open":
             assert act.service is not None
             ctx.open(act.service, act.args, **state)
@@ -162,6 +191,7 @@ def _service(name: str) -> Service:
     svc.on_start(handle)
     svc.on_message(handle)
     svc.on_result()(handle)
+    svc.on_idle(handle)
     return svc
 
 
@@ -189,9 +219,14 @@ class Model:
     """[service, state] per frame, root first."""
     actions: dict[str, int] = field(default_factory=dict)
     """How often each action was taken (to show every action occurs)."""
+    timer: bool = False
+    """Whether the session's messages ask for idle timers (``meta: {"idle": true}``)."""
+    idle: Expected | None = None
+    """The idle notice that may follow the last message's chain (its top frame's timer)."""
 
     def message(self, payload: str) -> list[Expected]:
         """Apply one client message; return the notices its chain produces, in order."""
+        self.idle = None
         notices: list[Expected] = []
         stack = self.stack
         if not stack:
@@ -201,12 +236,14 @@ class Model:
             depth, event, kw = len(stack) - 1, "message", {"payload": payload}
         while True:
             service, state = stack[depth]
-            act = decide(service, event, state, **kw)
+            act = decide(service, event, state, timer=self.timer, **kw)
             self.actions[act.action] = self.actions.get(act.action, 0) + 1
             notices.extend(("output", o) for o in act.output)
             if act.action == "reply":
                 if act.state is not _KEEP:
                     stack[depth][1] = act.state
+                if act.idle is not None:  # only the top frame sets one
+                    self.idle = ("output", idle_output(service, stack[depth][1]))
                 return notices
             if act.action == "pass":
                 if depth == 0:

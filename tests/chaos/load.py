@@ -53,6 +53,14 @@ class Plan:
     ids: list[str]
     expected: list[list[Expected]]
     final: list[tuple[str, Any]]
+    timer: bool = False
+    """Whether its messages ask for idle timers (``meta: {"idle": true}``)."""
+    idle: list[Expected | None] = field(default_factory=list)
+    """Per message: the idle notice that may follow its chain (None: no timer is set)."""
+
+    @property
+    def meta(self) -> dict[str, Any] | None:
+        return {"idle": True} if self.timer else None
 
 
 def make_plans(count: int, messages: int, rng: random.Random) -> tuple[list[Plan], Counter[str]]:
@@ -62,13 +70,22 @@ def make_plans(count: int, messages: int, rng: random.Random) -> tuple[list[Plan
     for i in range(count):
         # Some ids carry braces and non-ASCII, which must not move a key to another slot.
         session = f"tg:{i}" if i % 10 else f"ws:{{{i}}}\u00e9"
-        model = Model()
+        model = Model(timer=i % 3 == 1)  # a third of the sessions use idle timers
         payloads = script(rng, messages)
-        expected = [model.message(p) for p in payloads]
+        expected: list[list[Expected]] = []
+        idle: list[Expected | None] = []
+        for payload in payloads:
+            expected.append(model.message(payload))
+            idle.append(model.idle)
         ids = [f"{session}/{k}/{rng.getrandbits(40):010x}" for k in range(1, messages + 1)]
-        plans.append(Plan(session, payloads, ids, expected, model.frames()))
+        plans.append(Plan(session, payloads, ids, expected, model.frames(), model.timer, idle))
         actions.update(model.actions)
     return plans, actions
+
+
+def is_idle(notice: wire.Notice) -> bool:
+    """Whether a notice comes from an idle timer's chain (see ``flow.idle_output``)."""
+    return notice.type == "output" and str(notice.payload).startswith("idle: ")
 
 
 def seen_as(notice: wire.Notice) -> Expected:
@@ -146,11 +163,12 @@ class Frontend:
         """Deliveries of notices beyond the first of each id."""
         return sum(n - 1 for n in self.client.raw.values())
 
-    async def send(self, session: str, msg_id: str, payload: str, seq: int) -> None:
+    async def send(self, session: str, msg_id: str, payload: str, seq: int,
+                   meta: dict[str, Any] | None = None) -> None:
         """Publish one client message until the broker confirms it (same id on each try)."""
         body = wire.encode(wire.ClientMessage(
             session=session, id=msg_id, reply_to=self.client.reply_queue, payload=payload,
-            seq=seq).to_wire())
+            seq=seq, meta=meta).to_wire())
         message = Outgoing(self.harness.ingress, body, msg_id)
         give_up = time.monotonic() + 60
         while time.monotonic() < give_up:
@@ -164,13 +182,15 @@ class Frontend:
             await asyncio.sleep(0.25)
         raise AssertionError(f"the broker did not confirm client message {msg_id!r} in 60 s")
 
-    async def wait(self, session: str, msg_id: str, count: int, timeout: float) -> bool:
-        """Wait until ``count`` notices of ``msg_id`` arrived; False after ``timeout`` s."""
+    async def wait(self, session: str, msg_id: str, count: int, timeout: float, *,
+                   idle: bool = False) -> bool:
+        """Wait until ``count`` notices of ``msg_id`` arrived (of its chain, or with ``idle``
+        of the idle timer's chain after it); False after ``timeout`` s."""
         event = self._arrived[session]
         deadline = time.monotonic() + timeout
         while True:
             event.clear()
-            if len(self.by_message[msg_id]) >= count:
+            if sum(is_idle(n) == idle for n in self.by_message[msg_id]) >= count:
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
@@ -178,6 +198,13 @@ class Frontend:
                 return False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), left)
+
+
+async def wait_last_timers(front: Frontend, plans: Sequence[Plan], timeout: float) -> None:
+    """Wait until every session whose last chain set a timer got its idle notice (a missing
+    one is then reported by :func:`check` as lost)."""
+    await asyncio.gather(*(front.wait(p.session, p.ids[-1], 1, timeout, idle=True)
+                           for p in plans if p.idle and p.idle[-1] is not None))
 
 
 async def drive(front: Frontend, plans: Sequence[Plan], rng: random.Random, *,
@@ -189,7 +216,7 @@ async def drive(front: Frontend, plans: Sequence[Plan], rng: random.Random, *,
         for k, (payload, msg_id, exp) in enumerate(
                 zip(plan.payloads, plan.ids, plan.expected, strict=True), start=1):
             front.in_flight += 1
-            await front.send(plan.session, msg_id, payload, k)
+            await front.send(plan.session, msg_id, payload, k, plan.meta)
             await front.wait(plan.session, msg_id, len(exp), chain_timeout)
             front.in_flight -= 1
             await asyncio.sleep(pauses[k - 1])
@@ -536,7 +563,9 @@ def check(plans: Sequence[Plan], front: Frontend, stacks: dict[str, list[tuple[s
             figures.problems.append(f"{plan.session}: notices of unknown messages {strays!r}")
         unordered = False
         for k, (msg_id, exp) in enumerate(zip(plan.ids, plan.expected, strict=True)):
-            got = [seen_as(n) for n in arrived if n.in_reply_to == msg_id]
+            check_idle(plan, k, [seen_as(n) for n in arrived
+                                 if n.in_reply_to == msg_id and is_idle(n)], figures)
+            got = [seen_as(n) for n in arrived if n.in_reply_to == msg_id and not is_idle(n)]
             if got == exp:
                 continue
             where = f"{plan.session} message {k + 1} {plan.payloads[k]!r}"
@@ -562,6 +591,22 @@ def check(plans: Sequence[Plan], front: Frontend, stacks: dict[str, list[tuple[s
             figures.corrupted += 1
             figures.problems.append(f"final stack of {plan.session}: {stack}, model says "
                                     f"{plan.final} (payloads {plan.payloads})")
+
+
+def check_idle(plan: Plan, k: int, got: list[Expected], figures: Figures) -> None:
+    """The idle notices after message ``k``: at most the one the model predicts, and
+    exactly that one after the last message (the run waits for it)."""
+    want = plan.idle[k] if plan.idle else None
+    where = f"{plan.session} idle timer after message {k + 1} {plan.payloads[k]!r}"
+    if got and (want is None or any(g != want for g in got)):
+        figures.corrupted += 1
+        figures.problems.append(f"corrupted: {where}: got {got}, want {want or 'none'}")
+    elif len(got) > 1:
+        figures.duplicated += 1
+        figures.problems.append(f"duplicated: {where}: got {got}")
+    elif not got and want is not None and k == len(plan.ids) - 1:
+        figures.lost += 1
+        figures.problems.append(f"lost: {where}: want {want}")
 
 
 async def read_stacks(harness: Harness, plans: Sequence[Plan],

@@ -20,18 +20,21 @@ import time
 import pytest
 
 from .conftest import ChaosHarness
+from .flow import IDLE_S
 from .load import (
     Faults,
     Figures,
     Frontend,
     check,
     drive,
+    is_idle,
     make_plans,
     make_schedule,
     queue_counts,
     read_stacks,
     standard_cluster,
     wait_drained,
+    wait_last_timers,
 )
 
 pytestmark = [pytest.mark.infra, pytest.mark.disruptive]
@@ -64,6 +67,7 @@ async def test_no_loss_no_duplicate_no_disorder_under_kills_and_cuts(
     try:
         await drive(front, plans, rng, spread=0.3 * WINDOW,
                     think=(0.05 * WINDOW, 0.19 * WINDOW), chain_timeout=45)
+        await wait_last_timers(front, plans, IDLE_S + 60)
         await injector
         load_seconds = time.monotonic() - started
         recovery = await cluster.wait_consumers(30)
@@ -85,6 +89,8 @@ async def test_no_loss_no_duplicate_no_disorder_under_kills_and_cuts(
         "redis_cuts": faults.counts["redis"],
         "notice_copies": front.copies, "publish_retries": front.publish_retries,
         "chain_timeouts": front.chain_timeouts, "redispatches": cluster.redispatches(),
+        "timer_sessions": sum(p.timer for p in plans),
+        "idle_notices": sum(is_idle(n) for ns in front.by_session.values() for n in ns),
         **{k: stats.get(k, 0) for k in ("replies_dropped", "leftover_waits", "cas_retries")},
         "unexpected_exits": len(cluster.unexpected),
         "unclean_stops": len(cluster.unclean_stops()), "undrained": len(left),

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from .conftest import ChaosHarness
-from .flow import SERVICES
+from .flow import IDLE_S, SERVICES
 from .load import (
     Cluster,
     Figures,
@@ -25,6 +25,7 @@ from .load import (
     make_plans,
     read_stacks,
     wait_drained,
+    wait_last_timers,
 )
 
 pytestmark = [pytest.mark.infra, pytest.mark.disruptive]
@@ -71,6 +72,7 @@ async def finish(chaos: ChaosHarness, cluster: Cluster, front: Frontend, load: a
                  plans: list, figures: Figures) -> None:  # type: ignore[type-arg]
     """Let the load end, then check every chain, stack and queue against the model."""
     await load
+    await wait_last_timers(front, plans, IDLE_S + 60)
     left = await wait_drained(chaos.ns, 20)
     stacks = await read_stacks(chaos, plans)
     await asyncio.sleep(0.5)
@@ -129,6 +131,7 @@ async def test_routers_keep_working_after_redis_kills_every_client_connection(
         started = time.monotonic()
         await drive(front, fresh, rng, spread=0, think=(0, 0), chain_timeout=10)
         fresh_s = time.monotonic() - started
+        await wait_last_timers(front, fresh, IDLE_S + 30)
         check(fresh, front, await read_stacks(chaos, fresh), after := Figures(), only=False)
         await cluster.wait_consumers(5, consumers)
     finally:

@@ -9,6 +9,7 @@ run; the hypothesis strategies feed the wire unit tests.
 
 from __future__ import annotations
 
+import math
 import random
 import secrets
 import string
@@ -187,6 +188,12 @@ def _error_problem(value: Any) -> bool:
                 and (value.get("message") is None or isinstance(value.get("message"), str)))
 
 
+def _idle_ok(value: Any) -> bool:
+    """A reply's ``idle``: nil, or a number from 0 to 2,592,000 seconds."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                             and math.isfinite(value) and 0 <= value <= 2_592_000)
+
+
 def reply_problem(obj: Any) -> str | None:
     """The field a decoded reply breaks (None when valid)."""
     problem = _v_problem(obj)
@@ -201,6 +208,7 @@ def reply_problem(obj: Any) -> str | None:
         ("output", obj.get("output") is None or isinstance(obj.get("output"), list)),
         ("service", action not in ("open", "replace") or isinstance(obj.get("service"), str)),
         ("error", action != "fail" or not _error_problem(obj.get("error"))),
+        ("idle", action not in ("reply", "open") or _idle_ok(obj.get("idle"))),
     ]
     for name, ok in checks:
         if not ok:
@@ -217,7 +225,7 @@ def dispatch_problem(obj: Any) -> str | None:
     checks: list[tuple[str, bool]] = [
         ("session", session_ok(obj.get("session"))),
         ("turn", _nonempty_str(obj.get("turn"))),
-        ("event", obj.get("event") in ("start", "message", "result")
+        ("event", obj.get("event") in ("start", "message", "result", "idle")
          and isinstance(obj.get("event"), str)),
         ("depth", _is_int(obj.get("depth")) and obj["depth"] >= 0),
         ("attempt", _is_int(obj.get("attempt")) and obj["attempt"] >= 1),
@@ -451,6 +459,7 @@ REPLY_DEFECTS: dict[str, list[Any]] = {
     "action": [_MISSING, "", "explode", "REPLY", 1, None, True, ["reply"]],
     "output": ["hello", 5, {"a": 1}, True],
     "state": [rand_value(random.Random(1), 4)],
+    "idle": [-1, -0.5, 2_592_001, float("inf"), float("nan"), "60", True, [60], {}],
 }
 
 

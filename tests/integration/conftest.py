@@ -39,3 +39,12 @@ async def e2e(request: pytest.FixtureRequest, namespace: str, amqp_url: str,
     """
     async with opened(Harness(namespace, amqp_url, redis_url), request.node) as harness:
         yield harness
+
+
+@pytest.fixture
+async def ops(request: pytest.FixtureRequest, namespace: str,
+              amqp_url: str) -> AsyncIterator[Harness]:
+    """A harness on the single Redis server only (operations tests need no cluster run)."""
+    url = os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL)
+    async with opened(Harness(namespace, amqp_url, url), request.node) as harness:
+        yield harness

@@ -235,8 +235,8 @@ async def test_connect_failure_is_one_clear_line() -> None:
         await broker.connect()
     assert time.monotonic() - started < 10
     text = str(info.value)
-    assert text.startswith(f"RabbitMQ is not reachable at amqp://guest:***@127.0.0.1:{port}/: ")
-    assert text.endswith("; start it or set CLOUDBUNCH_AMQP_URL")
+    assert text.startswith(f"RabbitMQ is not reachable (amqp://guest:***@127.0.0.1:{port}/: ")
+    assert text.endswith(": start it or correct CLOUDBUNCH_AMQP_URL (--amqp-url)")
     assert "s3cret" not in text and "\n" not in text
 
 

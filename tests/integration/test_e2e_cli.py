@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from worker_sdk.amqp_connect import CONNECT_TIMEOUT
+
 from .procs import REPO, Harness, child_env, cli
-from .test_e2e_actions import deploy, open_b, start_root
+from .test_e2e_actions import deploy, start_root
 
 pytestmark = pytest.mark.infra
 
@@ -83,13 +85,20 @@ async def test_sigterm_exits_0_and_another_replica_completes_the_turn(e2e: Harne
 
 async def test_session_show_prints_the_stack(e2e: Harness) -> None:
     front, s = await deploy(e2e, "A", "B")
-    await open_b(front, s, "tg:42")
+    a, b = s["A"], s["B"]
+    await start_root(front, a, "tg:42")
+    await front.send("tg:42", "open B")
+    await a.reply(await a.next(), "open", service="B", idle=900)
+    await b.reply(await b.next(), "reply", state="b0")
+    await front.harness.idle("tg:42")
     await front.send("tg:42", "go")
     await s["B"].next()  # leaves a turn in flight
     code, out, err = await run_cli("session", "show", "tg:42", "--namespace", e2e.ns,
                                    "--redis-url", e2e.redis_url)
     assert code == 0, err
     assert re.search(r"^\s*0: A\s+state='a0'$", out, re.M), out
+    assert re.search(r"^\s*idle timer: 900 s of silence, fires at 20\d\d-\S+ \(in 89\d\.\d s",
+                     out, re.M), out
     assert re.search(r"^\s*1: B\s+state='b0'$", out, re.M), out
     assert "turn in flight:" in out and "event=message depth=1" in out, out
     code, out, err = await run_cli("session", "show", "nobody", "--namespace", e2e.ns,
@@ -144,13 +153,17 @@ async def test_demo_real(e2e: Harness) -> None:
 
 async def test_unreachable_broker_prints_one_clear_line(unreachable: Any) -> None:
     process, out, started = unreachable
-    code = await asyncio.to_thread(process.wait, 45)
+    code = await asyncio.to_thread(process.wait, 90)
     took = time.monotonic() - started
     out.seek(0)
     text = out.read().decode(errors="replace")
     assert code != 0
     assert "Traceback" not in text
     lines = [line for line in text.splitlines() if line.strip()]
+    # One line when it starts retrying, one when it gives up after the connect time.
     assert "RabbitMQ is not reachable" in lines[-1] and "127.0.0.1:1" in lines[-1], lines[-1]
-    assert len(lines) == 1, f"{len(lines)} lines instead of one (after {took:.0f} s):\n" + \
+    assert f"after trying for {CONNECT_TIMEOUT:g} s" in lines[-1], lines[-1]
+    assert len(lines) == 2, f"{len(lines)} lines instead of two (after {took:.0f} s):\n" + \
         "\n".join(lines[:5])
+    assert f"retrying for {CONNECT_TIMEOUT:.0f} s" in lines[0], lines[0]
+    assert took >= CONNECT_TIMEOUT

@@ -260,6 +260,6 @@ def test_service_run_without_broker_prints_one_line(tmp_path: Path) -> None:
                           text=True, timeout=60)
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert lines == [lines[0]] and "RabbitMQ is not reachable at amqp://guest:***@127.0.0.1:1/"\
+    assert lines == [lines[0]] and "RabbitMQ is not reachable (amqp://guest:***@127.0.0.1:1/"\
         in lines[0]
     assert "Traceback" not in proc.stderr

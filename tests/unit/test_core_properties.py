@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.core import Undeliverable
+from router.core import IdleFired, Undeliverable
 
 from .core_harness import Harness
 
@@ -31,6 +31,7 @@ def _answer(h: Harness, action: str, flag: bool, turn: str | None = None) -> Non
         fields["error"] = {"code": "oops"}
     if action in ("reply", "open") and flag:
         fields["state"] = {"n": len(h.effects)}
+        fields["idle"] = 0.4 + len(h.effects) % 3 * 0.3
     fields["output"] = ["o"] if flag else []
     h.answer("explode" if action == "garbage" else action, turn=turn, **fields)
 
@@ -47,10 +48,12 @@ def _check(h: Harness) -> None:
         assert rec.chain is not None
         assert 0 <= rec.turn.depth < len(rec.stack)
         assert 1 <= rec.turn.attempt <= h.cfg.max_attempts
-        assert rec.turn.body["turn"] == rec.turn.id
-        assert rec.turn.body["depth"] == rec.turn.depth
-        assert rec.turn.body["state"] == rec.stack[rec.turn.depth].state or \
+        assert rec.turn.dispatch.turn == rec.turn.id
+        assert rec.turn.dispatch.depth == rec.turn.depth
+        assert rec.turn.dispatch.state == rec.stack[rec.turn.depth].state or \
             rec.turn.event == "start"
+    fired = [w.token for w in rec.waiting if isinstance(w, IdleFired)]
+    assert len(fired) == len(set(fired)), "a timer fires at most once"
     seqs = [x.message.seq or 0 for x in rec.held]
     assert seqs == sorted(seqs), "held messages are kept in seq order"
     assert len(rec.waiting) + len(rec.held) <= h.cfg.max_waiting
@@ -76,6 +79,9 @@ def test_invariants_hold_over_random_events(events: list[tuple[str, Any, Any]]) 
             assert after == before, "a reply for a turn not in flight changed the session"
         elif kind == "tick":
             h.tick(a)
+            if h.record is not None:
+                late = [at for at, _ in h.record.timers_due() if at <= h.now]
+                assert not late, "a due timer did not fire"
         elif kind == "returned" and h.record is not None and h.record.turn is not None:
             t = h.record.turn
             h.run(Undeliverable(t.id, t.attempt))

@@ -43,6 +43,15 @@ async def test_handler_exceptions_fail_the_test_by_default() -> None:
         assert await flow.say("hi") == ["<error exception>"]
 
 
+async def test_the_question_reminds_once_after_a_minute_of_silence() -> None:
+    async with FlowTest([greeter, ask_name], root="greeter") as flow:
+        await flow.say("hi")
+        assert await flow.advance(59.999) == []
+        assert await flow.advance(0.001) == ["Still there? What is your name?"]
+        assert await flow.advance(3600) == [], "one reminder only"
+        assert await flow.say("ada") == ["Nice to meet you, Ada!"]
+
+
 async def test_a_recorded_conversation_replays_against_the_same_and_changed_code() -> None:
     async with FlowTest([greeter, ask_name], root="greeter") as flow:
         for text in ("hi", "R2D2", "ada", "bye"):

@@ -117,3 +117,15 @@ async def test_the_first_frame_must_be_hello(web: WebHarness) -> None:
         assert tab.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
     finally:
         await tab.close()
+
+
+async def test_a_message_without_a_router_is_reported_not_sent(bare_web: WebHarness) -> None:
+    await bare_web.gateway()  # no router has declared NS.ingress: nothing can take it
+    tab = await Tab.open(bare_web.url)
+    try:
+        error = await refused(tab, {"type": "message", "id": "f" * 10, "text": "hi"},
+                              "unavailable")
+        assert error["id"] == "f" * 10
+        assert "not sent" in str(error["message"])
+    finally:
+        await tab.close()

@@ -23,6 +23,7 @@
   let delay = 500;            // reconnect backoff (ms)
   let replaced = false;       // closed because another tab took the session
   const pending = new Map();  // message id -> {frame, li}
+  const failed = new Map();   // message id -> {frame, li}: refused or not sent
   let errorTimer = null;
   let emptyShown = false;
 
@@ -93,6 +94,19 @@
     });
   }
 
+  // The person answered with one of the open quick replies (pressed or typed, also when the
+  // conversation is shown again after a reload): that question is answered.
+  function answerButtons(text) {
+    const open = log.querySelectorAll(".buttons:not(.used)");
+    if (!open.length) return;
+    const group = open[open.length - 1];
+    const match = Array.from(group.querySelectorAll("button"))
+      .find((b) => b.textContent === text);
+    if (!match) return;
+    match.classList.add("chosen");
+    retireButtons();
+  }
+
   function addButtons(li, buttons) {
     const group = document.createElement("div");
     group.className = "buttons";
@@ -105,6 +119,7 @@
       button.onclick = () => {
         if (group.classList.contains("used")) return;
         button.classList.add("chosen");
+        retireButtons();
         send(b.title, b.payload);
         input.focus();
       };
@@ -117,7 +132,7 @@
     removeEmpty();
     let li;
     if (e.from === "you") {
-      const mine = pending.get(e.id);
+      const mine = pending.get(e.id) || failed.get(e.id);
       if (mine) {
         pending.delete(e.id);
         li = mine.li;
@@ -128,11 +143,16 @@
       } else {
         li = item("you", e.text);
       }
-      retireButtons();
+      if (e.kind === "end") retireButtons();
+      else answerButtons(e.text);
     } else if (e.kind === "message") {
       li = item("bot", e.text);
-      retireButtons();
-      if (e.buttons && e.buttons.length) addButtons(li, e.buttons);
+      // Quick replies stay usable until newer ones come (a typed question in between, like
+      // "help", does not take them away), or one is pressed, or the conversation ends.
+      if (e.buttons && e.buttons.length) {
+        retireButtons();
+        addButtons(li, e.buttons);
+      }
     } else if (e.kind === "unhandled") {
       li = item("bot unhandled", e.text);
     } else {
@@ -214,9 +234,25 @@
         if (f.id && pending.has(f.id)) {
           const p = pending.get(f.id);
           pending.delete(f.id);
+          failed.set(f.id, p);
+          if (!pending.size) typing.classList.remove("on");
           p.li.classList.remove("pending");
           p.li.classList.add("failed");
-          p.li.title = "Not sent";
+          if (f.code === "unavailable" || f.code === "rate_limited") {
+            const again = document.createElement("button");
+            again.type = "button";
+            again.className = "ghost again";
+            again.textContent = "Send again";
+            again.onclick = () => {
+              failed.delete(f.id);
+              again.remove();
+              p.li.classList.remove("failed");
+              p.li.classList.add("pending");
+              pending.set(f.id, p);
+              if (ws && ready) ws.send(JSON.stringify(p.frame));
+            };
+            p.li.appendChild(again);
+          }
         }
         showError(f.message);
         break;

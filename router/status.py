@@ -1,0 +1,300 @@
+"""``cloudbunch status``: one screen for an operator, and an exit code for a script.
+
+Every service queue with its depth and consumers, the routers' ingress and replies, NS.dead
+with the reasons of its dead letters (peeked: they stay in the queue). Queues are found through
+the RabbitMQ management API when it answers, else by passive declares of the shared queues
+and of the services named with ``--service``. With ``--metrics-url`` (a router's or worker's
+/metrics), turns per second by service. Exit status 1 when something needs a person: a queue
+with messages and no consumer, or dead letters growing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker_sdk import wire
+from worker_sdk.amqp import AmqpBroker, redact
+
+log = logging.getLogger(__name__)
+
+PEEK = 100
+"""Dead letters read (and left in place) to summarise their reasons."""
+
+
+@dataclass(slots=True)
+class QueueInfo:
+    name: str
+    messages: int | None
+    """Ready messages; None when the queue does not exist."""
+    consumers: int
+    publish_rate: float | None = None
+    deliver_rate: float | None = None
+
+
+@dataclass(slots=True)
+class Sample:
+    """What one look at the broker saw."""
+
+    queues: dict[str, QueueInfo]
+    source: str
+    turns: dict[str, float] = field(default_factory=dict)
+    """Turns counted so far per service, from the routers' metrics."""
+
+
+@dataclass(slots=True)
+class Report:
+    namespace: str
+    before: Sample
+    after: Sample
+    seconds: float
+    dead_reasons: Counter[str]
+    latest_dead: list[str]
+    problems: list[str]
+
+
+def service_of(namespace: str, queue: str) -> str | None:
+    prefix = f"{namespace}.service."
+    return queue[len(prefix):] if queue.startswith(prefix) else None
+
+
+def assess(namespace: str, before: Sample, after: Sample, seconds: float) -> list[str]:
+    """What needs a person, one line each (empty: nothing)."""
+    names = wire.queue_names(namespace)
+    problems: list[str] = []
+    for queue in sorted(after.queues.values(), key=lambda q: q.name):
+        if queue.messages is None:
+            service = service_of(namespace, queue.name)
+            if service is not None:
+                problems.append(f"no queue for service {service}: none of its workers has "
+                                "started (dispatches to it fail with unknown_service)")
+            elif queue.name != names["dead"]:
+                problems.append(f"queue {queue.name} does not exist: no router has started")
+            continue
+        if queue.name == names["dead"] or queue.consumers or not queue.messages:
+            continue
+        service = service_of(namespace, queue.name)
+        who = f"workers for {service}" if service is not None else "router consuming"
+        problems.append(f"no {who}: {queue.messages} messages waiting in {queue.name}")
+    dead_then = before.queues.get(names["dead"])
+    dead_now = after.queues.get(names["dead"])
+    if dead_now is not None and dead_now.messages:
+        grew = dead_then is not None and dead_then.messages is not None and \
+            dead_now.messages > dead_then.messages
+        if grew:
+            assert dead_then is not None and dead_then.messages is not None
+            problems.append(f"dead letters growing: +{dead_now.messages - dead_then.messages} "
+                            f"in {seconds:.1f} s ({names['dead']} holds {dead_now.messages})")
+        elif dead_now.publish_rate:
+            problems.append(f"dead letters growing: {dead_now.publish_rate:.2f}/s into "
+                            f"{names['dead']}")
+    return problems
+
+
+class Inspector:
+    """Reads queue depths and consumers from the management API or by passive declares."""
+
+    def __init__(self, broker: AmqpBroker, namespace: str, services: list[str],
+                 management_url: str | None, metrics_urls: list[str]) -> None:
+        self.broker = broker
+        self.namespace = namespace
+        self.services = services
+        self.management_url = management_url
+        self.metrics_urls = metrics_urls
+        self.management_error: str | None = None
+
+    def _shared(self) -> list[str]:
+        names = wire.queue_names(self.namespace)
+        return [names["ingress"], names["replies"], names["dead"]]
+
+    async def sample(self) -> Sample:
+        queues = await asyncio.to_thread(self._from_management)
+        source = "management API"
+        if queues is None:
+            source = "passive declares"
+            queues = {}
+            for name in self._shared() + [wire.service_queue(self.namespace, s)
+                                          for s in self.services]:
+                queues[name] = await self._passive(name)
+        else:
+            for name in self._shared() + [wire.service_queue(self.namespace, s)
+                                          for s in self.services]:
+                queues.setdefault(name, QueueInfo(name, None, 0))
+        turns = await asyncio.to_thread(self._turns)
+        return Sample(queues, source, turns)
+
+    async def _passive(self, name: str) -> QueueInfo:
+        stats = await self.broker.queue_stats(name)
+        if stats is None:
+            return QueueInfo(name, None, 0)
+        return QueueInfo(name, *stats)
+
+    def _from_management(self) -> dict[str, QueueInfo] | None:
+        if not self.management_url:
+            return None
+        url = self.management_url.rstrip("/") + "/api/queues?columns=name,vhost,messages_ready," \
+            "consumers,message_stats"
+        amqp = urllib.parse.urlsplit(self.broker.url)
+        vhost = urllib.parse.unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
+        request = urllib.request.Request(url)
+        credentials = f"{amqp.username or 'guest'}:{amqp.password or 'guest'}"
+        request.add_header("Authorization",
+                           "Basic " + base64.b64encode(credentials.encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=3) as response:
+                rows = json.load(response)
+        except (OSError, ValueError, urllib.error.URLError) as exc:
+            self.management_error = str(getattr(exc, "reason", exc))
+            return None
+        prefix = self.namespace + "."
+        found: dict[str, QueueInfo] = {}
+        for row in rows:
+            name = row.get("name", "")
+            if row.get("vhost", "/") != vhost or not name.startswith(prefix):
+                continue
+            if name not in self._shared() and service_of(self.namespace, name) is None:
+                continue
+            stats = row.get("message_stats") or {}
+            found[name] = QueueInfo(
+                name, int(row.get("messages_ready") or 0), int(row.get("consumers") or 0),
+                (stats.get("publish_details") or {}).get("rate"),
+                (stats.get("deliver_get_details") or {}).get("rate"))
+        return found
+
+    def _turns(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for url in self.metrics_urls:
+            try:
+                with urllib.request.urlopen(url, timeout=3) as response:
+                    text = response.read().decode()
+            except (OSError, urllib.error.URLError) as exc:
+                log.warning("event=metrics_unreachable url=%s error=%s", url, exc)
+                continue
+            for family in text_string_to_metric_families(text):
+                if family.name != "cloudbunch_router_turns":
+                    continue
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        key = sample.labels.get("service", "")
+                        totals[key] = totals.get(key, 0.0) + sample.value
+        return totals
+
+
+async def collect(broker: AmqpBroker, namespace: str, services: list[str], *,
+                  management_url: str | None = None, metrics_urls: list[str] | None = None,
+                  interval: float = 1.0) -> tuple[Report, Inspector]:
+    """Two samples ``interval`` seconds apart, the dead letters' reasons, the problems."""
+    inspector = Inspector(broker, namespace, services, management_url, metrics_urls or [])
+    started = time.monotonic()
+    before = await inspector.sample()
+    await asyncio.sleep(interval)
+    after = await inspector.sample()
+    seconds = time.monotonic() - started
+    reasons: Counter[str] = Counter()
+    latest: list[str] = []
+    dead = wire.queue_names(namespace)["dead"]
+    if (after.queues.get(dead) or QueueInfo(dead, None, 0)).messages:
+        for headers, _body in await broker.peek(dead, PEEK):
+            reason = str(headers.get("x-cb-reason", "?"))
+            reasons[reason] += 1
+            latest.append(f"{reason} from {headers.get('x-cb-source-queue', '?')}: "
+                          f"{headers.get('x-cb-detail', '')}")
+    report = Report(namespace, before, after, seconds, reasons, latest[-3:],
+                    assess(namespace, before, after, seconds))
+    return report, inspector
+
+
+def render(report: Report, inspector: Inspector, url: str) -> str:
+    names = wire.queue_names(report.namespace)
+    lines = [f"CloudBunch namespace {report.namespace!r} on {redact(url)} "
+             f"(queues by {report.after.source})"]
+    if inspector.management_error and report.after.source != "management API":
+        lines.append(f"  management API not reachable at {inspector.management_url} "
+                     f"({inspector.management_error}); pass --service NAME to list a service")
+    rates = bool(report.after.turns) or any(q.publish_rate is not None
+                                            for q in report.after.queues.values())
+    head = f"{'QUEUE':<40} {'READY':>7} {'CONSUMERS':>9}"
+    if rates:
+        head += f" {'IN/S':>7} {'TURNS/S':>8}"
+    lines.append(head)
+    order = [names["ingress"], names["replies"]]
+    order += sorted(n for n in report.after.queues if n not in (*order, names["dead"]))
+    order.append(names["dead"])
+    for name in order:
+        q = report.after.queues[name]
+        ready = "absent" if q.messages is None else str(q.messages)
+        line = f"{name:<40} {ready:>7} {q.consumers:>9}"
+        if rates:
+            service = service_of(report.namespace, name)
+            turns = ""
+            if service is not None and service in report.after.turns:
+                done = report.after.turns[service] - report.before.turns.get(service, 0.0)
+                turns = f"{done / report.seconds:.1f}"
+            rate = "" if q.publish_rate is None else f"{q.publish_rate:.1f}"
+            line += f" {rate:>7} {turns:>8}"
+        if q.messages and not q.consumers and name != names["dead"]:
+            service = service_of(report.namespace, name)
+            line += f"   <- no workers for {service}" if service else "   <- no consumer"
+        lines.append(line)
+    if report.dead_reasons:
+        seen = sum(report.dead_reasons.values())
+        summary = ", ".join(f"{r} x{n}" for r, n in report.dead_reasons.most_common())
+        lines.append(f"dead letters (the {seen} oldest, left in place): {summary}")
+        lines.extend(f"  {line}" for line in report.latest_dead)
+    if report.problems:
+        lines.append("needs a person:")
+        lines.extend(f"  {p}" for p in report.problems)
+    else:
+        lines.append("nothing needs a person")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``cloudbunch status`` (besides --amqp-url and --namespace)."""
+    parser.add_argument("--service", action="append", default=[], metavar="NAME",
+                        help="a service whose queue to show (repeatable); the management API, "
+                             "when it answers, lists them all")
+    parser.add_argument("--management-url", metavar="URL",
+                        help="RabbitMQ management API [env CLOUDBUNCH_MANAGEMENT_URL; default "
+                             "http://HOST:15672 of the AMQP URL; 'off' to skip]")
+    parser.add_argument("--metrics-url", action="append", default=[], metavar="URL",
+                        help="a router's /metrics, for turns per second (repeatable)")
+    parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                        help="time between the two samples that show growth [default 1]")
+
+
+def management_url(option: str | None, env: str | None, amqp_url: str) -> str | None:
+    value = option or env
+    if value == "off":
+        return None
+    if value:
+        return value
+    host = urllib.parse.urlsplit(amqp_url).hostname or "127.0.0.1"
+    return f"http://{host}:15672"
+
+
+async def run_status(amqp_url: str, namespace: str, args: argparse.Namespace,
+                     env_management: str | None = None) -> int:
+    """Print the screen; return 1 when something needs a person."""
+    broker = AmqpBroker(amqp_url, name="cloudbunch-status", connect_timeout=5)
+    await broker.connect()
+    try:
+        report, inspector = await collect(
+            broker, namespace, list(args.service),
+            management_url=management_url(args.management_url, env_management, amqp_url),
+            metrics_urls=list(args.metrics_url), interval=max(0.0, args.interval))
+    finally:
+        await broker.close()
+    print(render(report, inspector, amqp_url))
+    return 1 if report.problems else 0

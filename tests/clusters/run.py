@@ -1,0 +1,195 @@
+"""One node-loss run: routers and workers on the local clusters carry a steady load of the
+chaos flow while a fault plan hurts the nodes; then every guarantee is checked against the
+model and one summary line is printed, like the chaos suite's.
+
+Recovery is measured by probes: right after each fault a new session sends one message, and
+the time from the fault to that chain's last notice is the time to recover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.chaos.flow import Model, text
+from tests.chaos.load import (
+    Cluster,
+    Figures,
+    Frontend,
+    Plan,
+    RecordingClient,
+    check,
+    drive,
+    make_plans,
+    peek,
+    read_stacks,
+    standard_cluster,
+)
+
+from . import nodes
+from .conftest import ClusterHarness
+
+log = logging.getLogger(__name__)
+
+SESSIONS = int(os.environ.get("CLUSTER_SESSIONS", "60"))
+MESSAGES = 8
+SPREAD = 8.0
+THINK = (2.0, 5.0)
+CHAIN_TIMEOUT = 90.0
+_probes = itertools.count(1)
+
+
+class QuorumReplyClient(RecordingClient):
+    """The frontend's reply queue as a quorum queue, with a member on every node.
+
+    The SDK's ``Client`` declares its own queue as a classic queue, which lives on one node:
+    while that node is down the queue is unavailable and the client cannot consume."""
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        await self.broker.declare(self.reply_queue)
+        await self.broker.consume(self.reply_queue, self._on_delivery, prefetch=self._prefetch)
+        self._started = True
+
+
+@dataclass
+class Run:
+    """What a fault plan needs: the harness, the processes, the frontend, the clock."""
+
+    harness: ClusterHarness
+    cluster: Cluster
+    front: Frontend
+    t0: float
+    probes: list[Plan] = field(default_factory=list)
+    recoveries: list[float] = field(default_factory=list)
+    journal: list[str] = field(default_factory=list)
+    before: Any = None
+    """What the fault plan's preparation found before the load started."""
+
+    def note(self, what: str) -> None:
+        self.journal.append(f"{time.monotonic() - self.t0:6.1f}s {what}")
+        log.info("%s", self.journal[-1])
+
+    async def at(self, seconds: float) -> None:
+        """Sleep until ``seconds`` after the load started."""
+        delay = self.t0 + seconds - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def recover(self, since: float) -> float:
+        """Send a probe (a new session's first message); the time from ``since`` to the last
+        notice of its chain."""
+        model = Model()
+        payload = text("help", 1)
+        session = f"probe:{next(_probes)}"
+        plan = Plan(session, [payload], [f"{session}/1/{secrets.token_hex(5)}"],
+                    [model.message(payload)], [])
+        plan.final = model.frames()
+        self.probes.append(plan)
+        await self.front.send(session, plan.ids[0], payload, 1)
+        if not await self.front.wait(session, plan.ids[0], len(plan.expected[0]),
+                                     CHAIN_TIMEOUT):
+            raise AssertionError(f"probe {session} did not complete in {CHAIN_TIMEOUT} s")
+        took = time.monotonic() - since
+        self.recoveries.append(took)
+        self.note(f"recovered in {took:.1f} s")
+        return took
+
+    def router_node(self, index: int = 0) -> str:
+        """The RabbitMQ node router ``index`` is connected to now (by what it logged)."""
+        proc = self.cluster.slots[index].proc
+        assert proc is not None
+        ports = re.findall(r"event=broker_(?:re)?connected url=\S+?:(\d+)/", peek(proc))
+        assert ports, f"router {index} logged no connection"
+        return nodes.node_of_port(int(ports[-1]))
+
+
+async def drained(namespace: str, timeout: float) -> dict[str, tuple[int, int]]:
+    """Wait until no queue of the namespace but NS.dead holds a message; what is left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            queues = await nodes.queue_info(namespace)
+        except AssertionError:
+            queues = []
+        left = {str(q["name"]): (int(str(q["messages_ready"] or 0)),
+                                 int(str(q["messages_unacknowledged"] or 0)))
+                for q in queues}
+        left = {q: c for q, c in left.items() if (c[0] or c[1]) and not q.endswith(".dead")}
+        if (queues and not left) or time.monotonic() > deadline:
+            dead = next((q for q in queues if str(q["name"]).endswith(".dead")), None)
+            if dead is not None and int(str(dead["messages_ready"] or 0)):
+                left[str(dead["name"])] = (int(str(dead["messages_ready"])), 0)
+            return left
+        await asyncio.sleep(0.5)
+
+
+async def under_load(harness: ClusterHarness, capsys: pytest.CaptureFixture[str], name: str,
+                     faults: Callable[[Run], Awaitable[dict[str, Any]]],
+                     before: Callable[[ClusterHarness], Awaitable[Any]] | None = None
+                     ) -> Figures:
+    """Run the load with ``faults`` alongside; check; print the summary line; assert."""
+    seed = int(os.environ.get("CLUSTER_SEED") or secrets.randbits(32))
+    rng = random.Random(seed)
+    plans, _ = make_plans(SESSIONS, MESSAGES, rng)
+    cluster = standard_cluster(harness, routers=2, turn_timeout=2, max_attempts=10)
+    await cluster.start(timeout=90)
+    front = Frontend(harness, name=f"cluster-{name}")
+    front.client = QuorumReplyClient(front.broker, harness.ns, prefetch=512)
+    harness.queues.add(front.client.reply_queue)
+    await front.start()
+    # Every shared queue has a member on each of the three nodes.
+    members = {str(q["name"]): sorted(map(str, q["members"]))  # type: ignore[call-overload]
+               for q in await nodes.queue_info(harness.ns)
+               if str(q["name"]).endswith((".ingress", ".replies"))}
+    assert members and all(m == sorted(nodes.RABBIT_NODES) for m in members.values()), members
+    prepared = None if before is None else await before(harness)
+    run = Run(harness, cluster, front, time.monotonic(), before=prepared)
+    load = asyncio.create_task(drive(front, plans, rng, spread=SPREAD, think=THINK,
+                                     chain_timeout=CHAIN_TIMEOUT))
+    try:
+        extra = await faults(run)
+        await load
+        load_s = time.monotonic() - run.t0
+        await nodes.start()  # every node back before the final checks
+        await cluster.wait_consumers(60)
+        left = await drained(harness.ns, 60)
+        everything = [*plans, *run.probes]
+        stacks = await read_stacks(harness, everything)
+        await asyncio.sleep(1.0)  # a late copy or a second run of a chain would show now
+    finally:
+        load.cancel()
+        await asyncio.gather(load, return_exceptions=True)
+    stats = await cluster.stop()
+    await front.close()
+    figures = Figures()
+    check(everything, front, stacks, figures)
+    figures.extra = {
+        **extra,
+        "recover_s": "/".join(f"{r:.1f}" for r in run.recoveries),
+        "notice_copies": front.copies, "publish_retries": front.publish_retries,
+        "chain_timeouts": front.chain_timeouts, "redispatches": cluster.redispatches(),
+        **{k: stats.get(k, 0) for k in ("replies_dropped", "leftover_waits", "cas_retries")},
+        "unexpected_exits": len(cluster.unexpected), "undrained": len(left),
+        "load_s": round(load_s, 1), "seed": seed,
+    }
+    with capsys.disabled():
+        print(f"\n{name}: {figures.line()}", flush=True)
+    report = "\n".join([*run.journal, *figures.problems[:40], *cluster.unexpected,
+                        f"not drained: {left}"])
+    assert figures.bad == 0, report
+    assert not left, report
+    assert not cluster.unexpected, report
+    return figures
