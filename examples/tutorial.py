@@ -20,9 +20,14 @@ def greet(ctx: Context) -> None:
 
 @greeter.on_result("ask_name")
 def named(ctx: Context) -> None:
-    assert ctx.result is not None
-    name = ctx.result.value
-    ctx.reply(f"Nice to meet you, {name}!", state=ctx.state | {"name": name})
+    result = ctx.result
+    assert result is not None
+    if not result.ok:
+        # on_result gets the child's failure too (a crash, a timeout, ask_name not served):
+        # hand it up as an exception would, rather than greet "None".
+        ctx.propagate()
+        return
+    ctx.reply(f"Nice to meet you, {result.value}!", state=ctx.state | {"name": result.value})
 
 
 @greeter.on_message

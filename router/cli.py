@@ -1,321 +1,506 @@
-"""The ``cloudbunch`` command: router, worker, demo, session show.
+"""The ``cloudbunch`` command: router, worker, demo, session (show, history, export, delete,
+list), replay, purge, and whatever other modules register.
 
-Expected failures (a server not reachable, a bad option) print one line and exit 1; the
-logging configuration is installed here and nowhere else.
+Built on click: every option of a setting comes from its one declaration (see
+:mod:`worker_sdk.settings`) through :func:`settings_options`, which also reads the setting's
+``CLOUDBUNCH_*`` variable (click's ``envvar=``) and shows variable and default in ``--help``.
+
+Adding a subcommand from another module takes one line here: write a ``click.Command`` in
+your module, for example::
+
+    # router/channels/web.py
+    import click
+    from router.cli import settings_options, run_async
+    from router.config import ServerSettings
+
+    @click.command(help="Serve the web chat.")
+    @settings_options(ServerSettings, only=("amqp_url", "namespace"))
+    @click.option("--port", type=int, default=8080, show_default=True)
+    def command(config: ServerSettings, port: int) -> None:
+        run_async(serve(config, port))
+
+and add its import path to :data:`COMMANDS` (``"web": "router.channels.web:command"``). It is
+imported only when used (or listed by ``--help``). Every command then also accepts ``-v``,
+and its expected failures (any :class:`~worker_sdk.errors.CloudBunchError`, a bad option)
+print one line, ``cloudbunch web: what went wrong``, and exit 1 (2 for a bad option); a
+command returns an exit code through :func:`run_async` or ``ctx.exit(code)``.
+
+The logging configuration is installed here and nowhere else.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import functools
+import importlib
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from argparse import Namespace
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
 
 from worker_sdk.amqp_connect import CONNECT_TIMEOUT
 from worker_sdk.errors import CloudBunchError, ConfigError
 from worker_sdk.logs import configure as configure_logging
 from worker_sdk.service import run_event_loop
+from worker_sdk.settings import (
+    Declaration,
+    Settings,
+    SettingsBase,
+    WorkerSettings,
+    declarations,
+)
 
-from .config import ENV, RouterConfig, load_config
-from .probes import ProcessOptions, add_process_options, process_options
+from .config import RouterConfig, ServerSettings
 
 if TYPE_CHECKING:
     from .core import Timer
+    from .probes import ProcessOptions
+    from .redis_store import RedisStore
 
 log = logging.getLogger("router.cli")
 
-ROUTER_OPTIONS: list[tuple[str, str, str]] = [
-    ("amqp_url", "URL", "RabbitMQ URL (amqp:// or amqps://)"),
-    ("redis_url", "URL", "Redis URL (redis://, rediss://, or redis+cluster://HOST:PORT,... "
-                          "for a Redis Cluster)"),
-    ("namespace", "NS", "prefix of every queue and key, so deployments can share servers"),
-    ("root", "SERVICE", "service opened as the root of a new session (required)"),
-    ("turn_timeout", "SECONDS", "wait for a reply this long before re-dispatching"),
-    ("max_attempts", "N", "dispatches of one turn before it fails with 'timeout'"),
-    ("max_depth", "N", "most frames on a session's stack"),
-    ("session_ttl", "SECONDS", "idle sessions are forgotten after this long"),
-    ("max_body", "BYTES", "largest message body accepted"),
-    ("seq_hold", "SECONDS", "how long a message waits for the ones numbered before it"),
-    ("queue_type", "TYPE", "'quorum' or 'classic', for every shared queue"),
-    ("max_waiting", "N", "client messages a session may have waiting; more are refused"),
-    ("history", "N", "history entries kept per session for `session history` and replay "
-                     "(0: off)"),
-]
+COMMANDS: dict[str, str] = {
+    "router": "router.cli:router_command",
+    "worker": "router.cli:worker_command",
+    "demo": "router.cli:demo_command",
+    "session": "router.cli:session_group",
+    "purge": "router.cli:purge_command",
+    "replay": "router.cli:replay_command",
+    "web": "router.channels.web.command:command",
+    "telegram": "router.channels.telegram.command:command",
+    "status": "router.cli:status_command",
+}
+"""Every subcommand, as ``name: "module:attribute"`` of a ``click.Command``, loaded lazily."""
 
-def _add_router_options(p: argparse.ArgumentParser, *, only: Sequence[str] | None = None,
-                        root_default: str | None = None) -> None:
-    for name, metavar, text in ROUTER_OPTIONS:
-        if only is not None and name not in only:
-            continue
-        default = root_default if name == "root" else RouterConfig.__dataclass_fields__[
-            name].default
-        shown = "required" if name == "root" and root_default is None else f"default {default}"
-        p.add_argument("--" + name.replace("_", "-"), dest=name, metavar=metavar,
-                       help=f"{text} [env {ENV[name]}; {shown}]")
+_VERBOSE = "cloudbunch.verbose"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
+# ---------------------------------------------------------------------------- the machinery
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
-    if not 0 < value <= 2_592_000:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 2592000 (30 days), "
-                                         f"not {text}")
-    return value
+class Failed(Exception):
+    """An expected failure, already worded for a person, of the command named ``path``."""
+
+    def __init__(self, path: str, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+        self.code = code
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cloudbunch",
-        description="Stateless services, one hierarchical state machine. Every option also "
-                    "reads a CLOUDBUNCH_* environment variable (shown in each --help).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value:
+        return
+    ctx.find_root().meta[_VERBOSE] = True
+    logging.getLogger().setLevel(logging.DEBUG)
+    for name in ("aiormq", "aio_pika"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
-    p = sub.add_parser("router", help="run one router replica",
-                       description="Run one router replica. Any number may run at once. "
-                                   "SIGTERM or SIGINT stops it cleanly within 10 seconds.")
-    _add_router_options(p)
-    add_process_options(p)
 
-    p = sub.add_parser("worker", help="run service workers: cloudbunch worker module:attr ...",
-                       description="Serve one or more services (each a worker_sdk.Service "
-                                   "named as module:attribute) until SIGTERM or SIGINT.")
-    p.add_argument("services", nargs="+", metavar="MODULE:ATTR",
-                   help="a Service object, e.g. router.demo_flow:menu")
-    p.add_argument("--prefetch", type=_positive, default=None, metavar="N",
-                   help="dispatches handled at once per service "
-                        "[env CLOUDBUNCH_PREFETCH; default 16]")
-    _add_router_options(p, only=("amqp_url", "namespace", "queue_type"))
-    add_process_options(p)
+def _verbose_option() -> click.Option:
+    return click.Option(["-v", "--verbose"], is_flag=True, expose_value=False,
+                        callback=_set_verbose, help="Log debug details.")
 
-    p = sub.add_parser("demo", help="chat with the example pizza bot in the terminal",
-                       description="Run a router, the example pizza services and a terminal "
-                                   "chat in one process. Uses RabbitMQ and Redis when they "
-                                   "answer, otherwise the embedded in-memory engine.")
-    p.add_argument("--script", metavar="FILE",
-                   help="read the person's lines from FILE instead of the terminal "
-                        "('-' for stdin; piped stdin is read the same way)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--embedded", action="store_true",
-                      help="use the in-memory engine even if RabbitMQ and Redis answer")
-    mode.add_argument("--real", action="store_true",
-                      help="require RabbitMQ and Redis (fail if they do not answer)")
-    p.add_argument("--web", action="store_true",
-                   help="chat in the browser instead of the terminal (serves the web chat)")
-    p.add_argument("--port", type=int, default=None, metavar="PORT",
-                   help="with --web: the port [env CLOUDBUNCH_WEB_PORT; default 8080]")
-    p.add_argument("--no-browser", action="store_true",
-                   help="with --web: print the address without opening a browser")
-    _add_router_options(p, only=[n for n, _, _ in ROUTER_OPTIONS
-                                 if n not in ("root", "namespace")])
-    p.add_argument("--namespace", dest="namespace", metavar="NS",
-                   help="prefix of the demo's queues and keys [env CLOUDBUNCH_DEMO_NAMESPACE; "
-                        "default cbdemo, so the demo never mixes with a deployment in 'cb']")
-    p.add_argument("--remind-after", type=_positive_seconds, default=60.0, metavar="SECONDS",
-                   help="silence after which a question is asked again [default 60]")
-    p.add_argument("--give-up-after", type=_positive_seconds, default=900.0,
-                   metavar="SECONDS", help="silence after which the order in progress is "
-                                           "dropped [default 900]")
 
-    p = sub.add_parser("web", help="serve the web chat: a page and a WebSocket per tab",
-                       description="Run one web chat gateway replica (any number may run "
-                                   "behind a load balancer). SIGTERM or SIGINT stops it.")
-    from .channels.web.command import add_arguments as add_web_arguments
+def quiet_logs() -> None:
+    """Log warnings only, unless ``-v`` was given: for commands a person reads (demo, tools)."""
+    if not is_verbose():
+        logging.getLogger().setLevel(logging.WARNING)
 
-    add_web_arguments(p)
 
-    p = sub.add_parser("telegram", help="run the Telegram gateway (bot token in "
-                                        "CLOUDBUNCH_TELEGRAM_TOKEN)",
-                       description="Connect a Telegram bot to CloudBunch: long polling, or a "
-                                   "webhook with --webhook-url. Needs the 'telegram' extra "
-                                   "(pip install 'cloudbunch[telegram]'). SIGTERM or SIGINT "
-                                   "stops it.")
-    from .channels.telegram.command import add_arguments as add_telegram_arguments
+def is_verbose(ctx: click.Context | None = None) -> bool:
+    """Whether ``-v`` was given (before or after the subcommand)."""
+    ctx = ctx or click.get_current_context()
+    return bool(ctx.find_root().meta.get(_VERBOSE))
 
-    add_telegram_arguments(p)
 
-    p = sub.add_parser("session", help="inspect sessions", description="Inspect sessions.")
-    ssub = p.add_subparsers(dest="session_command", metavar="SUBCOMMAND", required=True)
-    ps = ssub.add_parser("show", help="print a session's stack, turn in flight and waiting "
-                                      "messages", description="Print a session as stored in "
-                                                              "Redis.")
-    ps.add_argument("session", help="the session id, e.g. tg:42")
-    _add_router_options(ps, only=("redis_url", "namespace"))
-    ph = ssub.add_parser("history", help="print a session's recorded turns as a transcript",
-                         description="Print a session's history (the router records it "
-                                     "unless started with --history 0).")
-    ph.add_argument("session", help="the session id, e.g. tg:42")
-    ph.add_argument("--json", action="store_true", help="one JSON object per entry")
-    ph.add_argument("--no-state", action="store_true", help="leave states out")
-    _add_router_options(ph, only=("redis_url", "namespace"))
-    pe = ssub.add_parser("export", help="write a session's history to a file for replay",
-                         description="Write a session's history as a file that `cloudbunch "
-                                     "replay` and router.testing.replay read.")
-    pe.add_argument("session", help="the session id, e.g. tg:42")
-    pe.add_argument("-o", "--output", metavar="FILE", help="the file (default: stdout)")
-    _add_router_options(pe, only=("redis_url", "namespace"))
-    pd = ssub.add_parser("delete", help="delete a session and everything of it",
-                         description="Delete a session at once: its stack, waiting messages, "
-                                     "timers, outbox, dedup memory and history.")
-    pd.add_argument("session", help="the session id, e.g. tg:42")
-    _add_router_options(pd, only=("redis_url", "namespace"))
-    pl = ssub.add_parser("list", help="list a sample of sessions, most recently active first",
-                         description="List sessions with their stack and last activity, "
-                                     "found by an incremental SCAN (never one blocking call).")
-    pl.add_argument("--limit", type=_positive, default=50, metavar="N",
-                    help="at most N sessions (default 50)")
-    _add_router_options(pl, only=("redis_url", "namespace"))
+class CommandGroup(click.Group):
+    """A group whose subcommands load lazily, all take ``-v``, and fail in one line."""
 
-    p = sub.add_parser("replay", help="replay exported sessions against service code",
-                       description="Run the client messages of exported sessions through the "
-                                   "given services in memory (the real core, the recorded "
-                                   "times) and print every turn that acts differently from "
-                                   "the recording. Exit 0 when nothing differs, 1 otherwise.")
-    p.add_argument("files", nargs="+", metavar="FILE", help="files of `cloudbunch session "
-                                                            "export`")
-    p.add_argument("--service", dest="services", action="append", required=True,
-                   metavar="MODULE:ATTR", help="a service to run (repeat for each service)")
-    p.add_argument("--root", metavar="SERVICE", help="the root service (default: the "
-                                                     "recorded one)")
-    p.add_argument("--ignore-state", action="store_true",
-                   help="accept turns that differ only in the state they save")
+    def __init__(self, *args: Any, lazy: Mapping[str, str] | None = None, **kwargs: Any
+                 ) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: Mapping[str, str] = lazy if lazy is not None else {}
 
-    from .status import add_arguments as add_status_arguments
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
 
-    p = sub.add_parser("status", help="one screen for an operator: queues, workers, dead "
-                                      "letters; exit 1 when something needs a person",
-                       description="Show every service queue's depth and consumers, the "
-                                   "routers' queues and the dead letters' reasons. Exit "
-                                   "status 1 when a queue has messages and no consumer, or "
-                                   "dead letters are growing.")
-    add_status_arguments(p)
-    _add_router_options(p, only=("amqp_url", "namespace"))
-    return parser
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in self.lazy:
+            module_name, _, attr = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module_name), attr)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        if command is not None and not any(p.name == "verbose" for p in command.params):
+            command.params.append(_verbose_option())
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CloudBunchError as exc:
+            sub = ctx.invoked_subcommand
+            raise Failed(f"{ctx.command_path} {sub}" if sub else ctx.command_path,
+                         str(exc)) from None
+
+
+def _click_type(decl: Declaration) -> click.ParamType:
+    if decl.choices is not None:
+        return click.Choice(decl.choices)
+    if decl.kind is int:
+        return click.INT
+    return click.FLOAT if decl.kind is float else click.STRING
+
+
+def settings_options(cls: type[SettingsBase], *, only: Iterable[str] | None = None,
+                     exclude: Iterable[str] = (), fixed: Mapping[str, Any] | None = None,
+                     name: str = "config") -> Callable[[F], F]:
+    """Add one option per declared setting of ``cls`` (or those in ``only``, not in
+    ``exclude``) and call the command with ``config`` (or ``name``), an instance of ``cls``,
+    in their place.
+
+    ``fixed`` gives settings a value the person cannot change (the demo's root, say).
+    Settings left out take their default. A bad value is a one-line error naming the option
+    and the variable.
+    """
+    chosen = [d for d in declarations(cls) if (only is None or d.name in only)
+              and d.name not in exclude and d.name not in (fixed or {})]
+    names = [d.name for d in chosen]
+    target = name
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names}
+            values = {k: v for k, v in values.items() if v is not None} | dict(fixed or {})
+            return fn(*args, **{target: cls(**values)}, **kwargs)
+
+        command = wrapper
+        for decl in reversed(chosen):
+            if decl.kind is bool:
+                command = click.option(
+                    decl.option, decl.name, is_flag=True, default=decl.default,
+                    envvar=decl.env, show_envvar=True, help=decl.help)(command)
+                continue
+            command = click.option(
+                decl.option, decl.name, envvar=decl.env, show_envvar=True,
+                type=_click_type(decl), metavar=decl.metavar,
+                default=None if decl.required else decl.default,
+                show_default=not decl.required,
+                help=decl.help + (" [required]" if decl.required else ""))(command)
+        return command  # type: ignore[return-value]
+    return decorate
+
+
+def run_async(coro: Coroutine[Any, Any, int]) -> NoReturn:
+    """Run a command's coroutine on the event loop and exit with the code it returns."""
+    click.get_current_context().exit(run_event_loop(coro))
+    raise AssertionError("unreachable")  # ctx.exit raises
+
+
+@click.group("cloudbunch", cls=CommandGroup, lazy=COMMANDS, context_settings={
+    "help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbose,
+              help="Log debug details (also accepted after the subcommand).")
+@click.version_option(metadata.version("cloudbunch"), "-V", "--version",
+                      prog_name="cloudbunch", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Stateless services, one hierarchical state machine.
+
+    Every option of a setting also reads a CLOUDBUNCH_* environment variable (shown in each
+    command's --help); an option given wins over the variable, which wins over the default.
+    """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cloudbunch`` console script."""
-    args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.INFO
-    if args.command in ("demo", "status"):
-        level = logging.DEBUG if args.verbose else logging.WARNING
+    """Entry point of the ``cloudbunch`` console script; returns the exit code."""
+    configure_logging(logging.INFO)
+    # aio-pika and aiormq log every reconnect attempt; our own lines say what matters.
+    for name in ("aiormq", "aio_pika"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        ops = process_options(args)
-    except CloudBunchError as exc:
-        print(f"cloudbunch {args.command}: {exc}", file=sys.stderr)
-        return 1
-    configure_logging(level, ops.log_format)
-    if not args.verbose:
-        # aio-pika and aiormq log every reconnect attempt; our own lines say what matters.
-        for name in ("aiormq", "aio_pika"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        return _run(args, ops)
-    except CloudBunchError as exc:
-        print(f"cloudbunch {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-def _positive_env(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        return _positive(raw)
-    except argparse.ArgumentTypeError as exc:
-        raise ConfigError(f"{name} {exc}") from None
-
-
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name, None) for name, _, _ in ROUTER_OPTIONS}
-
-
-def _run(args: argparse.Namespace, ops: ProcessOptions) -> int:
-    if args.command == "router":
-        config = load_config(_options(args))
-        return run_event_loop(run_router(config, metrics_port=ops.metrics_port))
-    if args.command == "worker":
-        from worker_sdk.service import load_service, run_main
-        from worker_sdk.settings import Settings
-
-        services = [load_service(spec) for spec in args.services]
-        base = load_config(_options(args) | {"root": "-"})
-        settings = Settings(base.amqp_url, base.namespace, base.queue_type)
-        prefetch = args.prefetch
-        if prefetch is None:
-            prefetch = _positive_env("CLOUDBUNCH_PREFETCH", 16)
-        return run_main(services, settings, prefetch=prefetch,
-                        connect_timeout=CONNECT_TIMEOUT, metrics_port=ops.metrics_port,
-                        configure_logging=False)
-    if args.command == "demo":
-        from .demo import run_demo
-        from .demo_flow import IdleTimes
-
-        namespace = args.namespace or os.environ.get("CLOUDBUNCH_DEMO_NAMESPACE", "cbdemo")
-        config = load_config(_options(args) | {"root": "pizza", "namespace": namespace})
-        mode = "embedded" if args.embedded else "real" if args.real else "auto"
-        if args.web:
-            from .channels.web.command import web_settings
-            from .channels.web.demo import run_web_demo
-
-            web = web_settings({"port": args.port})
-            return run_event_loop(run_web_demo(config, mode=mode, host=web["host"],
-                                               port=web["port"],
-                                               open_browser=not args.no_browser))
-        idle = IdleTimes(remind_after=args.remind_after, give_up_after=args.give_up_after)
-        return run_event_loop(run_demo(config, mode=mode, script=args.script, idle=idle))
-    if args.command == "telegram":
-        from .channels.telegram.command import run as run_telegram
-
-        return run_telegram(vars(args), verbose=args.verbose)
-    if args.command == "web":
-        from .channels.web.command import run as run_web
-
-        return run_web(vars(args))
-    if args.command == "session":
-        config = load_config(_options(args) | {"root": "-"})
-        if args.session_command == "show":
-            return run_event_loop(show_session(config, args.session))
-        return run_event_loop(_session_tool(config, args))
-    if args.command == "replay":
-        from worker_sdk.service import load_service
-
-        from . import history, replay
-
-        services = [load_service(spec) for spec in args.services]
         try:
-            return run_event_loop(replay.run(args.files, services, root=args.root,
-                                             ignore_state=args.ignore_state))
-        except (history.BadExport, replay.ReplayError, OSError) as exc:
-            raise ConfigError(str(exc)) from None
-    if args.command == "status":
-        from .status import run_status
+            code = cli.main(args=list(sys.argv[1:] if argv is None else argv),
+                            prog_name="cloudbunch", standalone_mode=False)
+        finally:
+            sys.stdout.flush()
+    except Failed as exc:
+        print(f"{exc.path}: {exc.message}", file=sys.stderr)
+        return exc.code
+    except click.UsageError as exc:
+        path = exc.ctx.command_path if exc.ctx is not None else "cloudbunch"
+        hint = f" (see `{path} --help`)" if exc.ctx is not None else ""
+        print(f"{path}: {_lowercase_first(exc.format_message())}{hint}", file=sys.stderr)
+        return 2
+    except click.ClickException as exc:
+        print(f"cloudbunch: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
+    except (KeyboardInterrupt, click.Abort):
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`cloudbunch demo | head`) before the last flush: stop quietly
+        # with 1, as click does when it happens earlier. Python would report the failed flush
+        # again at exit; point stdout elsewhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code if isinstance(code, int) else 0
 
-        config = load_config(_options(args) | {"root": "-"})
-        return run_event_loop(run_status(config.amqp_url, config.namespace, args,
-                                         os.environ.get("CLOUDBUNCH_MANAGEMENT_URL")))
-    raise AssertionError(args.command)
+
+def _lowercase_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def _process_options(fn: F) -> F:
+    """--metrics-port and --log-format (read, with their variables, by router.probes)."""
+    fn = click.option("--metrics-port", metavar="PORT",
+                      help="Serve /metrics, /healthz and /readyz on this port [env "
+                           "CLOUDBUNCH_METRICS_PORT; default off].")(fn)
+    return click.option("--log-format", metavar="FORMAT",
+                        help="'text' (key=value) or 'json' (one object a line) [env "
+                             "CLOUDBUNCH_LOG_FORMAT; default text].")(fn)  # type: ignore[return-value]
+
+
+def _process(metrics_port: str | None, log_format: str | None) -> ProcessOptions:
+    from .probes import process_options
+
+    ops = process_options(Namespace(metrics_port=metrics_port, log_format=log_format))
+    configure_logging(logging.DEBUG if is_verbose() else logging.INFO, ops.log_format)
+    return ops
+
+
+@click.command("router", help="Run one router replica. Any number may run at once. SIGTERM "
+               "or SIGINT stops it cleanly within 10 seconds.", short_help="Run one router "
+               "replica.")
+@settings_options(RouterConfig)
+@_process_options
+def router_command(config: RouterConfig, metrics_port: str | None,
+                   log_format: str | None) -> None:
+    ops = _process(metrics_port, log_format)
+    run_async(run_router(config, metrics_port=ops.metrics_port))
+
+
+@click.command("worker", help="Serve one or more services (each a worker_sdk.Service named "
+               "as MODULE:ATTR, e.g. router.demo_flow:menu) until SIGTERM or SIGINT.",
+               short_help="Serve services: cloudbunch worker MODULE:ATTR ...")
+@click.argument("services", nargs=-1, required=True, metavar="MODULE:ATTR...")
+@settings_options(WorkerSettings)
+@_process_options
+def worker_command(services: tuple[str, ...], config: WorkerSettings, metrics_port: str | None,
+                   log_format: str | None) -> None:
+    from worker_sdk.service import load_service, serve_main
+
+    ops = _process(metrics_port, log_format)
+    loaded = [load_service(spec) for spec in services]
+    run_async(serve_main(loaded, config, connect_timeout=CONNECT_TIMEOUT,
+                         metrics_port=ops.metrics_port))
+
+
+@click.command("demo", help="Run a router, the example pizza services and a terminal chat in "
+               "one process. Uses RabbitMQ and Redis when they answer, otherwise the "
+               "embedded in-memory engine. Lines piped to stdin are played non-interactively; "
+               "with nothing on stdin it plays the example conversation.",
+               short_help="Chat with the example pizza bot in the terminal.")
+@click.option("--script", metavar="FILE", help="Read the person's lines from FILE instead of "
+              "the terminal ('-' for stdin; piped stdin is read the same way).")
+@click.option("--embedded", "mode", flag_value="embedded",
+              help="Use the in-memory engine even if RabbitMQ and Redis answer.")
+@click.option("--real", "mode", flag_value="real",
+              help="Require RabbitMQ and Redis (fail if they do not answer).")
+@click.option("--namespace", metavar="NS", envvar="CLOUDBUNCH_DEMO_NAMESPACE",
+              show_envvar=True, default="cbdemo", show_default=True,
+              help="Prefix of the demo's queues and keys (not CLOUDBUNCH_NAMESPACE, so the "
+                   "demo never mixes with a deployment).")
+@click.option("--web", is_flag=True,
+              help="Chat in the browser instead of the terminal (serves the web chat).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+              envvar="CLOUDBUNCH_WEB_PORT", show_envvar=True, metavar="PORT",
+              help="With --web: the port.")
+@click.option("--no-browser", is_flag=True,
+              help="With --web: print the address without opening a browser.")
+@click.option("--remind-after", type=click.FloatRange(0, 2_592_000, min_open=True),
+              default=60.0, show_default=True, metavar="SECONDS",
+              help="Silence after which a question is asked again.")
+@click.option("--give-up-after", type=click.FloatRange(0, 2_592_000, min_open=True),
+              default=900.0, show_default=True, metavar="SECONDS",
+              help="Silence after which the order in progress is dropped.")
+@settings_options(RouterConfig, exclude=("namespace",), fixed={"root": "pizza"})
+def demo_command(script: str | None, mode: str | None, namespace: str, web: bool, port: int,
+                 no_browser: bool, remind_after: float, give_up_after: float,
+                 config: RouterConfig) -> None:
+    import dataclasses
+
+    from .demo import run_demo
+    from .demo_flow import IdleTimes
+
+    quiet_logs()
+    config = dataclasses.replace(config, namespace=namespace)
+    if web:
+        from .channels.web.command import web_settings
+        from .channels.web.demo import run_web_demo
+
+        settings = web_settings({"port": port})
+        run_async(run_web_demo(config, mode=mode or "auto", host=settings["host"],
+                               port=settings["port"], open_browser=not no_browser))
+    idle = IdleTimes(remind_after=remind_after, give_up_after=give_up_after)
+    run_async(run_demo(config, mode=mode or "auto", script=script, idle=idle))
+
+
+@click.group("session", cls=CommandGroup, help="Inspect sessions.")
+def session_group() -> None:
+    pass
+
+
+@session_group.command("show", help="Print a session as stored in Redis: its stack, turn in "
+                       "flight and waiting messages.")
+@click.argument("session")
+@settings_options(ServerSettings, only=("redis_url", "namespace"))
+def session_show_command(session: str, config: ServerSettings) -> None:
+    run_async(show_session(config, session))
+
+
+@session_group.command("history", help="Print a session's history (the router records it "
+                       "unless started with --history 0).",
+                       short_help="Print a session's recorded turns as a transcript.")
+@click.argument("session")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
+@click.option("--no-state", is_flag=True, help="Leave states out.")
+@settings_options(ServerSettings, only=("redis_url", "namespace"))
+def session_history_command(session: str, as_json: bool, no_state: bool,
+                            config: ServerSettings) -> None:
+    from . import sessions
+
+    run_async(_with_store(config, lambda store: sessions.print_history(
+        store, session, as_json=as_json, states=not no_state)))
+
+
+@session_group.command("export", help="Write a session's history as a file that `cloudbunch "
+                       "replay` and router.testing.replay read.",
+                       short_help="Write a session's history to a file for replay.")
+@click.argument("session")
+@click.option("-o", "--output", metavar="FILE", help="The file (default: stdout).")
+@settings_options(ServerSettings, only=("redis_url", "namespace"))
+def session_export_command(session: str, output: str | None, config: ServerSettings) -> None:
+    from . import sessions
+
+    run_async(_with_store(config, lambda store: sessions.write_export(
+        store, session, config.namespace, output)))
+
+
+@session_group.command("delete", help="Delete a session at once: its stack, waiting messages, "
+                       "timers, outbox, dedup memory and history.",
+                       short_help="Delete a session and everything of it.")
+@click.argument("session")
+@settings_options(ServerSettings, only=("redis_url", "namespace"))
+def session_delete_command(session: str, config: ServerSettings) -> None:
+    from . import sessions
+
+    run_async(_with_store(config, lambda store: sessions.delete(store, session)))
+
+
+@session_group.command("list", help="List sessions with their stack and last activity, found "
+                       "by an incremental SCAN (never one blocking call).",
+                       short_help="List a sample of sessions, most recently active first.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              metavar="N", help="At most N sessions.")
+@settings_options(ServerSettings, only=("redis_url", "namespace"))
+def session_list_command(limit: int, config: ServerSettings) -> None:
+    from . import sessions
+
+    run_async(_with_store(config, lambda store: sessions.print_list(
+        store, limit, int(time.time() * 1000))))
+
+
+@click.command("replay", help="Run the client messages of exported sessions through the given "
+               "services in memory (the real core, the recorded times) and print every turn "
+               "that acts differently from the recording. Exit 0 when nothing differs, 1 "
+               "otherwise.", short_help="Replay exported sessions against service code.")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--service", "services", multiple=True, required=True, metavar="MODULE:ATTR",
+              help="A service to run (repeat for each service).")
+@click.option("--root", metavar="SERVICE", help="The root service (default: the recorded one).")
+@click.option("--ignore-state", is_flag=True,
+              help="Accept turns that differ only in the state they save.")
+def replay_command(files: tuple[str, ...], services: tuple[str, ...], root: str | None,
+                   ignore_state: bool) -> None:
+    from worker_sdk.service import load_service
+
+    from . import history, replay
+
+    loaded = [load_service(spec) for spec in services]
+    try:
+        code = run_event_loop(replay.run(list(files), loaded, root=root,
+                                         ignore_state=ignore_state))
+    except (history.BadExport, replay.ReplayError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+    click.get_current_context().exit(code)
+
+
+@click.command("status", help="Show every service queue's depth and consumers, the routers' "
+               "queues and the dead letters' reasons. Exit status 1 when a queue has messages "
+               "and no consumer, or dead letters are growing.",
+               short_help="One screen for an operator: queues, workers, dead letters.")
+@click.option("--service", "service", multiple=True, metavar="NAME",
+              help="A service whose queue to show (repeatable); the management API, when it "
+                   "answers, lists them all.")
+@click.option("--management-url", metavar="URL",
+              help="RabbitMQ management API [env CLOUDBUNCH_MANAGEMENT_URL; default "
+                   "http://HOST:15672 of the AMQP URL; 'off' to skip].")
+@click.option("--metrics-url", "metrics_url", multiple=True, metavar="URL",
+              help="A router's /metrics, for turns per second (repeatable).")
+@click.option("--interval", type=float, default=1.0, show_default=True, metavar="SECONDS",
+              help="Time between the two samples that show growth.")
+@settings_options(Settings, only=("amqp_url", "namespace"))
+def status_command(service: tuple[str, ...], management_url: str | None,
+                   metrics_url: tuple[str, ...], interval: float, config: Settings) -> None:
+    from .status import run_status
+
+    quiet_logs()
+    args = Namespace(service=list(service), management_url=management_url,
+                     metrics_url=list(metrics_url), interval=interval)
+    run_async(run_status(config.amqp_url, config.namespace, args,
+                         os.environ.get("CLOUDBUNCH_MANAGEMENT_URL")))
+
+
+@click.command("purge", help="Delete a namespace's queues and Redis keys: the shared queues, "
+               "every service queue and reply queue named in its sessions and by --service, "
+               "and every key. Refuses while a router consumes the namespace.",
+               short_help="Delete a namespace's queues and keys.")
+@click.option("--service", "services", multiple=True, metavar="NAME",
+              help="Also delete this service's queue (repeat for several).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@settings_options(ServerSettings)
+def purge_command(services: tuple[str, ...], yes: bool, config: ServerSettings) -> None:
+    from .purge import purge
+
+    quiet_logs()
+
+    def confirm(plan: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise ConfigError(f"{plan}; pass --yes to confirm without a terminal")
+        return click.confirm(f"{plan}. Delete them?", default=False)
+
+    run_async(purge(config, services, confirm))
+
+
+# ---------------------------------------------------------------------------- router, session
 
 
 async def run_router(config: RouterConfig, *, metrics_port: int | None = None) -> int:
@@ -383,29 +568,20 @@ async def run_router(config: RouterConfig, *, metrics_port: int | None = None) -
     return code
 
 
-async def _session_tool(config: RouterConfig, args: argparse.Namespace) -> int:
-    from . import sessions
+async def _with_store(config: ServerSettings,
+                      action: Callable[[RedisStore], Awaitable[int]]) -> int:
+    """Run a session tool on the namespace's store, closing it afterwards."""
     from .redis_store import RedisStore
 
     store = RedisStore(config.redis_url, config.namespace)
     try:
         await store.ping()
-        match args.session_command:
-            case "history":
-                return await sessions.print_history(store, args.session, as_json=args.json,
-                                                    states=not args.no_state)
-            case "export":
-                return await sessions.write_export(store, args.session, config.namespace,
-                                                   args.output)
-            case "delete":
-                return await sessions.delete(store, args.session)
-            case _:
-                return await sessions.print_list(store, args.limit, int(time.time() * 1000))
+        return await action(store)
     finally:
         await store.close()
 
 
-async def show_session(config: RouterConfig, session: str) -> int:
+async def show_session(config: ServerSettings, session: str) -> int:
     """Print a session's stack, turn in flight, waiting and held messages."""
     from .core import CorruptRecord, Effect, IdleFired, Record
     from .redis_store import RedisStore
@@ -472,4 +648,7 @@ def describe_timer(timer: Timer, last_client_ms: int, now_ms: float) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module, not this __main__ copy, so that COMMANDS resolve to one module.
+    from router.cli import main as _main
+
+    sys.exit(_main())

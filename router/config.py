@@ -1,74 +1,59 @@
-"""Router settings: one typed object, read from options and CLOUDBUNCH_* variables at the edge."""
+"""Router settings: one declaration per setting (see :mod:`worker_sdk.settings`).
+
+Each field below is the only place its setting is declared: name, type, default, variable,
+help and bounds. ``router.cli`` derives the options and ``--help`` from it,
+:meth:`RouterConfig.from_env` the environment loading, and the README's table is checked
+against :func:`worker_sdk.settings.markdown_table` (``python -m router.config`` prints it).
+"""
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
-from urllib.parse import urlsplit
+from dataclasses import dataclass
 
-from worker_sdk.errors import ConfigError
 from worker_sdk.settings import (
-    DEFAULT_AMQP_URL,
-    DEFAULT_NAMESPACE,
     DEFAULT_REDIS_URL,
-    QueueType,
-    check_namespace,
-    check_queue_type,
+    Settings,
+    WorkerSettings,
+    check_url_scheme,
+    markdown_table,
+    setting,
 )
 
 from .core import CoreConfig
 
-AMQP_SCHEMES = ("amqp", "amqps")
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 
-def check_url(url: str, schemes: tuple[str, ...], where: str) -> None:
-    """Refuse a URL whose scheme no client here understands (it would hang or crash later)."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in schemes:
-        raise ConfigError(f"{where} must start with {' or '.join(s + '://' for s in schemes)}, "
-                          f"not {url.split('@')[-1]!r}")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSettings(Settings):
+    """Where RabbitMQ and Redis are: what the tools (``session show``, ``purge``) need."""
+
+    redis_url: str = setting(
+        DEFAULT_REDIS_URL, "Redis URL (redis://, rediss://, or redis+cluster://HOST:PORT,... "
+        "for a Redis Cluster)", metavar="URL", check=check_url_scheme(REDIS_SCHEMES))
 
 
-@dataclass(frozen=True, slots=True)
-class RouterConfig:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouterConfig(ServerSettings):
     """Every router setting (contract: "Router command line")."""
 
-    root: str
-    amqp_url: str = DEFAULT_AMQP_URL
-    redis_url: str = DEFAULT_REDIS_URL
-    namespace: str = DEFAULT_NAMESPACE
-    turn_timeout: float = 30.0
-    max_attempts: int = 3
-    max_depth: int = 32
-    session_ttl: float = 86_400.0
-    max_body: int = 262_144
-    seq_hold: float = 2.0
-    queue_type: QueueType = "quorum"
-    max_waiting: int = 1_000
-    history: int = 50
-    """History entries kept per session (client messages and turns); 0: no history."""
-
-    def __post_init__(self) -> None:
-        check_url(self.amqp_url, AMQP_SCHEMES, "--amqp-url / CLOUDBUNCH_AMQP_URL")
-        check_url(self.redis_url, REDIS_SCHEMES, "--redis-url / CLOUDBUNCH_REDIS_URL")
-        if not self.root:
-            raise ConfigError("no root service: pass --root NAME or set CLOUDBUNCH_ROOT")
-        check_namespace(self.namespace)
-        check_queue_type(self.queue_type)
-        for name, low in (("turn_timeout", 0.0), ("session_ttl", 0.0), ("seq_hold", -1e-9)):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value <= low:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a number above "
-                                  f"{max(low, 0):g}, not {value!r}")
-        for name in ("max_attempts", "max_depth", "max_body", "max_waiting"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be 1 or more")
-        if not 0 <= self.history <= 100_000:
-            raise ConfigError("--history must be from 0 (off) to 100000 entries")
+    root: str = setting("", "service opened as the root of a new session", metavar="SERVICE",
+                        required=True)
+    turn_timeout: float = setting(30.0, "seconds to wait for a reply before re-dispatching",
+                                  metavar="SECONDS", minimum=0, above=True)
+    max_attempts: int = setting(3, "dispatches of one turn before it fails with 'timeout'",
+                                metavar="N", minimum=1)
+    max_depth: int = setting(32, "most frames on a session's stack", metavar="N", minimum=1)
+    session_ttl: float = setting(86_400.0, "seconds after which an idle session is forgotten",
+                                 metavar="SECONDS", minimum=0, above=True)
+    max_body: int = setting(262_144, "largest message body accepted, in bytes", metavar="BYTES",
+                            minimum=1)
+    seq_hold: float = setting(2.0, "seconds a message waits for the ones numbered before it",
+                              metavar="SECONDS", minimum=0)
+    max_waiting: int = setting(1_000, "client messages a session may have waiting; more are "
+                               "refused", metavar="N", minimum=1)
+    history: int = setting(50, "history entries kept per session for `session history` and "
+                           "replay (0: off)", metavar="N", minimum=0, maximum=100_000)
 
     def core(self) -> CoreConfig:
         """The part of the settings the pure core obeys."""
@@ -80,47 +65,10 @@ class RouterConfig:
             seq_hold_ms=round(self.seq_hold * 1000), max_waiting=self.max_waiting)
 
 
-ENV = {
-    "amqp_url": "CLOUDBUNCH_AMQP_URL",
-    "redis_url": "CLOUDBUNCH_REDIS_URL",
-    "namespace": "CLOUDBUNCH_NAMESPACE",
-    "root": "CLOUDBUNCH_ROOT",
-    "turn_timeout": "CLOUDBUNCH_TURN_TIMEOUT",
-    "max_attempts": "CLOUDBUNCH_MAX_ATTEMPTS",
-    "max_depth": "CLOUDBUNCH_MAX_DEPTH",
-    "session_ttl": "CLOUDBUNCH_SESSION_TTL",
-    "max_body": "CLOUDBUNCH_MAX_BODY",
-    "seq_hold": "CLOUDBUNCH_SEQ_HOLD",
-    "queue_type": "CLOUDBUNCH_QUEUE_TYPE",
-    "max_waiting": "CLOUDBUNCH_MAX_WAITING",
-    "history": "CLOUDBUNCH_HISTORY",
-}
-"""The environment variable of each setting."""
+def settings_table() -> str:
+    """The README's table: every router and worker setting."""
+    return markdown_table(RouterConfig, WorkerSettings)
 
 
-def _convert(name: str, raw: Any, kind: type) -> Any:
-    if kind is str or not isinstance(raw, str):
-        return raw
-    try:
-        return kind(raw)
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise ConfigError(f"{ENV[name]} / --{name.replace('_', '-')} must be {what}, "
-                          f"not {raw!r}") from None
-
-
-def load_config(options: Mapping[str, Any], env: Mapping[str, str] | None = None) -> RouterConfig:
-    """Build the settings: option if given, else environment variable, else default."""
-    env = os.environ if env is None else env
-    kinds = {"turn_timeout": float, "session_ttl": float, "seq_hold": float,
-             "max_attempts": int, "max_depth": int, "max_body": int, "max_waiting": int,
-             "history": int}
-    values: dict[str, Any] = {}
-    for f in fields(RouterConfig):
-        raw = options.get(f.name)
-        if raw is None and ENV[f.name] in env:
-            raw = env[ENV[f.name]]
-        if raw is not None:
-            values[f.name] = _convert(f.name, raw, kinds.get(f.name, str))
-    values.setdefault("root", "")
-    return RouterConfig(**values)
+if __name__ == "__main__":
+    print(settings_table(), end="")

@@ -24,16 +24,17 @@ IdFactory = Callable[[], str]
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
-    """The settings the core obeys (times in milliseconds)."""
+    """The settings the core obeys (times in milliseconds); declared, with their defaults,
+    in ``router.config.RouterConfig``, which builds this with :meth:`RouterConfig.core`."""
 
     root: str
-    namespace: str = "cb"
-    turn_timeout_ms: int = 30_000
-    max_attempts: int = 3
-    max_depth: int = 32
-    session_ttl_ms: int = 86_400_000
-    seq_hold_ms: int = 2_000
-    max_waiting: int = 1_000
+    namespace: str
+    turn_timeout_ms: int
+    max_attempts: int
+    max_depth: int
+    session_ttl_ms: int
+    seq_hold_ms: int
+    max_waiting: int
     """Client messages a session may hold waiting or held; the excess gets an error notice."""
 
 

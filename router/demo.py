@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import statistics
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 from worker_sdk import wire
-from worker_sdk.errors import BrokerUnavailable, StoreUnavailable
+from worker_sdk.errors import BrokerUnavailable, ConfigError, StoreUnavailable
 from worker_sdk.quick_replies import plain_text
 
 from .config import RouterConfig
@@ -56,12 +58,39 @@ async def _lines(script: str | None) -> AsyncIterator[tuple[str, bool]]:
             yield line, True
         return
     print(HELP)
-    while True:
-        try:
-            line = await asyncio.to_thread(input, "you> ")
-        except EOFError:
-            return
+    async for line in _typed("you> "):
         yield line, False
+
+
+async def _typed(prompt: str) -> AsyncIterator[str]:
+    """Lines typed at the terminal, read by a daemon thread.
+
+    Not ``asyncio.to_thread``: a thread of the default executor blocked in ``input()`` keeps
+    the event loop from closing, so Ctrl-C would wait for the next Enter. A daemon thread
+    does not hold up the exit.
+    """
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    wanted = threading.Semaphore(0)
+
+    def read() -> None:
+        while True:
+            wanted.acquire()
+            try:
+                line: str | None = input(prompt)
+            except (EOFError, OSError, ValueError):
+                line = None
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+            if line is None:
+                return
+
+    threading.Thread(target=read, name="cloudbunch-demo-input", daemon=True).start()
+    while True:
+        wanted.release()  # prompt only once the previous answer has been printed
+        line = await lines.get()
+        if line is None:
+            return
+        yield line
 
 
 def _show(notice: wire.Notice) -> str:
@@ -132,53 +161,75 @@ async def run_demo(config: RouterConfig, *, mode: str = "auto", script: str | No
         try:
             open(script, encoding="utf-8").close()
         except OSError as exc:
-            print(f"cloudbunch demo: cannot read script {script!r}: {exc.strerror}",
-                  file=sys.stderr)
-            return 1
+            raise ConfigError(f"cannot read script {script!r}: {exc.strerror}") from None
     engine = await choose_engine(config, mode)
     session = f"demo-{secrets.token_hex(4)}"
-    turns = 0
-    busy = 0.0
+    latencies: list[float] = []
     turn = asyncio.Lock()
     async with engine:
         shower = asyncio.create_task(_show_unasked(engine, session, turn))
-        async for line, echo in _lines(script):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            if echo:
-                print(f"you> {text}")
-            if text == "/quit":
-                break
-            if text.startswith("/wait"):
-                # Silence: what the bot says meanwhile (an idle timer's) is printed as it comes.
-                try:
-                    await asyncio.sleep(float(text.removeprefix("/wait").strip() or "1"))
-                except ValueError:
-                    print("demo: /wait takes a number of seconds, e.g. /wait 5")
-                continue
-            if text == "/stack":
-                rec = await engine.record(session)
-                frames = [f"{f.service}{'' if f.state is None else ' ' + repr(f.state)}"
-                          for f in (rec.stack if rec else [])]
-                print("stack: " + (" > ".join(frames) if frames else "(empty)"))
-                continue
-            started = time.perf_counter()
-            async with turn:
-                notices = await engine.converse(session, None if text == "/end" else text,
-                                                end=text == "/end")
-            busy += time.perf_counter() - started
-            turns += 1
-            for notice in notices:
-                print(_show(notice), flush=True)
-        shower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await shower
-        await engine.converse(session, None, end=True)
-    if turns:
-        print(f"demo: {turns} messages in {busy:.2f} s "
-              f"({busy / turns * 1000:.1f} ms per message round trip)")
+        # A subscription of our own sees when each notice arrives: the latency a person sees
+        # is from sending a message to the arrival of the last notice its chain produced.
+        arrivals: dict[str, float] = {}
+        watch = asyncio.create_task(_watch(engine, session, arrivals))
+        try:
+            async for line, echo in _lines(script):
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                if echo:
+                    print(f"you> {text}")
+                if text == "/quit":
+                    break
+                if text.startswith("/wait"):
+                    # Silence: what the bot says meanwhile (an idle timer's) is printed as it
+                    # comes.
+                    try:
+                        await asyncio.sleep(float(text.removeprefix("/wait").strip() or "1"))
+                    except ValueError:
+                        print("demo: /wait takes a number of seconds, e.g. /wait 5")
+                    continue
+                if text == "/stack":
+                    print(await _stack(engine, session))
+                    continue
+                sent = time.perf_counter()
+                async with turn:
+                    notices = await engine.converse(session, None if text == "/end" else text,
+                                                    end=text == "/end")
+                if notices:
+                    latencies.append(max(arrivals.pop(n.id, sent) for n in notices) - sent)
+                for notice in notices:
+                    print(_show(notice), flush=True)
+            shower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await shower
+            await engine.converse(session, None, end=True)
+        finally:
+            shower.cancel()
+            watch.cancel()
+    print(speed_line(latencies), flush=True)
     return 0
+
+
+async def _watch(engine: Engine, session: str, arrivals: dict[str, float]) -> None:
+    async for notice in engine.client.session_notices(session):
+        arrivals.setdefault(notice.id, time.perf_counter())
+
+
+async def _stack(engine: Engine, session: str) -> str:
+    rec = await engine.record(session)
+    frames = [f"{f.service}{'' if f.state is None else ' ' + repr(f.state)}"
+              for f in (rec.stack if rec else [])]
+    return "stack: " + (" > ".join(frames) if frames else "(empty)")
+
+
+def speed_line(latencies: list[float]) -> str:
+    """What the demo measured: per message, the time from sending it to its last notice."""
+    if not latencies:
+        return "demo: no message answered"
+    ms = sorted(x * 1000 for x in latencies)
+    return (f"demo: {len(ms)} messages answered; from sending a message to its last notice "
+            f"took {statistics.median(ms):.1f} ms at the median, {ms[-1]:.1f} ms at most")
 
 
 def _safe(url: str) -> str:

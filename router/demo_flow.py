@@ -19,7 +19,9 @@ Where each action happens:
 - ``pass``: every service above the root passes what it does not understand ("help",
   "cancel", anything else) down to its parent.
 - ``fail``: payment declines a card ending in 0000; checkout catches the failed result and
-  offers to retry.
+  offers to retry. Every ``on_result`` handler checks ``ctx.result.ok`` first (a handler
+  receives the child's failure too) and hands on what it cannot handle with
+  ``ctx.propagate()``; the root tells the person the order failed.
 - idle timers: every question waits for its answer with ``idle=``; after a minute of silence
   the form reminds the person once. The root, while an order is open, holds a longer timer:
   after 15 minutes of silence it drops the order (its ``idle`` turn discards the forms above
@@ -112,6 +114,10 @@ def _pick(text: str, choices: dict[str, Any]) -> str | None:
 # ---------------------------------------------------------------------------- pizza (root)
 
 
+WELCOME = quick_replies("Welcome to Bunch Pizza! Say 'order' to order a pizza, or 'help'.",
+                        "order", "help")
+
+
 @pizza.on_start
 def pizza_start(ctx: Context) -> None:
     # args is set when a cancel replaced the root: keep the count of orders placed so far.
@@ -119,16 +125,30 @@ def pizza_start(ctx: Context) -> None:
     if ctx.args and ctx.args.get("cancelled"):
         ctx.reply(quick_replies("Say 'order' whenever you want another pizza.", "order"),
                   state={"placed": placed})
-    else:
-        ctx.reply(quick_replies("Welcome to Bunch Pizza! Say 'order' to order a pizza, "
-                                "or 'help'.", "order", "help"),
-                  state={"placed": placed})
+        return
+    # The person's first message starts the session and arrives here, in ctx.payload: greet,
+    # then answer it, so that a first "help" or "order" is not swallowed by the welcome.
+    ctx.say(WELCOME)
+    if not _root_command(ctx, _text(ctx), placed):
+        ctx.reply(state={"placed": placed})
 
 
 @pizza.on_message
 def pizza_message(ctx: Context) -> None:
-    text = _text(ctx)
     placed = int((ctx.state or {}).get("placed", 0))
+    if _root_command(ctx, _text(ctx), placed):
+        return
+    if ctx.bubbled:
+        ctx.reply(f"Sorry, I did not understand {ctx.payload!r}. "
+                  "Answer the last question, or say 'help' or 'cancel'.",
+                  idle=IDLE.give_up_after)
+    else:
+        ctx.reply("Say 'order' to order a pizza, or 'help'.")
+
+
+def _root_command(ctx: Context, text: str, placed: int) -> bool:
+    """Answer one of the root's commands; False if ``text`` is none of them."""
+    state = {"placed": placed}
     if text == "help":
         if ctx.bubbled:
             # A digression: replying leaves the frames above in place; the form goes on. This
@@ -136,26 +156,23 @@ def pizza_message(ctx: Context) -> None:
             ctx.reply(HELP, "Now, back to your order: please answer the last question.",
                       idle=IDLE.give_up_after)
         else:
-            ctx.reply(HELP)
+            ctx.reply(HELP, state=state)
     elif text == "cancel" and ctx.bubbled:
         # Any action but reply on a bubbled message discards the frames above first, so
         # replacing the root with a fresh one drops the whole order in progress.
         ctx.say("Okay, I cancelled that order.")
         ctx.replace("pizza", {"placed": placed, "cancelled": True})
     elif text == "cancel":
-        ctx.reply("There is no order to cancel. Say 'order' to start one.")
+        ctx.reply("There is no order to cancel. Say 'order' to start one.", state=state)
     elif text in ("order", "menu", "start"):
         # While the order is open, a long silence drops it (pizza_idle below).
-        ctx.open("menu", idle=IDLE.give_up_after)
+        ctx.open("menu", state=state, idle=IDLE.give_up_after)
     elif text in ("bye", "quit", "exit"):
         ctx.say(f"Goodbye! You placed {placed} order(s) today.")
         ctx.close({"placed": placed})
-    elif ctx.bubbled:
-        ctx.reply(f"Sorry, I did not understand {ctx.payload!r}. "
-                  "Answer the last question, or say 'help' or 'cancel'.",
-                  idle=IDLE.give_up_after)
     else:
-        ctx.reply("Say 'order' to order a pizza, or 'help'.")
+        return False
+    return True
 
 
 @pizza.on_idle
@@ -167,6 +184,7 @@ def pizza_idle(ctx: Context) -> None:
 
 @pizza.on_result("menu")
 def pizza_menu_done(ctx: Context) -> None:
+    # on_result receives the child's failure as well as its value: check ``ok`` first.
     placed = int((ctx.state or {}).get("placed", 0))
     result = ctx.result
     if result is not None and result.ok:
@@ -219,9 +237,7 @@ def menu_message(ctx: Context) -> None:
 def menu_checkout_done(ctx: Context) -> None:
     result = ctx.result
     if result is None or not result.ok:
-        # Let the failure travel on to the root, as an exception would.
-        error = result.error if result is not None else None
-        ctx.fail(error.code if error else "error", error.message if error else "")
+        ctx.propagate()  # let the failure travel on to the root, as an exception would
         return
     ctx.close(result.value)
 
@@ -274,8 +290,7 @@ def checkout_message(ctx: Context) -> None:
 def checkout_address_done(ctx: Context) -> None:
     result = ctx.result
     if result is None or not result.ok:
-        error = result.error if result is not None else None
-        ctx.fail(error.code if error else "error", error.message if error else "")
+        ctx.propagate()
         return
     state = {**(ctx.state or {}), "street": result.value, "step": "payment"}
     ctx.open("payment", {"total": state["total"]}, state=state)
@@ -297,7 +312,7 @@ def checkout_payment_done(ctx: Context) -> None:
                            "retry", "cancel"),
              state={**state, "step": "retry"})
         return
-    ctx.fail(error.code if error else "error", error.message if error else "")
+    ctx.propagate()  # any other failure is not ours to handle
 
 
 # ---------------------------------------------------------------------------- address

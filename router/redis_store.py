@@ -379,6 +379,7 @@ class RedisStore:
         pipe: Any
         if self.is_cluster:
             cluster: Any = self._redis
+            await cluster.initialize()  # the slot map, when this is the client's first command
             pipe = cluster.pipeline()
             # EVAL, not EVALSHA: a node promoted by a failover has no script cache.
             pipe.execute_command("EVAL", script, len(keys), *keys, *args)
@@ -508,6 +509,15 @@ class RedisStore:
         """Milliseconds until the session expires; -2 if it does not exist, -1 if it never does."""
         async with self._guard():
             return int(await self._redis.pttl(self.session_keys(session)[0]))
+
+    async def records(self) -> AsyncIterator[bytes]:
+        """Every stored session record of the namespace, in no order (tools)."""
+        async with self._guard():
+            async for key in self._redis.scan_iter(match=_escape_glob(self._ns) + ":{*}:r",
+                                                   count=1000):
+                blob: Any = await self._redis.hget(key, "b")
+                if blob is not None:
+                    yield blob.encode() if isinstance(blob, str) else bytes(blob)
 
     async def delete_namespace(self) -> int:
         """Delete every key of the namespace (tests, tools); return how many.

@@ -19,6 +19,7 @@ from worker_sdk import wire
 from worker_sdk.service import Service
 
 from . import core, history
+from .config import RouterConfig
 from .core import ClientArrived, CoreConfig, Outcome, Record, ReplyArrived, Tick, Undeliverable
 
 COMPARED = ("service", "event", "action", "state", "output", "stack")
@@ -102,7 +103,7 @@ async def _replay_into(report: Report, document: dict[str, Any], services: Seque
         raise ReplayError(f"{session}: the recording opens no root frame; pass the root "
                           "service explicitly (--root)")
     recorded = turns
-    cfg = CoreConfig(root=root, max_depth=max_depth)
+    cfg = RouterConfig(root=root, max_depth=max_depth).core()
     replayed = [i for i in await _run(session, items, services, cfg) if i["kind"] == "turn"]
     report.sessions += 1
     report.turns += len(recorded)
@@ -194,7 +195,7 @@ async def record(session: str, messages: Sequence[tuple[int, wire.ClientMessage]
     """Run client messages (with their times in ms) through ``services`` in memory and return
     the export a router with history on would have recorded: a test case for replay."""
     items = [{"kind": "client", "at": at, "message": m.to_wire()} for at, m in messages]
-    made = await _run(session, items, services, CoreConfig(root=root, max_depth=max_depth))
+    made = await _run(session, items, services, RouterConfig(root=root, max_depth=max_depth).core())
     return history.export(session, "cb", made)
 
 

@@ -22,8 +22,6 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from worker_sdk import wire
 from worker_sdk.amqp import AmqpBroker, redact
 
@@ -173,6 +171,8 @@ class Inspector:
         return found
 
     def _turns(self) -> dict[str, float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
         totals: dict[str, float] = {}
         for url in self.metrics_urls:
             try:

@@ -95,7 +95,8 @@ class FlowTest:
         """Send one message; return the output payloads of its chain (what a person reads).
 
         An ``unhandled``, ``end`` or ``error`` notice is appended as ``"<unhandled>"``,
-        ``"<end>"`` or ``"<error CODE>"`` so a test sees how the chain ended.
+        ``"<end>"`` or ``"<error CODE: MESSAGE>"`` (``"<error CODE>"`` without a message) so a
+        test sees how the chain ended, with what a real client would be told.
         """
         return _shown(await self.send(payload, session=session, **kw))
 
@@ -136,18 +137,23 @@ class FlowTest:
         if self.raise_errors and self._catch.records:
             record = self._catch.records.pop(0)
             self._catch.records.clear()
-            raise HandlerError(f"a service handler raised: {record.getMessage()}") from (
-                record.exc_info[1] if record.exc_info else None)
+            exc = record.exc_info[1] if record.exc_info else None
+            cause = f"{type(exc).__name__}: {exc}" if exc is not None else "an exception"
+            raise HandlerError(f"a service handler raised {cause} "
+                               f"({record.getMessage()})") from exc
 
 
 def _shown(notices: list[wire.Notice]) -> list[Any]:
-    """Notices as a person reads them; the ends of chains in angle brackets."""
+    """Notices as a person reads them; the ends of chains in angle brackets, an error with
+    its message as a real client gets it."""
     shown: list[Any] = []
     for n in notices:
         if n.type == "output":
             shown.append(n.payload)
         elif n.type == "error":
-            shown.append(f"<error {n.error.code if n.error else ''}>")
+            error = n.error or wire.ErrorInfo("")
+            shown.append(f"<error {error.code}: {error.message}>" if error.message
+                         else f"<error {error.code}>")
         else:
             shown.append(f"<{n.type}>")
     return shown

@@ -226,9 +226,14 @@ class AmqpBroker:
         await self._declare(queue, durable=True, arguments={"x-queue-type": self.queue_type})
 
     async def declare_own(self, queue: str, *, durable: bool = True,
+                          expires: float | None = None,
                           single_active: bool = False) -> None:
-        await self._declare(queue, durable=durable, arguments={
-            "x-single-active-consumer": True} if single_active else None)
+        arguments: dict[str, Any] = {}
+        if expires is not None:
+            arguments["x-expires"] = max(1, round(expires * 1000))
+        if single_active:
+            arguments["x-single-active-consumer"] = True
+        await self._declare(queue, durable=durable, arguments=arguments or None)
 
     async def _declare(self, queue: str, *, durable: bool,
                        arguments: dict[str, Any] | None) -> None:

@@ -59,9 +59,12 @@ class Broker(Protocol):
         """Declare a shared durable queue (arguments exactly {x-queue-type: TYPE})."""
 
     async def declare_own(self, queue: str, *, durable: bool = True,
+                          expires: float | None = None,
                           single_active: bool = False) -> None:
         """Declare a party's own queue (a frontend's reply queue): no queue-type argument.
 
+        With ``expires`` (seconds), the broker deletes the queue once it has had no consumer
+        for that long (``x-expires``), so a party that crashed leaves nothing behind.
         ``single_active``: of the queue's consumers only one gets messages at a time (in
         order); another takes over when it goes (``x-single-active-consumer``).
         """

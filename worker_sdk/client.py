@@ -12,10 +12,13 @@ from typing import Any
 
 from . import wire
 from .broker import Broker, Delivery, Outgoing
-from .errors import NoRouter
+from .errors import ConfigError, NoRouter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+DEFAULT_REPLY_QUEUE_EXPIRES = 600.0
+"""Seconds without a consumer after which the broker deletes a generated reply queue."""
 
 _END: Any = object()  # pushed to subscribers when the client closes
 
@@ -36,17 +39,24 @@ class Client:
 
     ``reply_queue`` is where the router sends this frontend's notices. A named queue is
     durable and kept on :meth:`close`, so notices wait for a restarted frontend; without a
-    name, a random one is declared and deleted on close. Notices are deduplicated by id
+    name, a random one is declared and deleted on close, and the broker deletes it by itself
+    once it has had no consumer for ``reply_queue_expires`` seconds (a frontend that crashed
+    leaves nothing behind; None keeps it forever). Notices are deduplicated by id
     (the last ``dedup_size`` ids). Notices that arrive while no subscriber wants them are
     kept (the last ``dedup_size``) for the next subscriber.
     """
 
     def __init__(self, broker: Broker, namespace: str = "cb", reply_queue: str | None = None,
                  *, seqs: Mapping[str, int] | None = None, dedup_size: int = 10_000,
-                 prefetch: int = 256) -> None:
+                 prefetch: int = 256,
+                 reply_queue_expires: float | None = DEFAULT_REPLY_QUEUE_EXPIRES) -> None:
+        if reply_queue_expires is not None and not reply_queue_expires > 0:
+            raise ConfigError(f"reply_queue_expires must be above 0 seconds (or None), "
+                              f"not {reply_queue_expires!r}")
         self.broker = broker
         self.namespace = namespace
         self._generated_queue = reply_queue is None
+        self._expires = reply_queue_expires if reply_queue is None else None
         self.reply_queue = reply_queue or f"{namespace}.client.{secrets.token_hex(6)}"
         self._ingress = wire.queue_names(namespace)["ingress"]
         self._seqs: dict[str, int] = dict(seqs or {})
@@ -80,7 +90,7 @@ class Client:
         """Declare the reply queue and consume it."""
         if self._started:
             return
-        await self.broker.declare_own(self.reply_queue, durable=True)
+        await self.broker.declare_own(self.reply_queue, durable=True, expires=self._expires)
         await self.broker.consume(self.reply_queue, self._on_delivery, prefetch=self._prefetch)
         self._started = True
 

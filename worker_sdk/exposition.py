@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # prometheus_client is imported when metrics are served, not before
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class ProbeServer:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET\n"
         if path == "/metrics":
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"

@@ -182,6 +182,10 @@ class _Consumer:
             self.queue.notify()
 
 
+def _expiry(expires: float | None) -> dict[str, Any] | None:
+    return None if expires is None else {"x-expires": max(1, round(expires * 1000))}
+
+
 class MemoryBroker:
     """An in-process broker with the semantics of :class:`worker_sdk.amqp.AmqpBroker`."""
 
@@ -245,11 +249,14 @@ class MemoryBroker:
         self._declare(queue, {"x-queue-type": self.queue_type}, durable=True)
 
     async def declare_own(self, queue: str, *, durable: bool = True,
+                          expires: float | None = None,
                           single_active: bool = False) -> None:
-        # One process, one consumer per queue and connection: single_active changes nothing
-        # here but is remembered, so a re-declare with the other setting fails as on RabbitMQ.
-        self._declare(queue, {"x-single-active-consumer": True} if single_active else None,
-                      durable=durable)
+        # Kept as arguments, as RabbitMQ keeps them: a re-declare with other settings fails.
+        # Nothing expires in one process, and one consumer per queue makes single_active moot.
+        arguments = _expiry(expires) or {}
+        if single_active:
+            arguments["x-single-active-consumer"] = True
+        self._declare(queue, arguments or None, durable=durable)
 
     def _declare(self, name: str, arguments: dict[str, Any] | None, *, durable: bool) -> None:
         existing = self._queues.get(name)

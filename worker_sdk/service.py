@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from . import versions, wire
 from .broker import Broker, Delivery, Outgoing
 from .errors import ActionError, BrokerUnavailable, CloudBunchError, ConfigError, PublishFailed
-from .settings import Settings
+from .settings import Settings, WorkerSettings
 
 if TYPE_CHECKING:
     from .metrics import WorkerMetrics
@@ -161,6 +161,16 @@ class Context:
             raise ActionError("fail() needs a non-empty string code")
         self._choose("fail", error=wire.ErrorInfo(code, str(message)))
 
+    def propagate(self) -> None:
+        """Fail with the child's error, as an exception propagates: what happens to a failed
+        result that no ``on_result`` handler takes. Only on a failed ``result`` event."""
+        result = self.result
+        if self.event != "result" or result is None or result.ok:
+            raise ActionError("propagate() is only allowed on a failed result "
+                              "(check ctx.result.ok first)")
+        error = result.error or wire.ErrorInfo("error")
+        self.fail(error.code or "error", error.message)
+
     def _choose(self, action: str, **fields: Any) -> None:
         if self._action is not None:
             raise ActionError(f"this turn already chose {self._action!r}; a handler takes "
@@ -238,7 +248,13 @@ class Service:
         return fn
 
     def on_result(self, child: str | None = None) -> Callable[[F], F]:
-        """Handle ``result`` of the child named ``child`` (any other child when omitted)."""
+        """Handle ``result`` of the child named ``child`` (any other child when omitted).
+
+        The handler receives the child's failure too, not only its value: a child that
+        failed, raised, timed out or is not served at all arrives with ``ctx.result.ok``
+        False and ``ctx.result.error`` set (``ctx.result.value`` is then None). Check ``ok``
+        first; ``ctx.propagate()`` hands the failure up as if there were no handler.
+        """
         def register(fn: F) -> F:
             self._on_result[child] = fn
             return fn
@@ -440,8 +456,11 @@ class Service:
         await delivery.reject(requeue=True)
         return False
 
-    def run(self, settings: Settings | None = None, prefetch: int = 16) -> None:
-        """Serve until SIGTERM/SIGINT (exit 0) or until the broker is lost for good (exit 1)."""
+    def run(self, settings: Settings | None = None, prefetch: int | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (exit 0) or until the broker is lost for good (exit 1).
+
+        Reads the ``CLOUDBUNCH_*`` variables of :class:`~worker_sdk.settings.WorkerSettings`
+        when ``settings`` is None."""
         sys.exit(run_main([self], settings, prefetch))
 
 
@@ -465,8 +484,7 @@ def _default(ctx: Context) -> None:
     if ctx.event == "message":
         ctx.pass_()
     elif ctx.event == "result" and ctx.result is not None and not ctx.result.ok:
-        error = ctx.result.error or wire.ErrorInfo("error")
-        ctx.fail(error.code or "error", error.message)
+        ctx.propagate()
     # start, idle, or a successful result: reply, keeping the state and setting no timer
     # (the Context default).
 
@@ -519,36 +537,47 @@ async def _cancel(broker: Broker, queue: str) -> None:
 
 
 def run_main(services: Sequence[Service], settings: Settings | None = None,
-             prefetch: int = 16, *, connect_timeout: float | None = None,
+             prefetch: int | None = None, *, connect_timeout: float | None = None,
              metrics_port: int | None = None, configure_logging: bool = True) -> int:
     """Blocking entry point for workers; returns the process exit code.
 
-    Reads ``Settings.from_env()`` when ``settings`` is None. Expected failures (broker not
-    reachable, bad setting) print one line to stderr and return 1. With ``metrics_port``
+    Reads ``WorkerSettings.from_env()`` when ``settings`` is None; ``prefetch``, when given,
+    overrides the settings' own. Expected failures (broker not reachable, bad setting) print
+    one line, ``cloudbunch worker: ...``, to stderr and return 1. With ``metrics_port``
     (else ``CLOUDBUNCH_METRICS_PORT``), serves /metrics, /healthz and /readyz on it.
     """
     if configure_logging:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        settings = settings or Settings.from_env()
+        settings = settings or WorkerSettings.from_env()
         if metrics_port is None:
             from .exposition import metrics_port as read_port
 
             metrics_port = read_port(os.environ.get("CLOUDBUNCH_METRICS_PORT"))
-        return run_event_loop(_main(services, settings, prefetch, connect_timeout,
-                                    metrics_port))
+        return run_event_loop(serve_main(services, settings, prefetch=prefetch,
+                                         connect_timeout=connect_timeout,
+                                         metrics_port=metrics_port))
     except CloudBunchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"cloudbunch worker: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
 
 
-async def _main(services: Sequence[Service], settings: Settings, prefetch: int,
-                connect_timeout: float | None, metrics_port: int | None = None) -> int:
+async def serve_main(services: Sequence[Service], settings: Settings, *,
+                     prefetch: int | None = None, connect_timeout: float | None = None,
+                     metrics_port: int | None = None) -> int:
+    """Connect to RabbitMQ and serve ``services`` until SIGTERM/SIGINT; return 0. With
+    ``metrics_port``, serve /metrics, /healthz and /readyz on it.
+
+    Raises BrokerUnavailable when the broker cannot be reached or is lost for good.
+    """
     from .amqp import AmqpBroker  # the runtime needs aio-pika; the pure part does not
 
+    if prefetch is None:
+        prefetch = (settings if isinstance(settings, WorkerSettings) else WorkerSettings()
+                    ).prefetch
     names = "+".join(s.name for s in services)
     timeout = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
     broker = AmqpBroker(settings.amqp_url, settings.queue_type, name=f"cloudbunch-worker {names}",

@@ -220,6 +220,22 @@ async def test_generated_reply_queue_is_deleted_on_close(amqp_url: str, namespac
     assert not await broker.queue_exists(queue)
 
 
+async def test_a_crashed_clients_generated_reply_queue_expires(
+        amqp_url: str, namespace: str, broker: AmqpBroker) -> None:
+    from worker_sdk import Settings
+
+    client = await Client.connect(Settings(amqp_url=amqp_url, namespace=namespace),
+                                  reply_queue_expires=1.0)
+    queue = client.reply_queue
+    assert await broker.queue_exists(queue)
+    await client.broker.close()  # a crash: the connection goes, nobody deletes the queue
+    # A passive declare (queue_exists) renews the lease too: look less often than it lasts.
+    deadline = asyncio.get_running_loop().time() + 60
+    while await broker.queue_exists(queue):
+        assert asyncio.get_running_loop().time() < deadline, f"{queue} never expired"
+        await asyncio.sleep(3.0)
+
+
 async def test_service_run_exits_cleanly_on_sigterm(amqp_url: str, namespace: str,
                                                     broker: AmqpBroker, tmp_path: Path) -> None:
     script = tmp_path / "svc.py"
@@ -259,7 +275,7 @@ def test_service_run_without_broker_prints_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 1
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("cloudbunch worker:")]
     assert lines == [lines[0]] and "RabbitMQ is not reachable (amqp://guest:***@127.0.0.1:1/"\
         in lines[0]
     assert "Traceback" not in proc.stderr

@@ -26,7 +26,7 @@ class Harness:
     def __init__(self, **cfg: Any) -> None:
         defaults: dict[str, Any] = {"root": "root", "namespace": "t", "turn_timeout_ms": 1000,
                                     "max_attempts": 3, "max_depth": 5, "session_ttl_ms": 60_000,
-                                    "seq_hold_ms": 500}
+                                    "seq_hold_ms": 500, "max_waiting": 1_000}
         defaults.update(cfg)
         self.cfg = CoreConfig(**defaults)
         self.record: Record | None = None

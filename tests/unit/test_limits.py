@@ -41,5 +41,6 @@ async def test_an_output_over_max_body_fails_the_frame_with_invalid_reply() -> N
         ctx.reply("x" * 5000)
 
     async with FlowTest([big], root="big", max_body=4096) as flow:
-        assert await flow.say("go") == ["<error invalid_reply>"]
+        assert await flow.say("go") == [
+            "<error invalid_reply: body is 5069 bytes; max-body is 4096>"]
         assert await flow.stack() == []

@@ -209,7 +209,8 @@ def test_settings_need_a_token_and_derive_the_webhook_secret() -> None:
     one, two = telegram_settings({}, env), telegram_settings({}, dict(env))
     assert one["secret"] == two["secret"] and TOKEN not in one["secret"]
     assert one["webhook_url"] is None and one["rate_chat"] == 1.0
-    with pytest.raises(ConfigError, match="--rate-chat must be above 0"):
+    with pytest.raises(ConfigError, match="--rate-chat / CLOUDBUNCH_TELEGRAM_RATE_CHAT must be "
+                       "above 0"):
         telegram_settings({"rate_chat": "0"}, env)
     with pytest.raises(ConfigError, match="http:// or https://"):
         telegram_settings({"webhook_url": "ftp://x"}, env)

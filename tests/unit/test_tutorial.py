@@ -40,7 +40,50 @@ async def test_handler_exceptions_fail_the_test_by_default() -> None:
         with pytest.raises(HandlerError, match="handler"):
             await flow.say("hi")
     async with FlowTest([broken], root="greeter", raise_errors=False) as flow:
-        assert await flow.say("hi") == ["<error exception>"]
+        assert await flow.say("hi") == ["<error exception: KeyError: 'oops'>"]
+
+
+async def test_handler_errors_show_their_cause() -> None:
+    broken = Service("greeter")
+
+    @broken.on_start
+    def start(ctx: Context) -> None:
+        raise ValueError("kaboom in handler")
+
+    async with FlowTest([broken], root="greeter") as flow:
+        with pytest.raises(HandlerError, match="raised ValueError: kaboom in handler"):
+            await flow.say("hi")
+    # The notice reads as a real client gets it: the code, then the exception.
+    async with FlowTest([broken], root="greeter", raise_errors=False) as flow:
+        assert await flow.say("hi") == ["<error exception: ValueError: kaboom in handler>"]
+
+
+async def test_a_missing_child_fails_visibly_instead_of_greeting_none() -> None:
+    # on_result("ask_name") also receives the child's failure; the tutorial hands it up.
+    async with FlowTest([greeter], root="greeter") as flow:
+        shown = await flow.say("hi")
+        assert shown == ["<error unknown_service: no queue 'flowtest.service.ask_name': "
+                         "no worker of service 'ask_name' has started>"]
+        assert "None" not in str(shown)
+
+
+async def test_propagate_hands_a_child_failure_up_and_is_refused_elsewhere() -> None:
+    parent, child = Service("parent"), Service("child")
+    parent.on_start(lambda ctx: ctx.open("child"))
+
+    @parent.on_result("child")
+    def done(ctx: Context) -> None:
+        ctx.propagate()
+
+    child.on_start(lambda ctx: ctx.fail("nope", "the child gave up"))
+    async with FlowTest([parent, child], root="parent") as flow:
+        assert await flow.say("go") == ["<error nope: the child gave up>"]
+
+    wrong = Service("parent")
+    wrong.on_start(lambda ctx: ctx.propagate())
+    async with FlowTest([wrong], root="parent") as flow:
+        with pytest.raises(HandlerError, match=r"ActionError: propagate\(\) is only allowed"):
+            await flow.say("go")
 
 
 async def test_the_question_reminds_once_after_a_minute_of_silence() -> None:

@@ -65,9 +65,9 @@ def test_web_settings_read_options_then_environment_then_defaults() -> None:
 
 
 @pytest.mark.parametrize(("options", "env", "message"), [
-    ({"port": "http"}, {}, "--port must be a whole number"),
-    ({"port": "0"}, {}, "--port must be above 0"),
-    ({"port": "70000"}, {}, "--port must be at most 65535"),
+    ({"port": "http"}, {}, "--port / CLOUDBUNCH_WEB_PORT must be a whole number"),
+    ({"port": "0"}, {}, "--port / CLOUDBUNCH_WEB_PORT must be from 1 to 65535, not 0"),
+    ({"port": "70000"}, {}, "--port / CLOUDBUNCH_WEB_PORT must be from 1 to 65535"),
     ({}, {"CLOUDBUNCH_WEB_RATE": "fast"}, "CLOUDBUNCH_WEB_RATE must be a number"),
     ({}, {"CLOUDBUNCH_WEB_DEBUG": "maybe"}, "CLOUDBUNCH_WEB_DEBUG must be 1 or 0"),
 ])

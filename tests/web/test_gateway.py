@@ -150,6 +150,14 @@ async def test_a_notice_delivered_twice_is_shown_once(web: WebHarness) -> None:
         await tab.wait_text("after")
         assert tab.bot_texts() == ["once", "after"]
         assert seqs(tab) == [1, 2]
+        await tab.send("not json")
+        await tab.wait(lambda f: f["type"] == "error")
+        async with tab.http.get(web.url + "metrics") as response:
+            text = await response.text()
+        assert "cloudbunch_web_notices_relayed_total 2.0" in text
+        assert "cloudbunch_web_notices_duplicate_total 1.0" in text
+        assert 'cloudbunch_web_frames_refused_total{code="bad_frame"} 1.0' in text
+        assert "cloudbunch_web_sockets 1.0" in text
     finally:
         await tab.close()
 

@@ -8,9 +8,9 @@ Every option also reads an environment variable; the connection settings are the
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -18,12 +18,15 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from worker_sdk.errors import ConfigError
+import click
 
-from ...config import ENV, RouterConfig, load_config
+from worker_sdk.errors import ConfigError
+from worker_sdk.settings import Declaration, Settings, SettingsBase, setting
+
+from ...cli import is_verbose, run_async, settings_options
 
 log = logging.getLogger(__name__)
 
@@ -31,54 +34,38 @@ TOKEN_ENV = "CLOUDBUNCH_TELEGRAM_TOKEN"
 SECRET_ENV = "CLOUDBUNCH_TELEGRAM_WEBHOOK_SECRET"
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
-    name: str
-    env: str
-    default: Any
-    kind: type
-    metavar: str
-    help: str
+def _http_url(value: Any, decl: Declaration) -> None:
+    if urlsplit(str(value)).scheme not in ("http", "https"):
+        raise ConfigError(f"{decl.where} must be an http:// or https:// URL, not {value!r}")
 
 
-TELEGRAM_OPTIONS: list[Option] = [
-    Option("api_url", "CLOUDBUNCH_TELEGRAM_API_URL", "https://api.telegram.org", str, "URL",
-           "the Bot API server (a local Bot API server, or a test double)"),
-    Option("webhook_url", "CLOUDBUNCH_TELEGRAM_WEBHOOK_URL", None, str, "URL",
-           "receive updates on this public HTTPS URL instead of long polling"),
-    Option("listen_host", "CLOUDBUNCH_TELEGRAM_LISTEN_HOST", "127.0.0.1", str, "HOST",
-           "address the webhook server listens on (behind the HTTPS proxy)"),
-    Option("listen_port", "CLOUDBUNCH_TELEGRAM_LISTEN_PORT", 8443, int, "PORT",
-           "port the webhook server listens on"),
-    Option("polling_timeout", "CLOUDBUNCH_TELEGRAM_POLLING_TIMEOUT", 30, int, "SECONDS",
-           "how long one long-polling request waits for updates"),
-    Option("rate_bot", "CLOUDBUNCH_TELEGRAM_RATE_BOT", 30.0, float, "PER_SECOND",
-           "messages per second the whole bot sends at most (Telegram: about 30)"),
-    Option("rate_chat", "CLOUDBUNCH_TELEGRAM_RATE_CHAT", 1.0, float, "PER_SECOND",
-           "messages per second to one chat (Telegram: about 1)"),
-    Option("rate_group", "CLOUDBUNCH_TELEGRAM_RATE_GROUP", 20 / 60, float, "PER_SECOND",
-           "messages per second to one group (Telegram: 20 a minute)"),
-    Option("burst", "CLOUDBUNCH_TELEGRAM_BURST", 3, int, "N",
-           "messages one chat may get at once before its rate applies"),
-]
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelegramSettings(SettingsBase):
+    """The Telegram gateway's own settings (variables ``CLOUDBUNCH_TELEGRAM_*``)."""
 
-ROUTER_SETTINGS = ("amqp_url", "namespace")
+    env_prefix: ClassVar[str] = "CLOUDBUNCH_TELEGRAM_"
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``telegram`` command's options to ``parser``."""
-    for opt in TELEGRAM_OPTIONS:
-        default = "none: long polling" if opt.default is None else (
-            f"{opt.default:.3g}" if isinstance(opt.default, float) else opt.default)
-        parser.add_argument("--" + opt.name.replace("_", "-"), dest=opt.name,
-                            metavar=opt.metavar,
-                            help=f"{opt.help} [env {opt.env}; default {default}]")
-    texts = {"amqp_url": "RabbitMQ URL", "namespace": "prefix of every queue (the router's)"}
-    for name in ROUTER_SETTINGS:
-        default = RouterConfig.__dataclass_fields__[name].default
-        parser.add_argument("--" + name.replace("_", "-"), dest=name,
-                            metavar=name.split("_")[-1].upper(),
-                            help=f"{texts[name]} [env {ENV[name]}; default {default}]")
+    api_url: str = setting("https://api.telegram.org", "the Bot API server (a local Bot API "
+                           "server, or a test double)", metavar="URL", check=_http_url)
+    webhook_url: str | None = setting(None, "receive updates on this public HTTPS URL "
+                                      "instead of long polling", metavar="URL",
+                                      check=_http_url)
+    listen_host: str = setting("127.0.0.1", "address the webhook server listens on (behind "
+                               "the HTTPS proxy)", metavar="HOST")
+    listen_port: int = setting(8443, "port the webhook server listens on", metavar="PORT",
+                               minimum=1, maximum=65535)
+    polling_timeout: int = setting(30, "how long one long-polling request waits for updates",
+                                   metavar="SECONDS", minimum=1)
+    rate_bot: float = setting(30.0, "messages per second the whole bot sends at most "
+                              "(Telegram: about 30)", metavar="PER_SECOND", minimum=0,
+                              above=True)
+    rate_chat: float = setting(1.0, "messages per second to one chat (Telegram: about 1)",
+                               metavar="PER_SECOND", minimum=0, above=True)
+    rate_group: float = setting(20 / 60, "messages per second to one group "
+                                "(Telegram: 20 a minute)", metavar="PER_SECOND", minimum=0,
+                                above=True)
+    burst: int = setting(3, "messages one chat may get at once before its rate applies",
+                         metavar="N", minimum=1)
 
 
 def telegram_settings(options: Mapping[str, Any], env: Mapping[str, str] | None = None
@@ -86,28 +73,8 @@ def telegram_settings(options: Mapping[str, Any], env: Mapping[str, str] | None 
     """The options from ``options`` (None: not given), else the environment, else the
     defaults, plus ``token`` and ``secret``; one clear error for a bad or missing value."""
     env = os.environ if env is None else env
-    out: dict[str, Any] = {}
-    for opt in TELEGRAM_OPTIONS:
-        raw = options.get(opt.name)
-        source = "--" + opt.name.replace("_", "-")
-        if raw is None and env.get(opt.env):
-            raw, source = env[opt.env], opt.env
-        if raw is None:
-            out[opt.name] = opt.default
-            continue
-        try:
-            value = opt.kind(raw)
-        except ValueError:
-            raise ConfigError(f"{source} must be a {'whole ' if opt.kind is int else ''}"
-                              f"number, not {raw!r}") from None
-        if opt.kind in (int, float) and value <= 0:
-            raise ConfigError(f"{source} must be above 0, not {raw!r}")
-        if opt.name == "listen_port" and value > 65535:
-            raise ConfigError(f"{source} must be at most 65535, not {raw!r}")
-        if opt.name in ("api_url", "webhook_url") and urlsplit(value).scheme not in (
-                "http", "https"):
-            raise ConfigError(f"{source} must be an http:// or https:// URL, not {raw!r}")
-        out[opt.name] = value
+    given = {k: v for k, v in options.items() if v is not None}
+    out = dataclasses.asdict(TelegramSettings.from_env(env, **given))
     token = env.get(TOKEN_ENV, "").strip()
     if not token:
         raise ConfigError(f"no bot token: set {TOKEN_ENV} to the token @BotFather gave you")
@@ -153,22 +120,26 @@ def mask_token_in_logs(token: str) -> TokenFilter:
     return token_filter
 
 
-def run(options: Mapping[str, Any], *, verbose: bool = False) -> int:
+@click.command("telegram", help="Connect a Telegram bot to CloudBunch: long polling, or a "
+               "webhook with --webhook-url. The bot token is read from "
+               "CLOUDBUNCH_TELEGRAM_TOKEN only. Needs the 'telegram' extra (pip install "
+               "'cloudbunch[telegram]'). SIGTERM or SIGINT stops it.",
+               short_help="Run the Telegram gateway (bot token in CLOUDBUNCH_TELEGRAM_TOKEN).")
+@settings_options(TelegramSettings, name="telegram")
+@settings_options(Settings, only=("amqp_url", "namespace"), name="servers")
+def command(telegram: TelegramSettings, servers: Settings) -> None:
     """The ``telegram`` command: serve until SIGTERM or SIGINT."""
-    from worker_sdk.service import run_event_loop
-
-    config = load_config({name: options.get(name) for name in ROUTER_SETTINGS} | {"root": "-"})
-    settings = telegram_settings(options)
+    settings = telegram_settings(dataclasses.asdict(telegram))
     try:
         import aiogram  # noqa: F401
     except ImportError:
         raise ConfigError("the Telegram gateway needs aiogram 3: pip install "
                           "'cloudbunch[telegram]'") from None
     mask_token_in_logs(settings["token"])
-    if not verbose:
+    if not is_verbose():
         # aiogram logs every handled update at INFO; our own lines say what matters.
         logging.getLogger("aiogram.event").setLevel(logging.WARNING)
-    return run_event_loop(serve(config, settings))
+    run_async(serve(servers, settings))
 
 
 def make_bot(settings: Mapping[str, Any]) -> Any:
@@ -181,7 +152,7 @@ def make_bot(settings: Mapping[str, Any]) -> Any:
     return Bot(settings["token"], session=session)
 
 
-async def serve(config: RouterConfig, settings: Mapping[str, Any], *,
+async def serve(config: Settings, settings: Mapping[str, Any], *,
                 ready: asyncio.Event | None = None) -> int:
     """Run one gateway on RabbitMQ until SIGTERM/SIGINT (exit 0) or a lost broker (exit 1)."""
     from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError

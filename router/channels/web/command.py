@@ -6,119 +6,73 @@ Every option also reads an environment variable; the connection settings are the
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import os
+import dataclasses
 import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
+
+import click
 
 from worker_sdk.errors import ConfigError
+from worker_sdk.settings import SettingsBase, borrow, setting
 
-from ...config import ENV, RouterConfig, load_config
-
-
-@dataclass(frozen=True, slots=True)
-class Option:
-    name: str
-    env: str
-    default: Any
-    kind: type
-    metavar: str | None
-    help: str
+from ...cli import run_async, settings_options
+from ...config import RouterConfig, ServerSettings
 
 
-WEB_OPTIONS: list[Option] = [
-    Option("host", "CLOUDBUNCH_WEB_HOST", "127.0.0.1", str, "HOST",
-           "address to listen on (0.0.0.0: every interface)"),
-    Option("port", "CLOUDBUNCH_WEB_PORT", 8080, int, "PORT", "port to listen on"),
-    Option("history", "CLOUDBUNCH_WEB_HISTORY", 200, int, "N",
-           "entries of each conversation kept for reloads and reconnects"),
-    Option("max_frame", "CLOUDBUNCH_WEB_MAX_FRAME", 4096, int, "BYTES",
-           "largest frame a page may send"),
-    Option("rate", "CLOUDBUNCH_WEB_RATE", 1.0, float, "PER_SECOND",
-           "messages per second one socket may send on average"),
-    Option("burst", "CLOUDBUNCH_WEB_BURST", 10, int, "N",
-           "messages one socket may send at once before the rate applies"),
-    Option("title", "CLOUDBUNCH_WEB_TITLE", "CloudBunch chat", str, "TEXT",
-           "the page's title"),
-    Option("debug", "CLOUDBUNCH_WEB_DEBUG", False, bool, None,
-           "show each session's live stack beside the chat"),
-]
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebSettings(SettingsBase):
+    """The web gateway's own settings (variables ``CLOUDBUNCH_WEB_*``)."""
 
-ROUTER_SETTINGS = ("amqp_url", "redis_url", "namespace", "session_ttl")
+    env_prefix: ClassVar[str] = "CLOUDBUNCH_WEB_"
+
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)",
+                        metavar="HOST")
+    port: int = setting(8080, "port to listen on", metavar="PORT", minimum=1, maximum=65535)
+    history: int = setting(200, "entries of each conversation kept for reloads and "
+                           "reconnects", metavar="N", minimum=1)
+    max_frame: int = setting(4096, "largest frame a page may send", metavar="BYTES",
+                             minimum=1)
+    rate: float = setting(1.0, "messages per second one socket may send on average",
+                          metavar="PER_SECOND", minimum=0, above=True)
+    burst: int = setting(10, "messages one socket may send at once before the rate applies",
+                         metavar="N", minimum=1)
+    title: str = setting("CloudBunch chat", "the page's title", metavar="TEXT")
+    debug: bool = setting(False, "show each session's live stack beside the chat",
+                          metavar="")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``web`` command's options to ``parser``."""
-    for opt in WEB_OPTIONS:
-        flag = "--" + opt.name.replace("_", "-")
-        text = f"{opt.help} [env {opt.env}; default {opt.default}]"
-        if opt.kind is bool:
-            parser.add_argument(flag, dest=opt.name, action="store_const", const=True,
-                                default=None, help=text)
-        else:
-            parser.add_argument(flag, dest=opt.name, metavar=opt.metavar, help=text)
-    texts = {"amqp_url": "RabbitMQ URL", "redis_url": "Redis URL (one server)",
-             "namespace": "prefix of every queue and key (the router's)",
-             "session_ttl": "seconds a conversation's history is kept after its last entry "
-                            "(use the router's session TTL)"}
-    for name in ROUTER_SETTINGS:
-        default = RouterConfig.__dataclass_fields__[name].default
-        parser.add_argument("--" + name.replace("_", "-"), dest=name,
-                            metavar=name.split("_")[-1].upper(),
-                            help=f"{texts[name]} [env {ENV[name]}; default {default}]")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebServers(ServerSettings):
+    """Where RabbitMQ and Redis are, and how long a conversation's history is kept."""
+
+    session_ttl: float = borrow(RouterConfig, "session_ttl")
 
 
 def web_settings(options: Mapping[str, Any], env: Mapping[str, str] | None = None
                  ) -> dict[str, Any]:
     """The web options from ``options`` (None: not given), else the environment, else the
     defaults; one clear error for a bad value."""
-    env = os.environ if env is None else env
-    out: dict[str, Any] = {}
-    for opt in WEB_OPTIONS:
-        raw = options.get(opt.name)
-        source = "--" + opt.name.replace("_", "-")
-        if raw is None and opt.env in env:
-            raw, source = env[opt.env], opt.env
-        if raw is None:
-            out[opt.name] = opt.default
-            continue
-        if opt.kind is bool:
-            text = str(raw).strip().lower()
-            if raw is True or text in ("1", "true", "yes", "on"):
-                out[opt.name] = True
-            elif text in ("0", "false", "no", "off", ""):
-                out[opt.name] = False
-            else:
-                raise ConfigError(f"{source} must be 1 or 0, not {raw!r}")
-            continue
-        try:
-            value = opt.kind(raw)
-        except ValueError:
-            raise ConfigError(f"{source} must be a {'whole ' if opt.kind is int else ''}"
-                              f"number, not {raw!r}") from None
-        if opt.kind in (int, float) and value <= 0:
-            raise ConfigError(f"{source} must be above 0, not {raw!r}")
-        if opt.name == "port" and value > 65535:
-            raise ConfigError(f"{source} must be at most 65535, not {raw!r}")
-        out[opt.name] = value
-    return out
+    given = {k: v for k, v in options.items() if v is not None}
+    if env is None:
+        return dataclasses.asdict(WebSettings.from_env(**given))
+    return dataclasses.asdict(WebSettings.from_env(env, **given))
 
 
-def run(options: Mapping[str, Any]) -> int:
-    """The ``web`` command: serve until SIGTERM or SIGINT."""
-    from worker_sdk.service import run_event_loop
+@click.command("web", help="Run one web chat gateway replica (any number may run behind a "
+               "load balancer). SIGTERM or SIGINT stops it.",
+               short_help="Serve the web chat: a page and a WebSocket per tab.")
+@settings_options(WebSettings, name="web")
+@settings_options(WebServers, name="servers")
+def command(web: WebSettings, servers: WebServers) -> None:
+    run_async(serve(servers, dataclasses.asdict(web)))
 
-    config = load_config({name: options.get(name) for name in ROUTER_SETTINGS} | {"root": "-"})
-    web = web_settings(options)
-    return run_event_loop(serve(config, web))
 
-
-async def serve(config: RouterConfig, web: Mapping[str, Any], *,
+async def serve(config: WebServers | RouterConfig, web: Mapping[str, Any], *,
                 ready: asyncio.Event | None = None) -> int:
     """Run one gateway replica on RabbitMQ and Redis until SIGTERM/SIGINT."""
     from aiohttp import web as aioweb

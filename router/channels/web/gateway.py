@@ -42,6 +42,7 @@ from ...core import Record
 from ...store import SessionStore
 from ..base import Capabilities, Update, forward, render, session_id
 from .history import History
+from .metrics import WebMetrics
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ class WebGateway:
         self.connections: dict[str, Connection] = {}  # by session
         self._tails: dict[str, asyncio.Future[None]] = {}
         self._consuming = False
-        self.relayed = 0
+        self.metrics = WebMetrics()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -295,6 +296,7 @@ class WebGateway:
         app = web.Application(middlewares=[_security_headers])
         app.router.add_get("/", self._page)
         app.router.add_get("/healthz", self._health)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/ws", self._socket)
         app.router.add_get("/static/{name}", self._asset)
         return app
@@ -321,8 +323,9 @@ class WebGateway:
             activity = render(notice, CAPABILITIES).to_json()
             activity["from"] = "bot"
             activity["in_reply_to"] = notice.in_reply_to
-            await self.history.append(notice.session, "n:" + notice.id, _dumps(activity))
-            self.relayed += 1
+            appended = await self.history.append(notice.session, "n:" + notice.id,
+                                                 _dumps(activity))
+            (self.metrics.relayed if appended.new else self.metrics.duplicates).inc()
         except BaseException:
             mine.set_result(None)
             raise
@@ -341,6 +344,12 @@ class WebGateway:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _asset(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -366,9 +375,11 @@ class WebGateway:
         if conn is None:
             return ws
         pump = asyncio.create_task(conn.pump(), name=f"cloudbunch-web-{conn.id}")
+        self.metrics.sockets.inc()
         try:
             await self._serve(conn)
         finally:
+            self.metrics.sockets.dec()
             conn.closed = True
             conn.kick()
             pump.cancel()
@@ -419,6 +430,7 @@ class WebGateway:
             return
         conn.closed = True
         conn.kick()
+        self.metrics.replaced.inc()
         if self.connections.get(conn.session) is conn:
             del self.connections[conn.session]
         asyncio.get_running_loop().create_task(conn.ws.close(
@@ -443,6 +455,7 @@ class WebGateway:
                 refused = 0
             except _Refused as exc:
                 exc.id = exc.id or msg_id
+                self.metrics.refused.labels(exc.code).inc()
                 refused += 1
                 if refused >= self.config.flood:
                     log.warning("event=web_flood session=%s refused=%s", conn.session, refused)
@@ -456,6 +469,7 @@ class WebGateway:
                 failed = _Refused("unavailable", "The bot is not reachable right now, so your "
                                                  "message was not sent. Try again in a moment.")
                 failed.id = msg_id
+                self.metrics.refused.labels(failed.code).inc()
                 await _send_error(conn.ws, failed)
 
     def _parse(self, msg: Any) -> dict[str, Any]:
@@ -496,6 +510,7 @@ class WebGateway:
             await self.history.append(conn.session, "c:" + msg_id, _dumps(entry))
             await forward(self.client, Update(CHANNEL, conn.chat_id, msg_id, kind="end",
                                               user=conn.chat_id, locale=conn.locale))
+            self.metrics.forwarded.inc()
             conn.kick(status=True)
             return
         text = frame.get("text")
@@ -520,6 +535,7 @@ class WebGateway:
         await forward(self.client, Update(CHANNEL, conn.chat_id, msg_id, payload,
                                           user=conn.chat_id, locale=conn.locale),
                       seq=appended.client_seq)
+        self.metrics.forwarded.inc()
         conn.kick(status=True)
 
 
