@@ -19,8 +19,8 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
+from router.store import DEFAULT_REDIS_URL
 from worker_sdk.quick_replies import plain_text
-from worker_sdk.settings import DEFAULT_REDIS_URL
 
 from .procs import QUEUE_TYPE, REPO, Harness, Proc, child_env, eventually, opened, pack, unpack
 
