@@ -1,19 +1,18 @@
-"""Child processes of the bench and the CPU time of processes, read from /proc."""
+"""The CPU time of processes, read from /proc; the bench's child processes are
+:class:`harness.processes.Proc`."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import os
-import signal
-import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import IO
 
-REPO = Path(__file__).resolve().parents[1]
+from harness.processes import REPO, Proc, child_env
+
+__all__ = ["REPO", "CpuMeter", "Proc", "busy_seconds", "child_env", "cpu_seconds", "find_pids"]
+
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -93,70 +92,3 @@ class CpuMeter:
     def others_cores(self) -> float:
         """CPUs' worth of work other processes did during the window."""
         return self.used.get("others", math.nan) / self.seconds if self.seconds else math.nan
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment of a child: the repository importable, no CLOUDBUNCH_* leaking in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDBUNCH_")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-class Proc:
-    """A child process; its output goes to a temporary file (never a pipe that can fill)."""
-
-    def __init__(self, name: str, process: asyncio.subprocess.Process, out: IO[bytes]) -> None:
-        self.name = name
-        self.process = process
-        self._out = out
-
-    @classmethod
-    async def spawn(cls, name: str, argv: list[str]) -> Proc:
-        out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
-        process = await asyncio.create_subprocess_exec(
-            *argv, cwd=str(REPO), env=child_env(), stdin=asyncio.subprocess.DEVNULL,
-            stdout=out, stderr=out)
-        return cls(name, process, out)
-
-    @classmethod
-    async def python(cls, name: str, *args: str) -> Proc:
-        """``python ARGS`` with this interpreter."""
-        return await cls.spawn(name, [sys.executable, *args])
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self.process.returncode
-
-    def output(self, tail: int = 4000) -> str:
-        """The last ``tail`` characters the process wrote."""
-        if self._out.closed:
-            return ""
-        self._out.seek(0)
-        return self._out.read().decode(errors="replace")[-tail:]
-
-    def check_alive(self) -> None:
-        if self.process.returncode is not None:
-            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n"
-                               f"{self.output()}")
-
-    async def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, wait up to ``timeout`` s, then SIGKILL; return the exit code."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), timeout)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
-        code = await self.process.wait()
-        return code
-
-    def close(self) -> None:
-        self._out.close()

@@ -100,7 +100,7 @@ class Routed:
             proc.check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{proc.name} not consuming {queue} after {timeout} s:\n"
-                                   f"{proc.output()}")
+                                   f"{proc.output(4000)}")
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
@@ -115,7 +115,7 @@ class Routed:
         procs = [p for p in (self.worker, self.router) if p is not None]
         await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
         for proc in procs:
-            self.outputs[proc.name] = proc.output()
+            self.outputs[proc.name] = proc.output(4000)
             proc.close()
         names = wire.queue_names(self.ns)
         for queue in (*names.values(), self.service_queue):

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from router.store import DEFAULT_REDIS_URL
 from worker_sdk import wire
-from worker_sdk.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL
+from worker_sdk.settings import DEFAULT_AMQP_URL
 
 from . import profile as pyspy
 from .direct import Requester

@@ -34,8 +34,9 @@ import aio_pika
 import aiohttp
 
 from router.redis_store import RedisStore
+from router.store import DEFAULT_REDIS_URL
 from worker_sdk import wire
-from worker_sdk.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL
+from worker_sdk.settings import DEFAULT_AMQP_URL
 
 from .procs import Proc, cpu_seconds
 

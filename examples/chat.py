@@ -17,11 +17,11 @@ import secrets
 import sys
 from collections.abc import AsyncIterator
 
+from router.channels.base import render
 from worker_sdk import wire
 from worker_sdk.amqp import AmqpBroker
 from worker_sdk.broker import Delivery, Outgoing
 from worker_sdk.errors import CloudBunchError
-from worker_sdk.quick_replies import plain_text
 from worker_sdk.settings import Settings
 
 # A chain that ends with a reply has no closing notice: stop waiting after this much quiet.
@@ -68,16 +68,10 @@ async def chat(settings: Settings, session: str, lines: AsyncIterator[str], *,
                     notice = await asyncio.wait_for(notices.get(), quiet)
                 except TimeoutError:
                     break
-                if notice.type == "output":
-                    print(f"  {plain_text(notice.payload)}")
-                elif notice.type == "unhandled":
-                    print(f"  (nobody handled {notice.payload!r})")
-                elif notice.type == "end":
-                    print("  (the conversation ended)")
-                elif notice.type == "error":
-                    error = notice.error or wire.ErrorInfo("error")
-                    print(f"  (error {error.code}: {error.message})")
-                    status = 1 if error.code != "invalid_message" else status
+                print(f"  {render(notice).text}")
+                if notice.type == "error" and (notice.error is None or
+                                               notice.error.code != "invalid_message"):
+                    status = 1
     finally:
         with contextlib.suppress(CloudBunchError, OSError):
             await broker.cancel(own)

@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 
 from worker_sdk import tracing, wire
 from worker_sdk.broker import Broker, Delivery
-from worker_sdk.errors import PublishFailed, StoreUnavailable
+from worker_sdk.errors import PublishFailed
 
 from . import ingest
 from .config import RouterConfig
@@ -32,7 +32,7 @@ from .ingest import DeadLetter, DeadReason
 from .outbox import Outbox
 from .scanner import Scanner
 from .stepper import Stepper
-from .store import SessionStore, Snapshot
+from .store import SessionStore, Snapshot, StoreUnavailable
 
 if TYPE_CHECKING:
     from .metrics import RouterMetrics
@@ -49,8 +49,9 @@ def new_id() -> str:
 
 
 def _transient(exc: BaseException) -> bool:
+    """A failure of the world (store, broker, network) rather than of the router itself."""
     return isinstance(exc, (StoreUnavailable, PublishFailed, ConnectionError, OSError,
-                            TimeoutError)) or type(exc).__module__.startswith("redis")
+                            TimeoutError))
 
 
 class Router:
@@ -252,17 +253,17 @@ class Router:
     # ------------------------------------------------------------------ health
 
     def _health(self, error: BaseException | None) -> None:
-        """Note a store call that worked (``None``) or failed; fail the replica when the
-        store stays unreachable for 30 s."""
+        """Note a step or scan that reached the store (``None``) or one the store failed;
+        fail the replica when the store stays unreachable for 30 s. Broker failures do not
+        count here: the broker adapter gives up on its own (``Broker.wait_lost``)."""
         if error is None:
             self._store_down_since = None
             if self.metrics is not None:
                 self.metrics.dependency("redis", True)
             return
-        if not _transient(error):
+        if not isinstance(error, StoreUnavailable):
             return
-        if self.metrics is not None and (isinstance(error, StoreUnavailable) or
-                                         type(error).__module__.startswith("redis")):
+        if self.metrics is not None:
             self.metrics.dependency("redis", False)
         now = time.monotonic()
         if self._store_down_since is None:

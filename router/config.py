@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from worker_sdk.settings import (
-    DEFAULT_REDIS_URL,
     Settings,
     WorkerSettings,
     check_url_scheme,
@@ -20,6 +19,7 @@ from worker_sdk.settings import (
 )
 
 from .core import CoreConfig
+from .store import DEFAULT_REDIS_URL
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 

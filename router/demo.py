@@ -14,12 +14,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from worker_sdk import wire
-from worker_sdk.errors import BrokerUnavailable, ConfigError, StoreUnavailable
-from worker_sdk.quick_replies import plain_text
+from worker_sdk.errors import BrokerUnavailable, ConfigError
+from worker_sdk.urls import redact
 
+from .channels.base import render
 from .config import RouterConfig
 from .demo_flow import IdleTimes
 from .engine import Engine
+from .store import StoreUnavailable
 
 DEFAULT_SCRIPT = Path(__file__).resolve().with_name("demo_script.txt")
 
@@ -94,14 +96,7 @@ async def _typed(prompt: str) -> AsyncIterator[str]:
 
 
 def _show(notice: wire.Notice) -> str:
-    if notice.type == "output":
-        return f"bot> {plain_text(notice.payload)}"
-    if notice.type == "unhandled":
-        return "bot> (nobody understood that)"
-    if notice.type == "end":
-        return "bot> (conversation over: the next message starts a new one)"
-    error = notice.error or wire.ErrorInfo("error")
-    return f"bot> (error {error.code}: {error.message})"
+    return f"bot> {render(notice).text}"
 
 
 async def choose_engine(config: RouterConfig, mode: str = "auto") -> Engine:
@@ -233,6 +228,4 @@ def speed_line(latencies: list[float]) -> str:
 
 
 def _safe(url: str) -> str:
-    from worker_sdk.amqp import redact
-
     return redact(url)

@@ -91,7 +91,7 @@ class Engine:
         for service in self.services:
             queue = wire.service_queue(self.config.namespace, service.name)
             for _ in range(10_000 if self.memory is not None else 500):
-                if await self.broker.consumer_count(queue) > 0:  # type: ignore[attr-defined]
+                if await self.broker.consumer_count(queue) > 0:
                     break
                 await asyncio.sleep(0 if self.memory is not None else 0.01)
 

@@ -49,10 +49,11 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker_sdk.errors import ConfigError, StoreUnavailable
+from worker_sdk.errors import ConfigError
 from worker_sdk.settings import check_namespace
+from worker_sdk.urls import redact
 
-from .store import DEDUP_MEMORY, Snapshot
+from .store import DEDUP_MEMORY, Snapshot, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -161,17 +162,6 @@ else
 end
 return 1
 """
-
-
-def redact(url: str) -> str:
-    """The URL without its password, fit for logs and error messages."""
-    parts = urlsplit(url)
-    # By hand rather than .hostname/.port: a cluster URL may list several hosts.
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}@{hosts}" if user else hosts))
 
 
 WAIT_OPTIONS = ("wait_replicas", "wait_timeout")
@@ -308,17 +298,25 @@ class RedisStore:
         return StoreUnavailable(f"Redis is not reachable at {redact(self._url)}: {reason}; "
                                 "start it or set CLOUDBUNCH_REDIS_URL")
 
+    def _refused(self, error: BaseException) -> StoreUnavailable:
+        text = " ".join(str(error).split()) or type(error).__name__
+        return StoreUnavailable(f"Redis at {redact(self._url)} failed a command: {text}")
+
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
+        """Map every failure of Redis to StoreUnavailable, here at the adapter's boundary,
+        so that no caller needs to know redis-py's exceptions."""
         # Reached only once redis-py's own retries are spent.
         try:
             yield
+        except _CLUSTER_MISUSE:
+            raise  # a bug in how the store calls Redis, not a state of Redis
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             raise self._unavailable(error) from error
         except _CLUSTER_DOWN as error:
-            if not self.is_cluster or isinstance(error, _CLUSTER_MISUSE):
-                raise
             raise self._unavailable(error) from error
+        except RedisError as error:  # READONLY during a failover, OOM, LOADING...
+            raise self._refused(error) from error
 
     # -- the port -------------------------------------------------------------------------
 
@@ -379,6 +377,7 @@ class RedisStore:
         pipe: Any
         if self.is_cluster:
             cluster: Any = self._redis
+            await cluster.initialize()  # the slot map, when this is the client's first command
             pipe = cluster.pipeline()
             # EVAL, not EVALSHA: a node promoted by a failover has no script cache.
             pipe.execute_command("EVAL", script, len(keys), *keys, *args)
@@ -463,6 +462,7 @@ class RedisStore:
             except RedisError as error:
                 if isinstance(error, (RedisConnectionError, RedisTimeoutError)):
                     raise
+                # Something answered that is not Redis: "not reachable" says it best.
                 raise self._unavailable(error) from error
 
     async def close(self) -> None:

@@ -23,7 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from worker_sdk import wire
-from worker_sdk.amqp import AmqpBroker, redact
+from worker_sdk.amqp import AmqpBroker
+from worker_sdk.urls import redact
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,21 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from worker_sdk.errors import CloudBunchError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+"""Where the router finds Redis unless told otherwise (--redis-url, CLOUDBUNCH_REDIS_URL)."""
+
 DEDUP_MEMORY = 1000
 """How many client message ids a session remembers, at least (contract guarantee 4)."""
+
+
+class StoreUnavailable(CloudBunchError):
+    """The session store could not be reached, or failed a command (transient: retry later).
+
+    Adapters raise it for every failure of the store itself, so callers never need to
+    recognise a driver's own exceptions.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,11 +25,11 @@ from .amqp_connect import (
     connect_any,
     display,
     quiet_library_logs,
-    redact,
     split_urls,
 )
 from .broker import Handler, Outgoing, Published, Refused, refusal
 from .errors import BrokerUnavailable, ConfigError, PublishFailed
+from .urls import redact
 
 __all__ = ["CONNECT_TIMEOUT", "AmqpBroker", "AmqpDelivery", "redact"]
 

@@ -15,13 +15,14 @@ import logging
 import ssl
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
 from yarl import URL
 
 from .errors import BrokerUnavailable, ConfigError
+from .urls import redact
 
 log = logging.getLogger("worker_sdk.amqp")
 
@@ -43,24 +44,6 @@ ATTEMPT_TIMEOUT = 10.0
 
 URL_SETTING = "CLOUDBUNCH_AMQP_URL (--amqp-url)"
 SCHEMES = ("amqp", "amqps")
-
-
-def redact(url: str) -> str:
-    """The URL (or comma-separated URLs) without passwords, for messages and logs."""
-    if "," in url:
-        return ",".join(redact(part) for part in url.split(","))
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    if parts.username:
-        netloc = f"{parts.username}:***@{netloc}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def split_urls(value: str) -> list[str]:

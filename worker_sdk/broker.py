@@ -1,5 +1,8 @@
 """The broker port: what router, services and clients need from a message broker.
 
+Its errors are :class:`worker_sdk.errors.BrokerUnavailable` and
+:class:`worker_sdk.errors.PublishFailed`.
+
 Two adapters implement it: :mod:`worker_sdk.amqp` (RabbitMQ through aio-pika) and
 :mod:`worker_sdk.memory` (in process, for the embedded engine and the test kit).
 """
@@ -103,6 +106,10 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Stop consumers and close the connection."""
 
+    async def wait_lost(self) -> None:
+        """Return when the connection is lost for good (reconnecting gave up); the caller
+        should then exit so that a supervisor restarts it. Never returns while it holds."""
+
     def is_connected(self) -> bool:
         """Whether the connection is up now (False while reconnecting or after close)."""
 
@@ -126,6 +133,15 @@ class Broker(Protocol):
     async def bind(self, exchange: str, routing_key: str, queue: str) -> None:
         """Declare the durable direct ``exchange`` (if needed) and bind ``queue`` to it
         under ``routing_key``."""
+
+    async def queue_exists(self, queue: str) -> bool:
+        """Whether ``queue`` exists (declared by anyone)."""
+
+    async def consumer_count(self, queue: str) -> int:
+        """How many consumers ``queue`` has (0 when it does not exist)."""
+
+    async def message_count(self, queue: str) -> int:
+        """How many messages wait in ``queue``, not delivered (0 when it does not exist)."""
 
     async def publish(self, messages: Sequence[Outgoing]) -> list[Published]:
         """Publish persistently with ``mandatory``; return, per message, whether a queue took it.

@@ -15,10 +15,6 @@ class BrokerUnavailable(CloudBunchError):
     """RabbitMQ could not be reached (or the connection was lost for good)."""
 
 
-class StoreUnavailable(CloudBunchError):
-    """Redis could not be reached (or the connection was lost for good)."""
-
-
 class PublishFailed(CloudBunchError):
     """The broker did not confirm a publish (negative ack or lost connection)."""
 

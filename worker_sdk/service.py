@@ -545,11 +545,8 @@ async def run_services(services: Sequence[Service], broker: Broker, namespace: s
     if serving is not None:
         serving.set()
     waits: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait(), name="stop")}
-    wait_lost = getattr(broker, "wait_lost", None)
-    lost_task: asyncio.Task[Any] | None = None
-    if wait_lost is not None:
-        lost_task = asyncio.create_task(wait_lost(), name="wait_lost")
-        waits.add(lost_task)
+    lost_task = asyncio.create_task(broker.wait_lost(), name="wait_lost")
+    waits.add(lost_task)
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -559,19 +556,12 @@ async def run_services(services: Sequence[Service], broker: Broker, namespace: s
             task.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
         # Stop all consumers at once so they share one drain period.
-        await asyncio.gather(*(_cancel(broker, s.queue(namespace)) for s in services),
-                             return_exceptions=True)
-    if lost_task is not None and lost_task.done() and not lost_task.cancelled():
+        await asyncio.gather(*(broker.cancel(s.queue(namespace), drain=DRAIN_SECONDS)
+                               for s in services), return_exceptions=True)
+    if lost_task.done() and not lost_task.cancelled():
         raise BrokerUnavailable("the RabbitMQ connection was lost and could not be restored; "
                                 "exiting so that a supervisor restarts this worker")
     log.info("event=services_stopped services=%s", ",".join(names))
-
-
-async def _cancel(broker: Broker, queue: str) -> None:
-    try:
-        await broker.cancel(queue, drain=DRAIN_SECONDS)  # type: ignore[call-arg]
-    except TypeError:  # a broker without the drain option
-        await broker.cancel(queue)
 
 
 def run_main(services: Sequence[Service], settings: Settings | None = None,

@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 from .errors import ConfigError
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_NAMESPACE = "cb"
 ENV_PREFIX = "CLOUDBUNCH_"
 

@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from router.store import DEFAULT_REDIS_URL
+
 # The hook keeps each phase's report on the item, so teardown knows whether the test failed.
 from tests.integration.conftest import pytest_runtest_makereport  # noqa: F401
 from tests.integration.procs import Harness, opened
-from worker_sdk.settings import DEFAULT_REDIS_URL
 
 TAIL = 40
 """Lines of each process's output printed after a failure."""

@@ -114,3 +114,16 @@ async def test_with_wait_replicas_no_acknowledged_turn_is_lost(
     with capsys.disabled():
         print(f"\nredis-failover with wait_replicas=1: got {got}, model {want}", flush=True)
     assert got == want
+
+
+async def test_a_waiting_commit_can_be_a_new_clients_first_command(local_clusters: None,
+                                                                   namespace: str) -> None:
+    from router.redis_store import RedisStore
+
+    store = RedisStore(nodes.REDIS_URL + "?wait_replicas=1", namespace)
+    try:
+        assert await store.commit("s", 0, b"x", expire_at_ms=int(time.time() * 1000) + 60_000)
+        assert (await store.load("s")).version == 1
+    finally:
+        await store.delete_namespace()
+        await store.close()

@@ -14,13 +14,10 @@ import os
 import random
 import re
 import secrets
-import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -29,14 +26,14 @@ import pytest
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
+from harness.processes import Proc, child_env
+from router.store import DEFAULT_REDIS_URL
 from worker_sdk import AmqpBroker, Client, Context, Service, wire
-from worker_sdk.settings import DEFAULT_REDIS_URL
 
 from . import bodies as B
 
 pytestmark = pytest.mark.infra
 
-REPO = Path(__file__).resolve().parents[2]
 MAX_BODY = 4096
 BODIES = 10_000
 SESSIONS = 50
@@ -59,8 +56,7 @@ class Stack:
     namespace: str
     amqp_url: str
     redis_url: str
-    router: asyncio.subprocess.Process | None = None
-    log: Any = None
+    router: Proc | None = None
     connection: AbstractConnection | None = None
     channel: AbstractChannel | None = None
     service_broker: AmqpBroker | None = None
@@ -74,21 +70,15 @@ class Stack:
         return f"{self.namespace}.{name}"
 
     def output(self) -> str:
-        self.log.seek(0)
-        return str(self.log.read().decode(errors="replace"))
+        return self.router.output() if self.router is not None else ""
 
     async def start(self, *router_args: str) -> None:
         self.queues |= {self.q("ingress"), self.q("replies"), self.q("dead"),
                         self.q("service.echo")}
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDBUNCH_")}
-        env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", CLOUDBUNCH_AMQP_URL=self.amqp_url,
-                   CLOUDBUNCH_REDIS_URL=self.redis_url)
-        self.router = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "router.cli", "router", "--namespace", self.namespace,
-            "--root", "echo", "--turn-timeout", "1", "--seq-hold", "0.5", *router_args,
-            cwd=str(REPO), env=env, stdin=asyncio.subprocess.DEVNULL, stdout=self.log,
-            stderr=self.log)
+        env = child_env(CLOUDBUNCH_AMQP_URL=self.amqp_url, CLOUDBUNCH_REDIS_URL=self.redis_url)
+        self.router = await Proc.python(
+            "router", "-m", "router.cli", "router", "--namespace", self.namespace,
+            "--root", "echo", "--turn-timeout", "1", "--seq-hold", "0.5", *router_args, env=env)
         self.connection = await aio_pika.connect(self.amqp_url)
         self.channel = await self.connection.channel(publisher_confirms=True)
         deadline = time.monotonic() + 20
@@ -146,18 +136,12 @@ class Stack:
 
     async def stop_router(self) -> int:
         assert self.router is not None
-        if self.router.returncode is None:
-            self.router.terminate()
-            try:
-                await asyncio.wait_for(self.router.wait(), 12)
-            except TimeoutError:
-                self.router.kill()
-        return await self.router.wait()
+        return await self.router.stop(timeout=12)
 
     async def close(self) -> None:
         if self.router is not None and self.router.returncode is None:
             self.router.kill()
-            await self.router.wait()
+            await self.router.process.wait()
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.close()
@@ -181,8 +165,8 @@ class Stack:
                 await store.delete(*keys)
         finally:
             await store.aclose()
-        if self.log is not None:
-            self.log.close()
+        if self.router is not None:
+            self.router.close()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from worker_sdk.settings import DEFAULT_REDIS_URL
+from router.store import DEFAULT_REDIS_URL
 
 from .procs import Harness, opened
 

@@ -10,27 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
-import signal
 import sys
-import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import aio_pika
 import msgpack
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
+# Re-exported: the tests import them from here.
+from harness.processes import REPO as REPO
+from harness.processes import Proc as Proc
+from harness.processes import child_env as child_env
+from harness.waiting import eventually as eventually
 from router.core import Record
 from router.redis_store import RedisStore
 from worker_sdk import wire
 from worker_sdk.service import load_service
 
-REPO = Path(__file__).resolve().parents[2]
 QUEUE_TYPE = "quorum"
 SHARED_ARGS = {"x-queue-type": QUEUE_TYPE}
 
@@ -44,13 +43,6 @@ def unpack(body: bytes) -> Any:
     return msgpack.unpackb(body, raw=False)
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment of a child process: no CLOUDBUNCH_* leaking in from the caller."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDBUNCH_")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
 
 
 def cli(*args: str) -> list[str]:
@@ -58,69 +50,6 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "router.cli", *args]
 
 
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 5.0,
-                     what: str = "condition") -> None:
-    """Poll ``check`` until true, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        outcome = check()
-        if not isinstance(outcome, bool):
-            outcome = await outcome
-        if outcome:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-class Proc:
-    """A child process whose stderr goes to a temporary file (never a full pipe)."""
-
-    def __init__(self, name: str, process: asyncio.subprocess.Process, errfile: Any) -> None:
-        self.name = name
-        self.process = process
-        self._errfile = errfile
-
-    @classmethod
-    async def spawn(cls, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
-        # Kept open as long as the process lives; closed by close().
-        errfile = tempfile.TemporaryFile()  # noqa: SIM115
-        process = await asyncio.create_subprocess_exec(
-            *argv, cwd=str(REPO), env=env or child_env(), stdin=asyncio.subprocess.DEVNULL,
-            stdout=errfile, stderr=errfile)
-        return cls(name, process, errfile)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self.process.returncode
-
-    def output(self) -> str:
-        """Everything the process wrote so far (stdout and stderr together)."""
-        # pread: seeking the shared file would move the child's write position too.
-        fd = self._errfile.fileno()
-        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
-
-    async def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, wait up to ``timeout`` s, then SIGKILL; return the exit code."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), timeout)
-            except TimeoutError:
-                self.kill()
-        return await self.process.wait()
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-
-    def close(self) -> None:
-        self._errfile.close()
 
 
 @dataclass

@@ -12,7 +12,7 @@ import aiormq
 import pytest
 
 from tests.unit.test_memory_broker import BrokerContract, eventually, out
-from worker_sdk.amqp import AmqpBroker, redact
+from worker_sdk.amqp import AmqpBroker
 from worker_sdk.broker import Delivery, Outgoing, Refused
 from worker_sdk.errors import BrokerUnavailable, PublishFailed
 
@@ -265,11 +265,6 @@ async def test_connect_failure_is_one_clear_line() -> None:
     assert text.startswith(f"RabbitMQ is not reachable (amqp://guest:***@127.0.0.1:{port}/: ")
     assert text.endswith(": start it or correct CLOUDBUNCH_AMQP_URL (--amqp-url)")
     assert "s3cret" not in text and "\n" not in text
-
-
-def test_redact() -> None:
-    assert redact("amqp://u:p@h:5672/v") == "amqp://u:***@h:5672/v"
-    assert redact("amqp://h/") == "amqp://h/"
 
 
 async def test_consumer_comes_back_after_the_connection_is_closed_by_the_broker(

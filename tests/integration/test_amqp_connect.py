@@ -22,9 +22,10 @@ from router import cli
 from tests.integration.procs import eventually
 from tests.integration.tcp_proxy import TcpProxy
 from worker_sdk.amqp import AmqpBroker
-from worker_sdk.amqp_connect import CONNECT_TIMEOUT, redact, split_urls
+from worker_sdk.amqp_connect import CONNECT_TIMEOUT, split_urls
 from worker_sdk.broker import Delivery, Outgoing
 from worker_sdk.errors import BrokerUnavailable, ConfigError
+from worker_sdk.urls import redact
 
 pytestmark = pytest.mark.infra
 

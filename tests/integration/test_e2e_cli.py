@@ -129,7 +129,7 @@ def check_demo(out: str) -> None:
     declined = index(r"declined", card)
     confirmed = index(r"^bot> Thank you! Order #1 confirmed", declined)
     cancelled = index(r"^bot> Okay, I cancelled that order", confirmed)
-    index(r"conversation over", cancelled)
+    index(r"^bot> This conversation has ended", cancelled)
     assert "error" not in out.lower() and "Traceback" not in out
 
 

@@ -71,7 +71,7 @@ async def test_history_is_bounded_and_goes_with_the_session(e2e: Harness) -> Non
         async def gone() -> bool:
             return await store.history("s") == [] and (await store.load("s")).version == 0
         from .procs import eventually
-        await eventually(gone, 15, "the session and its history to expire")
+        await eventually(gone, 30, "the session and its history to expire")
     finally:
         await store.close()
 

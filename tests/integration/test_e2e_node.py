@@ -19,8 +19,8 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
+from router.store import DEFAULT_REDIS_URL
 from worker_sdk.quick_replies import plain_text
-from worker_sdk.settings import DEFAULT_REDIS_URL
 
 from .procs import QUEUE_TYPE, REPO, Harness, Proc, child_env, eventually, opened, pack, unpack
 
@@ -215,7 +215,8 @@ async def test_reply_on_the_wire(e2e: Harness, exchange: bool) -> None:
         assert {k: got.headers.get(k) for k in trace} == trace
         assert unpack(got.body) == {
             "v": 1, "session": "s1", "turn": "T" * 22, "action": "reply",
-            "output": ["Please type your card number to pay $12.90."], "state": {"total": 1290}}
+            "output": ["Please type your card number to pay $12.90."], "idle": 60,
+            "state": {"total": 1290, "asked": "Please type your card number to pay $12.90."}}
 
         # A copy of a dispatch is answered again; `state` absent in a pass keeps it.
         message = dispatch("s1", "U" * 22, event="message", state={"total": 1290},

@@ -19,8 +19,8 @@ import pytest
 
 from router.channels.base import END_TEXT
 from router.channels.telegram.command import telegram_settings
+from router.store import DEFAULT_REDIS_URL
 from tests.fake_telegram import FakeBotAPI, Sent
-from worker_sdk.settings import DEFAULT_REDIS_URL
 
 from .procs import REPO, Harness, Proc, child_env, cli, eventually, opened
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from worker_sdk.settings import DEFAULT_REDIS_URL
+from router.store import DEFAULT_REDIS_URL
 
 from .procs import QUEUE_TYPE, REPO, Harness, child_env, opened
 

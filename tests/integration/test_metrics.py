@@ -20,8 +20,8 @@ from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.probes import start_router_probes
 from router.redis_store import RedisStore
+from router.store import StoreUnavailable
 from worker_sdk.amqp import AmqpBroker
-from worker_sdk.errors import StoreUnavailable
 
 from .procs import QUEUE_TYPE, Harness, Proc, cli, eventually, pack
 
@@ -187,7 +187,7 @@ async def test_readiness_follows_the_router_connections(
     connections: nothing shared is cut)."""
     import os
 
-    from worker_sdk.settings import DEFAULT_REDIS_URL
+    from router.store import DEFAULT_REDIS_URL
 
     config = RouterConfig(root="greeter", namespace=namespace, amqp_url=amqp_url,
                           redis_url=os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL),

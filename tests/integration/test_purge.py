@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from router.store import DEFAULT_REDIS_URL
 from worker_sdk.amqp import AmqpBroker
 from worker_sdk.client import Client
-from worker_sdk.settings import DEFAULT_REDIS_URL
 
 from .procs import REPO, Harness, Proc, child_env, cli, opened
 

@@ -20,7 +20,8 @@ from redis.asyncio.cluster import RedisCluster
 
 from router.config import RouterConfig
 from router.engine import Engine
-from router.redis_store import HINT_SHARDS, RedisStore, redact, split_cluster_url
+from router.redis_store import HINT_SHARDS, RedisStore, split_cluster_url
+from router.store import StoreUnavailable
 from tests.integration.test_engine_both import EngineFactory, _cleanup
 from tests.integration.test_engine_both import test_pizza_script_reads_the_same as pizza_flow
 from tests.integration.test_engine_both import test_silent_service_times_out as timeout_flow
@@ -28,7 +29,6 @@ from tests.integration.test_redis_store import WallClock
 from tests.store_contract import FAR, StoreContract
 from worker_sdk import Service
 from worker_sdk.amqp import AmqpBroker
-from worker_sdk.errors import StoreUnavailable
 
 pytestmark = pytest.mark.infra
 
@@ -171,8 +171,6 @@ def test_cluster_urls_are_recognised_and_checked() -> None:
     for bad in ("redis+cluster://h/1", "redis+cluster://h:x/0", "redis+cluster://h,/0"):
         with pytest.raises(ValueError):
             split_cluster_url(bad)
-    assert redact("redis+cluster://u:pw@h1:1,h2:2/0") == "redis+cluster://u@h1:1,h2:2/0"
-    assert redact("redis+cluster://:pw@h1:1,h2:2/0") == "redis+cluster://h1:1,h2:2/0"
 
 
 async def test_a_dead_seed_is_passed_over(redis_cluster_url: str, clock: WallClock) -> None:
@@ -197,7 +195,8 @@ async def test_unreachable_cluster_is_one_clear_line() -> None:
         assert time.monotonic() - started < 15
         message = str(caught.value)
         assert "\n" not in message and "hunter2" not in message
-        assert message.startswith("Redis is not reachable at redis+cluster://user@127.0.0.1:1/0: ")
+        assert message.startswith(
+            "Redis is not reachable at redis+cluster://user:***@127.0.0.1:1/0: ")
         with pytest.raises(StoreUnavailable):
             await store.commit("s", 0, b"r", expire_at_ms=1, hint_ms=1)
         with pytest.raises(StoreUnavailable):

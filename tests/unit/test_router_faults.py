@@ -14,10 +14,10 @@ import pytest
 from router.app import Router
 from router.config import RouterConfig
 from router.core import ClientArrived, Record, ReplyArrived
-from router.store import MemoryStore, Snapshot
+from router.store import MemoryStore, Snapshot, StoreUnavailable
 from worker_sdk import Client, Context, MemoryBroker, Service, wire
 from worker_sdk.broker import Outgoing
-from worker_sdk.errors import PublishFailed, StoreUnavailable
+from worker_sdk.errors import PublishFailed
 from worker_sdk.service import run_services
 
 

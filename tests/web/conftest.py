@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from router.store import DEFAULT_REDIS_URL
 from tests.integration.procs import Harness, Proc, cli, eventually, opened
-from worker_sdk.settings import DEFAULT_REDIS_URL
 
 PIZZA = [f"router.demo_flow:{name}" for name in
          ("pizza", "menu", "order", "checkout", "address", "payment")]

@@ -10,9 +10,9 @@ from redis.asyncio import Redis
 
 from router.channels.web.history import RedisHistory
 from router.redis_store import RedisStore
+from router.store import DEFAULT_REDIS_URL
 from tests.integration.procs import eventually
 from worker_sdk.errors import ConfigError
-from worker_sdk.settings import DEFAULT_REDIS_URL
 
 from ..unit.test_web_history import Ear
 

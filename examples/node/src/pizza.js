@@ -57,12 +57,32 @@ function get(obj, key, fallback) {
   return Object.hasOwn(obj, key) ? obj[key] : fallback;
 }
 
+/** Seconds of silence after which a form repeats its question, once (router/demo_flow.py). */
+export const REMIND_AFTER = 60;
+
+/** Ask a question (the last line) and wait for the answer, reminding once after a silence. */
+function ask(turn, lines, state) {
+  turn.reply(lines, { state: { ...state, asked: lines.at(-1) }, idle: REMIND_AFTER });
+}
+
+/** A form's idle timer fired: repeat the question, once (no new timer). */
+function remind(d, turn) {
+  const asked = get(map(d.state), "asked", "");
+  if (asked !== null && typeof asked === "object" && !Array.isArray(asked)) {
+    turn.reply([{ ...asked, text: `Are you still there? ${asked.text ?? ""}` }]);
+  } else {
+    turn.reply([`Are you still there? ${rawText(asked)}`.trim()]);
+  }
+}
+
 /** Propagate a child's failure, as an exception travels up a call stack. */
 function failWith(turn, error) {
   turn.fail(error ? String(error.code) : "error", error ? String(error.message ?? "") : "");
 }
 
 export const checkout = new Service("checkout", {
+  idle: remind,
+
   start(d, turn) {
     const basket = map(d.args);
     turn.say(`Checkout: ${basket.description}, ${money(int(basket.total))} in all.`);
@@ -104,12 +124,13 @@ export const checkout = new Service("checkout", {
       }
       const error = result.error;
       if (error && error.code === "card_declined") {
-        turn.reply(
+        ask(
+          turn,
           [
             `Your card was declined: ${error.message ?? ""}`,
             quickReplies("Say 'retry' to pay with another card, or 'cancel'.", "retry", "cancel"),
           ],
-          { state: { ...state, step: "retry" } },
+          { ...state, step: "retry" },
         );
         return;
       }
@@ -119,9 +140,11 @@ export const checkout = new Service("checkout", {
 });
 
 export const payment = new Service("payment", {
+  idle: remind,
+
   start(d, turn) {
     const total = int(get(map(d.args), "total", 0));
-    turn.reply([`Please type your card number to pay ${money(total)}.`], { state: { total } });
+    ask(turn, [`Please type your card number to pay ${money(total)}.`], { total });
   },
 
   message(d, turn) {

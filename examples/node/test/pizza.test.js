@@ -14,8 +14,8 @@ test("money formats cents as the Python twin does", () => {
 test("payment asks for the card with the total it was opened with", () => {
   assert.deepEqual(payment.handle({ ...base, event: "start", state: null, args: { total: 1290 } }), {
     action: "reply",
-    state: { total: 1290 },
-    idle: undefined,
+    state: { total: 1290, asked: "Please type your card number to pay $12.90." },
+    idle: 60,
     output: ["Please type your card number to pay $12.90."],
   });
 });
@@ -51,7 +51,15 @@ test("checkout offers a retry after a declined card, and opens payment on 'retry
     "Your card was declined: no.",
     { text: "Say 'retry' to pay with another card, or 'cancel'.", buttons: ["retry", "cancel"] },
   ]);
-  assert.deepEqual(declined.state, { ...state, step: "retry" });
+  const question = { text: "Say 'retry' to pay with another card, or 'cancel'.", buttons: ["retry", "cancel"] };
+  assert.deepEqual(declined.state, { ...state, step: "retry", asked: question });
+  assert.equal(declined.idle, 60);
+  // After a minute of silence the question comes again, with its buttons, once.
+  const reminded = checkout.handle({ ...base, event: "idle", state: declined.state, payload: 60 });
+  assert.deepEqual(reminded.output, [{ ...question, text: `Are you still there? ${question.text}` }]);
+  assert.equal(reminded.idle, undefined);
+  const again = payment.handle({ ...base, event: "idle", state: { total: 5, asked: "Card?" }, payload: 60 });
+  assert.deepEqual(again.output, ["Are you still there? Card?"]);
   const retry = checkout.handle({ ...base, event: "message", state: declined.state, payload: " Retry " });
   assert.deepEqual([retry.action, retry.service, retry.args], ["open", "payment", { total: 1290 }]);
   assert.equal(checkout.handle({ ...base, event: "message", state, payload: "retry" }).action, "pass");

@@ -158,7 +158,8 @@ async def serve(config: Settings, settings: Mapping[str, Any], *,
     from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
     from aiohttp import web
 
-    from worker_sdk.amqp import AmqpBroker, redact
+    from worker_sdk.amqp import AmqpBroker
+    from worker_sdk.urls import redact
 
     from .gateway import ALLOWED_UPDATES, TelegramGateway
     from .limits import Rates
@@ -203,7 +204,7 @@ async def serve(config: Settings, settings: Mapping[str, Any], *,
         if ready is not None:
             ready.set()
         waits = {asyncio.create_task(stop.wait()),
-                 asyncio.create_task(broker.wait_lost())}  # type: ignore[attr-defined]
+                 asyncio.create_task(broker.wait_lost())}
         if polling is not None:
             waits.add(polling)
         done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

@@ -423,7 +423,10 @@ class TelegramGateway:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(outbox.get(), 60.0)
+                    # asyncio.timeout, not wait_for: on Python 3.11 a cancel that meets a
+                    # ready item inside wait_for can be lost, and stop() would hang.
+                    async with asyncio.timeout(60.0):
+                        item = await outbox.get()
                 except TimeoutError:
                     if outbox.empty():
                         return

@@ -77,7 +77,8 @@ async def serve(config: WebServers | RouterConfig, web: Mapping[str, Any], *,
     """Run one gateway replica on RabbitMQ and Redis until SIGTERM/SIGINT."""
     from aiohttp import web as aioweb
 
-    from worker_sdk.amqp import AmqpBroker, redact
+    from worker_sdk.amqp import AmqpBroker
+    from worker_sdk.urls import redact
 
     from ...redis_store import RedisStore
     from .gateway import WebGateway

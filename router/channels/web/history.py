@@ -29,9 +29,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker_sdk.errors import ConfigError, StoreUnavailable
+from worker_sdk.errors import ConfigError
+from worker_sdk.urls import redact
 
-from ...redis_store import redact, split_cluster_url
+from ...redis_store import split_cluster_url
+from ...store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
