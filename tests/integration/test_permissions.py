@@ -26,6 +26,7 @@ from router.demo_flow import SERVICES as PIZZA
 from worker_sdk import wire
 from worker_sdk.amqp import AmqpBroker
 from worker_sdk.client import Client
+from worker_sdk.quick_replies import plain_text
 
 from .procs import QUEUE_TYPE, REPO, SHARED_ARGS, Harness
 
@@ -367,8 +368,8 @@ async def converse(client: Client, session: str) -> str:
             await client.send(session, text)
             for _ in range(count):
                 notice = await asyncio.wait_for(anext(notices), 30)
-                shown.append(f"{notice.type}:" + (
-                    str(notice.payload) if notice.type == "output"
+                shown.append(f"{notice.type}:" + (  # quick replies as "text [a] [b]"
+                    plain_text(notice.payload) if notice.type == "output"
                     else notice.error.code if notice.error else ""))
     finally:
         await notices.aclose()
