@@ -229,10 +229,9 @@ async def drive(front: Frontend, plans: Sequence[Plan], rng: random.Random, *,
 
 
 def peek(proc: Proc) -> str:
-    """A process's output so far, read without moving the file offset it shares with the
-    child (``Proc.output`` seeks it, so the child's next write would land at the start)."""
-    fd = proc._errfile.fileno()
-    return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+    """A process's output so far (``Proc.output`` reads it without moving the file offset
+    it shares with the child)."""
+    return proc.output()
 
 
 @dataclass
