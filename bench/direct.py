@@ -22,6 +22,7 @@ import aio_pika
 import msgpack
 from aio_pika.abc import AbstractIncomingMessage
 
+from .procs import run_loop
 from .services import PAYLOAD, state
 
 log = logging.getLogger(__name__)
@@ -160,13 +161,7 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=64)
     parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
-    coro = respond(args.amqp_url, args.queue, args.prefetch)
-    if args.uvloop:
-        import uvloop  # type: ignore[import-not-found]
-
-        uvloop.run(coro)
-    else:
-        asyncio.run(coro)
+    run_loop(respond(args.amqp_url, args.queue, args.prefetch), uvloop=args.uvloop)
 
 
 if __name__ == "__main__":

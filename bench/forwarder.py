@@ -22,6 +22,7 @@ import aio_pika
 import msgpack
 from aio_pika.abc import AbstractIncomingMessage
 
+from .procs import run_loop
 from .services import state
 
 
@@ -111,14 +112,8 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=64)
     parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
-    coro = forward(args.amqp_url, args.namespace, args.service, args.queue_type,
-                   args.prefetch)
-    if args.uvloop:
-        import uvloop  # type: ignore[import-not-found]
-
-        uvloop.run(coro)
-    else:
-        asyncio.run(coro)
+    run_loop(forward(args.amqp_url, args.namespace, args.service, args.queue_type,
+                     args.prefetch), uvloop=args.uvloop)
 
 
 if __name__ == "__main__":

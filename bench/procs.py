@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from harness.processes import REPO, Proc, child_env
 
@@ -92,3 +95,13 @@ class CpuMeter:
     def others_cores(self) -> float:
         """CPUs' worth of work other processes did during the window."""
         return self.used.get("others", math.nan) / self.seconds if self.seconds else math.nan
+
+
+def run_loop(coro: Coroutine[Any, Any, None], *, uvloop: bool) -> None:
+    """Run a bench child process's main coroutine on uvloop or asyncio, as its peer does."""
+    if uvloop:
+        import uvloop as loop  # type: ignore[import-not-found,unused-ignore]
+
+        loop.run(coro)
+    else:
+        asyncio.run(coro)
