@@ -187,9 +187,9 @@ class _Pipeliner:
 
     While PIPELINES pipelines are in flight, the commands of other steps wait and then go out
     together in the next one: one write, one round trip and one pooled connection for many
-    sessions instead of one each, and Redis reads them in one go. Each caller still awaits its own replies, so
-    nothing is published or acknowledged before its commit is known; a session's commands
-    stay in order because its steps run one at a time.
+    sessions instead of one each, and Redis reads them in one go. Each caller still awaits
+    its own replies, so nothing is published or acknowledged before its commit is known; a
+    session's commands stay in order because its steps run one at a time.
     """
 
     def __init__(self, redis: Redis) -> None:
