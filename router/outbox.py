@@ -149,7 +149,7 @@ def _outgoing(effect: Effect, spans: contextlib.ExitStack | None = None,
         service = (effect.queue.split(".service.", 1)[1]
                    if effect.kind == "dispatch" and ".service." in effect.queue else None)
         span = spans.enter_context(tracing.start_span(
-            f"send {effect.queue}", "producer", None if tracing.in_span() else headers,
+            f"send {effect.queue}", "producer", tracing.parent(headers),
             tracing.messaging("send", effect.queue, message_id=effect.message_id,
                               session=session, turn=effect.turn, service=service),
             current=False))
