@@ -385,6 +385,7 @@ class Service:
                 await self._answer(broker, replies, delivery, None)
                 return
             metrics.deliveries.labels(self.name).inc()
+            metrics.took(self.name, wire.sent_ms(delivery.headers), delivery.redelivered)
             in_progress = metrics.in_progress.labels(self.name)
             in_progress.inc()
             try:

@@ -16,8 +16,10 @@ Span attributes follow the OpenTelemetry messaging conventions for RabbitMQ
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -130,6 +132,83 @@ def start_span(name: str, kind: Kind, headers: Mapping[str, Any] | None = None,
             yield span
         finally:
             span.end()
+
+
+class DeferredSpan:
+    """A step's span whose parent is known only once the step publishes: a deadline's step
+    (the scanner's) has no message to take a context from, only the chain's trace headers
+    that its dispatches and notices carry. Started by the first publish (:func:`parent`)
+    with the time the step began; a step that publishes nothing records no span."""
+
+    def __init__(self, name: str, attributes: Mapping[str, Any]) -> None:
+        self.name = name
+        self.attributes = {k: v for k, v in attributes.items() if v is not None}
+        self.start_ns = time.time_ns()
+        self.span: Any = None
+
+    def headers(self, chain: Mapping[str, Any]) -> dict[str, str]:
+        """Trace headers naming this span as parent; starts it, as a child of the context
+        in ``chain`` (the chain's headers), on the first call."""
+        if self.span is None:
+            from opentelemetry.trace import SpanKind
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+
+            self.span = _tracer.start_span(
+                self.name, context=TraceContextTextMapPropagator().extract(_text(chain)),
+                kind=SpanKind.INTERNAL, attributes=self.attributes, start_time=self.start_ns)
+        return inject({}, self.span)
+
+    def update(self, name: str | None = None, **attributes: Any) -> None:
+        """Rename the span and add attributes, now that the step's outcome is known."""
+        if name is not None:
+            self.name = name
+        self.attributes.update({k: v for k, v in attributes.items() if v is not None})
+        if self.span is not None:
+            if name is not None:
+                self.span.update_name(name)
+            self.span.set_attributes(self.attributes)
+
+
+_deferred: contextvars.ContextVar[DeferredSpan | None] = contextvars.ContextVar(
+    "cloudbunch_deferred_span", default=None)
+
+
+@contextlib.contextmanager
+def deferred_span(name: str, attributes: Mapping[str, Any] | None = None
+                  ) -> Iterator[DeferredSpan | None]:
+    """A :class:`DeferredSpan` for the ``with`` block (None when tracing is off): the
+    publishes made in it (in this task) are its children; it ends with the block."""
+    if not enabled():
+        yield None
+        return
+    deferred = DeferredSpan(name, attributes or {})
+    token = _deferred.set(deferred)
+    try:
+        yield deferred
+    except BaseException as exc:
+        if deferred.span is not None:
+            from opentelemetry.trace import Status, StatusCode
+
+            deferred.span.record_exception(exc)
+            deferred.span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        _deferred.reset(token)
+        if deferred.span is not None:
+            deferred.span.end()
+
+
+def parent(headers: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Where a publish's span takes its parent from (for :func:`start_span`): the current
+    span (None), else the pending :func:`deferred_span`, else the chain's ``headers``."""
+    if in_span():
+        return None
+    deferred = _deferred.get()
+    if deferred is not None:
+        return deferred.headers(headers)
+    return headers
 
 
 def in_span() -> bool:
