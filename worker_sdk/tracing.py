@@ -2,8 +2,9 @@
 asks for an exporter; otherwise every function here is a no-op that imports nothing.
 
 Configured only by the standard variables: ``OTEL_TRACES_EXPORTER`` (``console``: one JSON
-object a line on stdout; ``otlp``: needs ``opentelemetry-exporter-otlp``; ``none`` or unset:
-off), ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` (the resource), and those the
+object a line on stdout; ``otlp``: OTLP over HTTP (protobuf), or gRPC with
+``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` and ``opentelemetry-exporter-otlp-proto-grpc``; ``none``
+or unset: off), ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` (the resource), and those the
 OTLP exporter and the batch processor read themselves (``OTEL_EXPORTER_OTLP_ENDPOINT``,
 ``OTEL_BSP_*``...). Context crosses processes in the AMQP headers ``traceparent`` and
 ``tracestate`` (W3C trace context, PROTOCOL.md "Transport").
@@ -79,20 +80,29 @@ def _processor(name: str) -> Any:
         return SimpleSpanProcessor(ConsoleSpanExporter(
             formatter=lambda span: span.to_json(indent=None) + "\n"))
     if name == "otlp":
-        protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                                  os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"))
+        # http/protobuf is the OTLP default (and what the otel extra installs); grpc needs
+        # opentelemetry-exporter-otlp-proto-grpc.
+        protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+            "OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
         try:
             if protocol == "grpc":
+                package = "opentelemetry-exporter-otlp-proto-grpc"
                 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
                     OTLPSpanExporter,
                 )
-            else:
+            elif protocol == "http/protobuf":
+                package = "'cloudbunch[otel]'"
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                     OTLPSpanExporter,
                 )
+            else:
+                log.warning("event=tracing_exporter_unknown exporter=otlp protocol=%s "
+                            "reason=\"OTEL_EXPORTER_OTLP_PROTOCOL takes http/protobuf or "
+                            "grpc\"", protocol)
+                return None
         except ImportError:
-            log.warning("event=tracing_exporter_missing exporter=otlp reason=\"install "
-                        "opentelemetry-exporter-otlp to export spans by OTLP\"")
+            log.warning("event=tracing_exporter_missing exporter=otlp protocol=%s "
+                        "reason=\"pip install %s to export spans by OTLP\"", protocol, package)
             return None
         return BatchSpanProcessor(OTLPSpanExporter())
     log.warning("event=tracing_exporter_unknown exporter=%s reason=\"OTEL_TRACES_EXPORTER "

@@ -119,11 +119,11 @@ CLIENT_SPAN = "00f067aa0ba902b7"
 
 
 async def test_deadline_steps_have_spans_in_the_chain_trace(
-        e2e: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+        ops: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     """The scanner's steps (a turn dispatched again after its deadline; an idle timer
     firing) get a span each, child of the chain's trace context like the ingress step's,
     and parent of the dispatch they publish."""
-    h = e2e
+    h = ops
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     a = await h.service("A")
     router = await h.router("A", turn_timeout=1)

@@ -103,3 +103,18 @@ def test_a_deferred_span_starts_with_its_first_publish_under_the_chain_context()
     failed = next(s for s in spans if s["name"] == "deadline")
     assert failed["status"]["status_code"] == "ERROR"
     assert failed["events"][0]["name"] == "exception"
+
+
+OTLP = """
+from worker_sdk import tracing
+print("ENABLED", tracing.enabled())
+"""
+
+
+def test_otlp_speaks_http_protobuf_by_default_and_refuses_other_protocols() -> None:
+    # The otel extra installs the OTLP/HTTP exporter: no other setting is needed.
+    assert "ENABLED True" in _run(OTLP, OTEL_TRACES_EXPORTER="otlp")
+    assert "ENABLED True" in _run(OTLP, OTEL_TRACES_EXPORTER="otlp",
+                                  OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+    assert "ENABLED False" in _run(OTLP, OTEL_TRACES_EXPORTER="otlp",
+                                   OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="http/json")
