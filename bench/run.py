@@ -519,7 +519,7 @@ async def run(args: argparse.Namespace) -> int:
                   history=args.history,
                   process_args=("--metrics-port", "0") if args.metrics else ())
     bench.report.update({"started": time.time(), "namespace": bench.ns, "quick": args.quick,
-                         "plan": dataclasses.asdict(plan),
+                         "plan": dataclasses.asdict(plan), "sections": list(sections),
                          "queue_type": args.queue_type, "history": args.history,
                          "metrics": args.metrics,
                          "machine": machine(),

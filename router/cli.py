@@ -36,7 +36,6 @@ import functools
 import importlib
 import logging
 import os
-import signal
 import sys
 import time
 from argparse import Namespace
@@ -58,6 +57,7 @@ from worker_sdk.settings import (
     WorkerSettings,
     declarations,
 )
+from worker_sdk.shutdown import stop_on_signals
 
 from .config import RouterConfig, ServerSettings
 
@@ -536,10 +536,7 @@ async def run_router(config: RouterConfig, *, metrics_port: int | None = None) -
             probes[1].cancel()
             await probes[0].close()
         raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     code = 0
     try:
         await router.start()

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import click
 
 from worker_sdk.errors import ConfigError
 from worker_sdk.settings import Declaration, Settings, SettingsBase, setting
+from worker_sdk.shutdown import stop_on_signals
 
 from ...cli import is_verbose, run_async, settings_options
 
@@ -197,10 +197,7 @@ async def serve(config: Settings, settings: Mapping[str, Any], *,
         print(f"cloudbunch telegram: bot @{me.username} on {mode} (namespace "
               f"{config.namespace!r}, RabbitMQ {redact(config.amqp_url)})",
               file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         if ready is not None:
             ready.set()
         waits = {asyncio.create_task(stop.wait()),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import click
 
 from worker_sdk.errors import ConfigError
 from worker_sdk.settings import SettingsBase, borrow, setting
+from worker_sdk.shutdown import stop_on_signals
 
 from ...cli import run_async, settings_options
 from ...config import RouterConfig, ServerSettings
@@ -105,10 +105,7 @@ async def serve(config: WebServers | RouterConfig, web: Mapping[str, Any], *,
         print(f"cloudbunch web: serving http://{web['host']}:{web['port']}/ "
               f"(namespace {config.namespace!r}, RabbitMQ {redact(config.amqp_url)})",
               file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         if ready is not None:
             ready.set()
         lost = asyncio.create_task(broker.wait_lost())
