@@ -28,6 +28,10 @@ LOADS = (1_000, 10_000, 100_000)
 """Turns per second the table sizes for."""
 
 
+class Missing(LookupError):
+    """The results file lacks a figure the arithmetic needs."""
+
+
 @dataclass(frozen=True, slots=True)
 class Costs:
     """Measured CPU per routed turn (ms) of each part, and what one queue message costs."""
@@ -48,8 +52,8 @@ class Costs:
         def median(key: str) -> float:
             figure = figures.get(key)
             if figure is None or figure.get("median") is None:
-                raise SystemExit(f"python -m bench.scaling: {source} has no {key!r}: run "
-                                 "'python -m bench' (the pair section) first")
+                raise Missing(f"{source} has no {key!r}: run 'python -m bench' (the pair "
+                              "section) first")
             return float(figure["median"])
 
         memory = [f["median"] for k, f in figures.items()
@@ -131,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         source = str(args.results.resolve().relative_to(REPO))
     except ValueError:
         source = str(args.results)
-    print(render(Costs.of(report, source), args.utilisation, args.sessions))
+    try:
+        costs = Costs.of(report, source)
+    except Missing as missing:
+        print(f"python -m bench.scaling: {missing}", file=sys.stderr)
+        return 2
+    print(render(costs, args.utilisation, args.sessions))
     return 0
 
 
