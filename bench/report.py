@@ -147,7 +147,7 @@ def render(spec: str, results: dict[str, Results]) -> str:
             costs = scaling.Costs.of(found.data, f"docs/bench/{name}.json")
         except scaling.Missing:
             return f"*{NOT_MEASURED} (the pair section)*"
-        return "\n\n" + scaling.render(costs, 0.7, 10_000_000) + "\n\n"
+        return "\n" + scaling.render(costs, 0.7, 10_000_000) + "\n"
     return value(found, kind, words[1] if len(words) > 1 else None)
 
 
