@@ -31,6 +31,16 @@ def cpu_seconds(pid: int) -> float | None:
     return (utime + stime) / _TICKS
 
 
+def syscalls(pid: int) -> tuple[int, int] | None:
+    """Read and write system calls of ``pid`` so far (/proc/PID/io; None if unreadable)."""
+    try:
+        text = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    return int(fields["syscr"]), int(fields["syscw"])
+
+
 def find_pids(comm: str) -> list[int]:
     """Pids whose command name (/proc/PID/comm) is ``comm`` (e.g. redis-server, beam.smp)."""
     found = []
@@ -67,6 +77,18 @@ class CpuMeter:
         self._began = 0.0
         self.used: dict[str, float] = {}
         self.seconds = 0.0
+        self._calls: dict[str, tuple[int, int]] = {}
+        self.calls: dict[str, tuple[int, int]] = {}
+        """Read and write system calls of each named process in the window."""
+
+    def _read_calls(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for name, pids in self.pids.items():
+            values = [syscalls(pid) for pid in pids]
+            if all(v is not None for v in values):
+                out[name] = (sum(v[0] for v in values if v is not None),
+                             sum(v[1] for v in values if v is not None))
+        return out
 
     def _read(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -80,11 +102,16 @@ class CpuMeter:
         return out
 
     def start(self) -> None:
+        self._calls = self._read_calls()
         self._start = self._read()
         self._began = time.monotonic()
 
     def stop(self) -> None:
         end = self._read()
+        calls = self._read_calls()
+        self.calls = {name: (calls[name][0] - self._calls[name][0],
+                             calls[name][1] - self._calls[name][1])
+                      for name in calls if name in self._calls}
         self.seconds = time.monotonic() - self._began
         self.used = {name: end[name] - self._start[name] for name in end
                      if name in self._start}

@@ -227,6 +227,7 @@ class Bench:
         cpu: dict[str, list[float]] = {}
         d_cpu: dict[str, list[float]] = {}
         f_cpu: dict[str, list[float]] = {}
+        calls: dict[str, list[float]] = {}
         for i in range(plan.runs):
             meter = CpuMeter(pids)
             f = await self.load(forwarded.turn, self.main_keys, in_flight=plan.in_flight,
@@ -252,6 +253,10 @@ class Bench:
                 if name in meter.used:
                     cpu.setdefault(name, []).append(1000 * meter.used[name] /
                                                     max(r.completed, 1))
+            for name in ("router", "redis"):
+                if name in meter.calls:
+                    reads, writes = meter.calls[name]
+                    calls.setdefault(name, []).append((reads + writes) / max(r.completed, 1))
             dl = await self.load(requester.request, self.main_keys, in_flight=1, latency=True)
             rl = await self.load(routed.turn, self.main_keys, in_flight=1, latency=True)
             d_rate.append(d.rate)
@@ -289,6 +294,12 @@ class Bench:
             if name in cpu:
                 self.add(f"{name}_cpu_per_turn", f"  {name} CPU per routed turn", "ms",
                          cpu[name])
+        for name in ("router", "redis"):
+            if name in calls:
+                self.add(f"{name}_syscalls_per_turn", f"  {name} read+write system calls per "
+                         "routed turn", "calls", calls[name],
+                         note="/proc/PID/io syscr+syscw: fewer, larger socket reads and "
+                              "writes is what batching buys")
         for name in ("responder", "bench", "rabbitmq", "redis"):
             if name in d_cpu:
                 self.add(f"direct_{name}_cpu", f"  {name} CPU per direct round trip", "ms",
