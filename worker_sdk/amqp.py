@@ -374,15 +374,25 @@ class AmqpBroker:
         # in list order while all confirms are awaited together. wait=False: the lock is not
         # held until the frame is flushed (the confirm is what counts), so the publishes of
         # concurrent steps share the socket writes of one loop turn.
-        tasks = [asyncio.ensure_future(channel.basic_publish(
-            m.body, exchange=m.exchange, routing_key=m.queue, mandatory=True,
-            properties=properties, wait=False)) for m, properties in frames]
-        try:
-            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        except asyncio.CancelledError:
-            for task in tasks:
-                task.cancel()
-            raise
+        outcomes: list[object]
+        if len(frames) == 1:  # the common case: no task to create, nothing to gather
+            (m, properties), = frames
+            try:
+                outcomes = [await channel.basic_publish(
+                    m.body, exchange=m.exchange, routing_key=m.queue, mandatory=True,
+                    properties=properties, wait=False)]
+            except Exception as exc:  # as gather(return_exceptions=True) would give it
+                outcomes = [exc]
+        else:
+            tasks = [asyncio.ensure_future(channel.basic_publish(
+                m.body, exchange=m.exchange, routing_key=m.queue, mandatory=True,
+                properties=properties, wait=False)) for m, properties in frames]
+            try:
+                outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            except asyncio.CancelledError:
+                for task in tasks:
+                    task.cancel()
+                raise
         sent = iter(zip(frames, outcomes, strict=True))
         results: list[Published] = []
         for verdict in verdicts:
@@ -472,6 +482,8 @@ def _frame_refusal(properties: spec.Basic.Properties, body_size: int,
                    max_content: int) -> Refused | None:
     """A content header must fit in one frame: a bigger one makes RabbitMQ close the whole
     connection (FRAME_ERROR)."""
+    if _surely_small(properties, max_content):
+        return None  # the common case, without marshalling the header twice
     try:
         size = len(ContentHeader(body_size=body_size, properties=properties).marshal())
     except (ValueError, TypeError, struct.error) as exc:
@@ -479,6 +491,20 @@ def _frame_refusal(properties: spec.Basic.Properties, body_size: int,
     if size > max_content:
         return Refused(f"its headers take {size} bytes; one frame holds {max_content}")
     return None
+
+
+def _surely_small(properties: spec.Basic.Properties, max_content: int) -> bool:
+    """Whether the content header certainly fits in a frame: flat string headers and ids
+    whose encoded size (at most 4 bytes of framing per character, plus 16 per field) is a
+    fraction of the frame. Anything else (nested tables, other types) is marshalled."""
+    budget = max_content // 2 - 256 - 4 * len(properties.message_id or "")
+    for key, value in (properties.headers or {}).items():
+        if not isinstance(value, str):
+            return False
+        budget -= 4 * (len(key) + len(value)) + 16
+        if budget < 0:
+            return False
+    return True
 
 
 def _waves(messages: Sequence[Outgoing]) -> list[list[Outgoing]]:
