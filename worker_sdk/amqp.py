@@ -110,6 +110,10 @@ class _Consumer:
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
+PUBLISH_CHANNELS = 4
+"""Publishing channels per connection (see :meth:`AmqpBroker.publish`)."""
+
+
 class AmqpBroker:
     """RabbitMQ through aio-pika: confirms, mandatory publishes, one channel per consumer.
 
@@ -128,7 +132,9 @@ class AmqpBroker:
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
         self._connection: FailoverConnection | None = None
-        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._channels: list[aio_pika.abc.AbstractChannel] = []
+        """Publishing channels (confirms on); each publish takes the least busy one."""
+        self._busy: list[int] = []
         self._consumers: dict[str, _Consumer] = {}
         self._down_since: float | None = None
         quiet_library_logs()
@@ -145,8 +151,10 @@ class AmqpBroker:
             return
         connection = await connect_any(self.urls, name=self.name, timeout=self.connect_timeout)
         try:
-            self._channel = await connection.channel(publisher_confirms=True,
-                                                     on_return_raises=False)
+            self._channels = [await connection.channel(publisher_confirms=True,
+                                                       on_return_raises=False)
+                              for _ in range(PUBLISH_CHANNELS)]
+            self._busy = [0] * PUBLISH_CHANNELS
         except BaseException:
             with contextlib.suppress(Exception):
                 await connection.close()
@@ -180,7 +188,7 @@ class AmqpBroker:
         for queue in list(self._consumers):
             with contextlib.suppress(Exception):
                 await self.cancel(queue, drain=0)
-        connection, self._connection, self._channel = self._connection, None, None
+        connection, self._connection, self._channels = self._connection, None, []
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
@@ -331,24 +339,33 @@ class AmqpBroker:
         """
         if not messages:
             return []
-        if self._channel is None:
+        if not self._channels:
             raise PublishFailed("the broker is not connected")
+        # One channel for the whole call, so its messages reach their queues in list order.
+        # Concurrent calls go to other channels: aiormq lets one publish at a time through a
+        # channel, one event-loop turn each, so several channels let the publishes of
+        # concurrent steps share a turn and the transport's single write.
+        index = min(range(len(self._busy)), key=self._busy.__getitem__)
+        self._busy[index] += 1
         results: list[Published] = []
         try:
             async with asyncio.timeout(self.publish_timeout):
                 # aiormq finds the returned message's confirm by message_id, so two messages
                 # with one id must not be in flight together: split into contiguous waves.
                 for wave in _waves(messages):
-                    results.extend(await self._publish_wave(wave))
+                    results.extend(await self._publish_wave(self._channels[index], wave))
         except TimeoutError:
             raise PublishFailed(
                 f"no confirm from the broker within {self.publish_timeout}s") from None
+        finally:
+            if index < len(self._busy):
+                self._busy[index] -= 1
         return results
 
-    async def _publish_wave(self, messages: Sequence[Outgoing]) -> list[Published]:
-        assert self._channel is not None
+    async def _publish_wave(self, robust: aio_pika.abc.AbstractChannel,
+                            messages: Sequence[Outgoing]) -> list[Published]:
         try:
-            channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+            channel = cast(aiormq.Channel, await robust.get_underlay_channel())
         except _CLOSED_ERRORS as exc:
             raise PublishFailed(f"channel unavailable: {_one_line(exc)}") from None
         # What the body carried decides these, so they are never sent: a broker that gets

@@ -146,11 +146,16 @@ class _CoalescingWriter:
         self._writer = writer
         self._pending: list[bytes] = []
         self._loop = asyncio.get_running_loop()
+        self.frames = 0
+        """Writes asked for (one per frame, or per frames aiormq marshalled together)."""
+        self.sent = 0
+        """Writes made to the socket."""
 
     def write(self, data: bytes) -> None:
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(data)
+        self.frames += 1
 
     def _flush(self) -> None:
         if not self._pending:
@@ -159,6 +164,7 @@ class _CoalescingWriter:
         self._pending = []
         if not self._writer.is_closing():
             self._writer.write(data)
+            self.sent += 1
 
     async def drain(self) -> None:
         self._flush()
@@ -175,12 +181,16 @@ class _CoalescingWriter:
 class _CoalescingTransport(aiormq.TransportFactory):
     """aiormq's TCP or TLS transport (as the URL says), its writer coalescing frames."""
 
+    writer: _CoalescingWriter | None = None
+    """The writer of the latest connection made."""
+
     async def create(self, url: URL, **kwargs: Any) -> tuple[asyncio.StreamReader, Any]:
         factory: aiormq.TransportFactory = (
             aiormq.connection.TLSTransportFactory() if url.scheme == "amqps"
             else aiormq.connection.TCPTransportFactory())
         reader, writer = await factory.create(url, **kwargs)
-        return reader, _CoalescingWriter(writer)
+        self.writer = _CoalescingWriter(writer)
+        return reader, self.writer
 
 
 class FailoverConnection(aio_pika.RobustConnection):

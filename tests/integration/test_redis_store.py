@@ -125,3 +125,31 @@ async def test_unreachable_redis_is_one_clear_line() -> None:
             await store.commit("s", 0, b"r", expire_at_ms=1, hint_ms=1)
     finally:
         await store.close()
+
+
+async def test_concurrent_steps_share_pipelines(store: RedisStore,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit: the commands of 50 concurrent steps go out in a few pipelines."""
+    executed = []
+    redis = store._redis
+    original = redis.pipeline
+
+    def counting(*args: object, **kwargs: object) -> object:
+        pipe = original(*args, **kwargs)  # type: ignore[arg-type]
+        execute = pipe.execute
+
+        async def execute_counted(*a: object, **k: object) -> object:
+            executed.append(len(pipe.command_stack))
+            return await execute(*a, **k)  # type: ignore[arg-type]
+        pipe.execute = execute_counted  # type: ignore[method-assign]
+        return pipe
+    monkeypatch.setattr(redis, "pipeline", counting)
+    later = int(time.time() * 1000) + FAR
+    applied = await asyncio.gather(*(store.commit(f"s{i}", 0, b"r", append=[b"e"],
+                                                  expire_at_ms=later, hint_ms=later)
+                                     for i in range(50)))
+    assert all(applied)
+    assert 1 <= len(executed) <= 4, executed
+    assert sum(executed) == 100  # a ZADD and a commit each, none lost
+    snaps = await asyncio.gather(*(store.load(f"s{i}") for i in range(50)))
+    assert [(s.version, s.outbox) for s in snaps] == [(1, [b"e"])] * 50
