@@ -74,6 +74,14 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _CLUSTER_DOWN = (ClusterDownError, TryAgainError, RedisClusterException)
 _CLUSTER_MISUSE = (CrossSlotTransactionError, InvalidPipelineStack)
 
+
+def _closed_transport(error: BaseException) -> bool:
+    """A write to a connection whose socket was closed under it (its node died) that redis-py
+    lets through as it comes: uvloop raises RuntimeError('unable to perform operation on
+    <TCPTransport closed=True ...>; the handler is closed'). A failure of the world, not of
+    the caller: seen in a Redis Cluster pipeline reconnecting while a master was killed."""
+    return isinstance(error, RuntimeError) and "handler is closed" in str(error)
+
 # KEYS: record, outbox, dedup. ARGV[1]: dedup digest, or '' for none.
 _LOAD = """
 local rec = redis.call('HMGET', KEYS[1], 'v', 'b')
@@ -317,6 +325,10 @@ class RedisStore:
             raise self._unavailable(error) from error
         except RedisError as error:  # READONLY during a failover, OOM, LOADING...
             raise self._refused(error) from error
+        except RuntimeError as error:
+            if not _closed_transport(error):
+                raise
+            raise self._unavailable(error) from error
 
     # -- the port -------------------------------------------------------------------------
 

@@ -229,8 +229,10 @@ class AmqpBroker:
 
     async def declare_own(self, queue: str, *, durable: bool = True,
                           expires: float | None = None,
-                          single_active: bool = False) -> None:
+                          single_active: bool = False, replicated: bool = False) -> None:
         arguments: dict[str, Any] = {}
+        if replicated:
+            arguments["x-queue-type"] = self.queue_type
         if expires is not None:
             arguments["x-expires"] = max(1, round(expires * 1000))
         if single_active:
