@@ -133,6 +133,32 @@ async def leader_of(queue: str, up: list[str] | None = None) -> str:
     raise AssertionError(f"queue {queue} not found")
 
 
+async def wait_healed(timeout: float = 90.0) -> float:
+    """Wait until every RabbitMQ node runs, sees the three and reports no partition (autoheal
+    restarts the losing side of a split); return how long that took."""
+    started = time.monotonic()
+    while True:
+        healthy = True
+        for node in RABBIT_NODES:
+            try:
+                out = await run(*RMQCTL, "-n", node, "cluster_status", "--formatter", "json",
+                                timeout=60, cwd=RABBITMQ_HOME)
+                start = out.find("{")
+                status = json.loads(out[start:]) if start >= 0 else {}
+            except (AssertionError, json.JSONDecodeError):
+                status = {}
+            if sorted(status.get("running_nodes") or []) != sorted(RABBIT_NODES) \
+                    or status.get("partitions"):
+                healthy = False
+                break
+        if healthy:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"the RabbitMQ cluster did not heal within {timeout} s: "
+                                 f"{status}")
+        await asyncio.sleep(1.0)
+
+
 def node_of_port(port: int) -> str:
     for node, p in RABBIT_NODES.items():
         if p == port:

@@ -154,6 +154,7 @@ async def under_load(harness: ClusterHarness, capsys: pytest.CaptureFixture[str]
         await load
         load_s = time.monotonic() - run.t0
         await nodes.start()  # every node back before the final checks
+        await nodes.wait_healed()  # and one cluster (a split would fail the next test)
         await cluster.wait_consumers(60)
         left = await drained(harness.ns, 60)
         everything = [*plans, *run.probes]
