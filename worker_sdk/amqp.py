@@ -379,6 +379,8 @@ class AmqpBroker:
             for task in tasks:
                 task.cancel()
             raise
+        if any(isinstance(o, aiormq.exceptions.DeliveryError) for o in outcomes):
+            await self._renew_channel(channel)
         sent = iter(zip(frames, outcomes, strict=True))
         results: list[Published] = []
         for verdict in verdicts:
@@ -388,6 +390,16 @@ class AmqpBroker:
             (message, _), outcome = next(sent)
             results.append(_published(message, outcome))
         return results
+
+    async def _renew_channel(self, channel: aiormq.abc.AbstractChannel) -> None:
+        """After a nack, publish on a new channel. A RabbitMQ channel keeps, per quorum queue,
+        the state of its enqueuer; a channel that published while the queue's leader was lost
+        (its node killed) was seen refusing every later message to that queue for minutes,
+        while a new channel's were taken at once. Closing the underlying channel makes the
+        robust channel open a new one (a publish in flight on it fails and is retried)."""
+        log.warning("event=publish_nacked; opening a new publishing channel")
+        with contextlib.suppress(Exception):
+            await channel.close()
 
     # ------------------------------------------------------------------ consume
 
