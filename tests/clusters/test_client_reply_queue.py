@@ -27,8 +27,8 @@ def _notice(session: str, n: int) -> aio_pika.Message:
     return aio_pika.Message(wire.encode(body), delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
 
 
-async def test_a_generated_reply_queue_survives_its_node(clustered: ClusterHarness,
-                                                         namespace: str) -> None:
+async def test_a_generated_reply_queue_survives_its_node(
+        clustered: ClusterHarness, namespace: str, capsys: pytest.CaptureFixture[str]) -> None:
     client = await Client.connect(Settings(amqp_url=nodes.AMQP_URLS, namespace=namespace))
     try:
         queue = client.reply_queue
@@ -55,8 +55,10 @@ async def test_a_generated_reply_queue_survives_its_node(clustered: ClusterHarne
             got = await asyncio.wait_for(anext(notices), 60)
             assert got.payload == 2
             took = time.monotonic() - killed
-            print(f"\nclient-reply-queue: node {node} killed; notice received after "
-                  f"{took:.1f} s on {client.broker.node_url}")  # type: ignore[attr-defined]
+            with capsys.disabled():
+                print(f"\nclient-reply-queue: {node} (the client's node, leader of its queue) "
+                      f"killed; the notice published meanwhile arrived {took:.1f} s later, "
+                      f"on {client.broker.node_url}", flush=True)  # type: ignore[attr-defined]
             assert client.broker.node_url != url  # type: ignore[attr-defined]
         finally:
             await publisher.close()
