@@ -345,8 +345,9 @@ class AmqpBroker:
 
     async def _publish_wave(self, messages: Sequence[Outgoing]) -> list[Published]:
         assert self._channel is not None
+        publishing = self._channel
         try:
-            channel = await self._channel.get_underlay_channel()
+            channel = await publishing.get_underlay_channel()
         except _CLOSED_ERRORS as exc:
             raise PublishFailed(f"channel unavailable: {_one_line(exc)}") from None
         # What the body carried decides these, so they are never sent: a broker that gets
@@ -380,7 +381,7 @@ class AmqpBroker:
                 task.cancel()
             raise
         if any(isinstance(o, aiormq.exceptions.DeliveryError) for o in outcomes):
-            await self._renew_channel(channel)
+            await self._renew_channel(publishing)
         sent = iter(zip(frames, outcomes, strict=True))
         results: list[Published] = []
         for verdict in verdicts:
@@ -391,15 +392,23 @@ class AmqpBroker:
             results.append(_published(message, outcome))
         return results
 
-    async def _renew_channel(self, channel: aiormq.abc.AbstractChannel) -> None:
+    async def _renew_channel(self, nacked: aio_pika.abc.AbstractChannel) -> None:
         """After a nack, publish on a new channel. A RabbitMQ channel keeps, per quorum queue,
         the state of its enqueuer; a channel that published while the queue's leader was lost
-        (its node killed) was seen refusing every later message to that queue for minutes,
-        while a new channel's were taken at once. Closing the underlying channel makes the
-        robust channel open a new one (a publish in flight on it fails and is retried)."""
-        log.warning("event=publish_nacked; opening a new publishing channel")
+        (its node killed) was seen refusing every later message to that queue for over 60 s,
+        while a new channel's were taken at once. The old channel is closed (a publish still
+        in flight on it fails and is retried by its caller)."""
+        if self._channel is not nacked or self._connection is None:
+            return  # another wave renewed it already, or the broker is closing
+        try:
+            self._channel = await self._connection.channel(publisher_confirms=True,
+                                                           on_return_raises=False)
+        except Exception as exc:  # keep the old one: the connection itself is failing
+            log.warning("event=publish_channel_renew_failed error=%s", _one_line(exc))
+            return
+        log.info("event=publish_nacked; publishing on a new channel from now on")
         with contextlib.suppress(Exception):
-            await channel.close()
+            await nacked.close()
 
     # ------------------------------------------------------------------ consume
 
