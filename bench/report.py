@@ -8,6 +8,7 @@ figure between two comments, and this command writes what is between them::
     <!-- bench:latest table pair -->...<!-- /bench -->      the figures of sections, as a table
     <!-- bench:latest targets -->...<!-- /bench -->         each target, its figure, met or not
     <!-- bench:latest profile -->...<!-- /bench -->         the py-spy parts (``--profile``)
+    <!-- bench:latest scaling -->...<!-- /bench -->         capacity table (bench.scaling)
     <!-- bench:latest router_cpu_per_turn -->...<!-- /bench -->        2.42 ms (the median)
     <!-- bench:latest router_cpu_per_turn.range -->...<!-- /bench -->  1.96 - 3.15 ms
     <!-- bench:latest router_cpu_per_turn.target -->...<!-- /bench --> <= 0.800 ms
@@ -31,13 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import scaling
 from .stats import Figure, Summary, Target, _num, format_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 RESULTS_DIR = DOCS / "bench"
 LATEST_RUN = REPO / "bench" / "results" / "latest.json"
-SECTIONS = ("pair", "depth", "sessions", "history", "embedded")
+SECTIONS = ("pair", "depth", "sessions", "history", "embedded", "growth")
+DEFAULT_SECTIONS = SECTIONS[:-1]
+"""What a plain ``python -m bench`` runs (growth only on request)."""
 NOT_MEASURED = "not measured in this run"
 
 MARKER = re.compile(r"<!-- bench:(?P<spec>[^>]*?) -->(?P<body>.*?)<!-- /bench -->", re.S)
@@ -50,6 +54,8 @@ UNITS = {"ms": " ms", "B": " B", "1/s": "/s", "ratio": "", "CPUs": " CPUs"}
 
 def section_of(key: str) -> str:
     """The ``python -m bench --only`` section a figure belongs to ("run": the whole run)."""
+    if key.startswith(("growth_", "stack_")):
+        return "growth"
     if key.startswith("depth") or key == "ratio_depth":
         return "depth"
     if key in ("memory_per_session", "many_sessions_throughput", "few_sessions_throughput",
@@ -114,6 +120,10 @@ def load_all(directory: Path | None = None) -> dict[str, Results]:
 # ---------------------------------------------------------------------- what a marker says
 
 
+def results_sections(found: Results) -> list[str]:
+    return list(DEFAULT_SECTIONS) + [s for s in found.sections() if s not in DEFAULT_SECTIONS]
+
+
 def render(spec: str, results: dict[str, Results]) -> str:
     """The text for one marker (``NAME KIND ...`` or ``NAME PATH [UNIT]``)."""
     name, _, rest = spec.strip().partition(" ")
@@ -121,16 +131,23 @@ def render(spec: str, results: dict[str, Results]) -> str:
     found = results.get(name)
     if found is None or not words:
         return f"*{NOT_MEASURED} (no docs/bench/{name}.json)*" if words[:1] in (
-            ["run"], ["table"], ["targets"], ["profile"]) else NOT_MEASURED
+            ["run"], ["table"], ["targets"], ["profile"], ["scaling"]) else NOT_MEASURED
     kind = words[0]
     if kind == "run":
         return describe_run(found)
     if kind == "table":
-        return table(found, words[1].split(",") if len(words) > 1 else list(SECTIONS))
+        return table(found, words[1].split(",") if len(words) > 1 else
+                     results_sections(found))
     if kind == "targets":
         return targets(found)
     if kind == "profile":
         return profile(found)
+    if kind == "scaling":
+        try:
+            costs = scaling.Costs.of(found.data, f"docs/bench/{name}.json")
+        except scaling.Missing:
+            return f"*{NOT_MEASURED} (the pair section)*"
+        return "\n" + scaling.render(costs, 0.7, 10_000_000) + "\n"
     return value(found, kind, words[1] if len(words) > 1 else None)
 
 
@@ -175,7 +192,7 @@ def command_of(results: Results) -> str:
     elif plan.get("runs") not in (None, 3):
         words.append(f"--runs {plan['runs']}")
     sections = results.sections()
-    if sections and sections != list(SECTIONS):
+    if sections and sections != list(DEFAULT_SECTIONS):
         words.append("--only " + ",".join(sections))
     if data.get("queue_type") not in (None, "quorum"):
         words.append(f"--queue-type {data['queue_type']}")
@@ -201,7 +218,7 @@ def describe_run(results: Results) -> str:
             f" Other processes used {_num(others.summary.median)} CPUs (median of the "
             f"windows; up to {_num(others.summary.high)}): a busy machine makes every "
             "figure noisier.")
-    missing = [s for s in SECTIONS if s not in results.sections()]
+    missing = [s for s in DEFAULT_SECTIONS if s not in results.sections()]
     skipped = "" if not missing else f" Not measured in this run: {', '.join(missing)}."
     return (f"`{command_of(results)}` (results `docs/bench/{results.name}.json`, commit "
             f"{m.get('commit', '?')}, {data.get('seconds', '?')} s) on {m.get('nproc', '?')} "
