@@ -20,6 +20,7 @@ import platform
 import random
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,11 @@ from .stats import Figure, Summary, Target, format_markdown, format_table, ratio
 log = logging.getLogger("bench")
 
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("pair", "depth", "sessions", "history", "embedded")
+SECTIONS = ("pair", "depth", "sessions", "history", "embedded", "growth")
+DEFAULT_SECTIONS = ("pair", "depth", "sessions", "history", "embedded")
+"""What a plain ``python -m bench`` runs; ``growth`` (minutes, 1M sessions) on request."""
+MAX_DEPTH = 32
+"""The router's default --max-depth: the deepest stack the growth section builds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,7 @@ class Plan:
     depth_sessions: int
     profile_seconds: float
     limit: float
+    growth: tuple[int, ...] = (10_000, 100_000, 1_000_000)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -77,7 +83,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         depth=args.depth,
         depth_sessions=60 if quick else args.in_flight,
         profile_seconds=4.0 if quick else 10.0,
-        limit=args.limit or (150.0 if quick else 600.0),
+        limit=args.limit or (150.0 if quick else 600.0 if args.growth is None else 1800.0),
+        growth=tuple(sorted(args.growth)) if args.growth else (
+            (2_000, 10_000) if quick else (10_000, 100_000, 1_000_000)),
     )
 
 
@@ -156,7 +164,8 @@ class Bench:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        needs_routed = bool({"pair", "depth", "sessions", "history"} & set(self.sections)) \
+        needs_routed = bool({"pair", "depth", "sessions", "history", "growth"}
+                            & set(self.sections)) \
             or self.do_profile
         if needs_routed:
             self.routed = Routed(self.ns, self.amqp_url, self.redis_url, self.queue_type,
@@ -390,6 +399,72 @@ class Bench:
                  "ratio", ratios(rates, base_rates),
                  note="run i with many sessions against run i with 1,000")
 
+    async def growth_section(self) -> None:
+        """Cost as work grows: Redis memory and turn cost with more and more idle sessions
+        live, and with deeper stacks (1, the --depth, the router's maximum)."""
+        routed, plan = self.routed, self.plan
+        assert routed is not None
+        await asyncio.sleep(0.5)
+        base = await routed.used_memory()
+        keys: list[str] = []
+        pids = self.our_pids()
+        for count in plan.growth:
+            more = [f"grow-{i:07d}" for i in range(len(keys), count)]
+            took = await routed.write_sessions(more)
+            keys.extend(more)
+            await asyncio.sleep(0.5)
+            used = await routed.used_memory()
+            rates, p50s, cpus = [], [], []
+            for _ in range(plan.runs):
+                sample = random.sample(keys, plan.sessions)
+                meter = CpuMeter(pids)
+                r = await self.load(routed.turn, sample, in_flight=plan.in_flight, meter=meter)
+                latency = await self.load(routed.turn, sample, in_flight=1, latency=True)
+                rates.append(r.rate)
+                p50s.append(latency.p50_ms)
+                cpus.append(1000 * meter.used.get("router", math.nan) / max(r.completed, 1))
+            per = (used - base) / count
+            self.say(f"{count:,} idle sessions (+{len(more):,} in {took:.1f} s): {per:.0f} B "
+                     f"each; {statistics.median(rates):.0f} turns/s, p50 "
+                     f"{statistics.median(p50s):.2f} ms, router CPU "
+                     f"{statistics.median(cpus):.3f} ms/turn")
+            label = f"{count:,} idle sessions"
+            self.add(f"growth_{count}_bytes", f"Redis used_memory per session, {label}", "B",
+                     [per], note="one measurement (before/after)", used_memory=used,
+                     write_seconds=took)
+            self.add(f"growth_{count}_throughput", f"routed turns/s, {label}", "1/s", rates)
+            self.add(f"growth_{count}_p50", f"routed p50 (1 in flight), {label}", "ms", p50s)
+            self.add(f"growth_{count}_router_cpu", f"router CPU per turn, {label}", "ms", cpus)
+        n = min(plan.depth_sessions, 100)
+        for depth in sorted({1, plan.depth, MAX_DEPTH}):
+            stacks = [f"stack{depth}-{i:03d}" for i in range(n)]
+
+            async def build(key: str, depth: int = depth) -> None:
+                await routed.build(key, depth)
+            await run_all(build, stacks, concurrency=plan.in_flight, timeout=300)
+            got = await routed.depth_of(stacks[0])
+            if got != depth:
+                raise RuntimeError(f"session {stacks[0]!r} has {got} frames, not {depth}")
+            rates, p50s, cpus = [], [], []
+            for _ in range(plan.runs):
+                meter = CpuMeter(pids)
+                r = await self.load(routed.turn, stacks, in_flight=min(plan.in_flight, n),
+                                    meter=meter)
+                latency = await self.load(routed.turn, stacks, in_flight=1, latency=True)
+                rates.append(r.rate)
+                p50s.append(latency.p50_ms)
+                cpus.append(1000 * meter.used.get("router", math.nan) / max(r.completed, 1))
+            size = statistics.median([await routed.session_bytes(k) for k in stacks[:20]])
+            self.say(f"stacks of {depth}: {statistics.median(rates):.0f} turns/s, p50 "
+                     f"{statistics.median(p50s):.2f} ms, router CPU "
+                     f"{statistics.median(cpus):.3f} ms/turn, {size:,.0f} B per session")
+            label = f"stack of {depth} frame{'s' if depth > 1 else ''} ({n} sessions)"
+            self.add(f"stack_{depth}_throughput", f"routed turns/s, {label}", "1/s", rates)
+            self.add(f"stack_{depth}_p50", f"routed p50 (1 in flight), {label}", "ms", p50s)
+            self.add(f"stack_{depth}_router_cpu", f"router CPU per turn, {label}", "ms", cpus)
+            self.add(f"stack_{depth}_bytes", f"Redis MEMORY USAGE per session, {label}", "B",
+                     [size], note="median of 20 sessions")
+
     async def history_section(self) -> None:
         """Redis memory of one session after 10 and 100 messages, history included."""
         routed = self.routed
@@ -514,12 +589,13 @@ def save(report: dict[str, Any]) -> Path:
 
 async def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
-    sections = tuple(s for s in SECTIONS if s in args.only) if args.only else SECTIONS
+    sections = tuple(s for s in SECTIONS if s in args.only) if args.only else \
+        DEFAULT_SECTIONS
     bench = Bench(plan, sections, args.amqp_url, args.redis_url, args.queue_type, args.profile,
                   history=args.history,
                   process_args=("--metrics-port", "0") if args.metrics else ())
     bench.report.update({"started": time.time(), "namespace": bench.ns, "quick": args.quick,
-                         "plan": dataclasses.asdict(plan),
+                         "plan": dataclasses.asdict(plan), "sections": list(sections),
                          "queue_type": args.queue_type, "history": args.history,
                          "metrics": args.metrics,
                          "machine": machine(),
@@ -543,6 +619,8 @@ async def run(args: argparse.Namespace) -> int:
                 await bench.history_section()
             if "embedded" in sections:
                 await bench.embedded_section()
+            if "growth" in sections:
+                await bench.growth_section()
             if args.profile:
                 await bench.profile_section()
     except TimeoutError:
@@ -577,6 +655,17 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part.replace("_", "")) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of whole numbers: {text!r}") from None
+    if not counts or min(counts) < 1000:
+        raise argparse.ArgumentTypeError("each count must be at least 1000 (the sessions the "
+                                         "throughput runs sample)")
+    return counts
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true",
@@ -584,7 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=None, metavar="N",
                    help="runs per figure (median and range reported) [default 3; 1 quick]")
     p.add_argument("--only", type=lambda s: tuple(s.split(",")), default=None,
-                   metavar="LIST", help=f"comma-separated sections of {', '.join(SECTIONS)}")
+                   metavar="LIST",
+                   help=f"comma-separated sections of {', '.join(SECTIONS)} [default: all "
+                        "but growth]")
     p.add_argument("--profile", action="store_true",
                    help="then sample the router and the worker with py-spy under load")
     p.add_argument("--markdown", action="store_true",
@@ -595,6 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests in flight in throughput runs [default 200]")
     p.add_argument("--sessions", type=int, default=None, metavar="N",
                    help="idle sessions for the memory figure [default 100,000; 10,000 quick]")
+    p.add_argument("--growth", type=_counts, default=None, metavar="LIST",
+                   help="idle-session counts of the growth section [default 10000,100000,"
+                        "1000000; 2000,10000 quick]")
     p.add_argument("--depth", type=int, default=30, metavar="N",
                    help="frames on the deep stacks [default 30]")
     p.add_argument("--queue-type", default="quorum", choices=("quorum", "classic"),

@@ -207,9 +207,15 @@ class RouterMetrics:
         return kinds
 
     async def watch_broker(self, connected: Callable[[], bool], period: float = 0.5) -> None:
-        """Track the broker connection's state until cancelled."""
+        """Track the broker connection's state until cancelled. Not before it first
+        connected: a process still starting has had no outage (its /readyz says it is not
+        ready yet)."""
+        started = False
         while True:
-            self.dependency("rabbitmq", connected())
+            up = connected()
+            started = started or up
+            if started:
+                self.dependency("rabbitmq", up)
             await asyncio.sleep(period)
 
 

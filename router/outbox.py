@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import Counter
 from time import perf_counter
 from typing import TYPE_CHECKING
@@ -139,13 +140,16 @@ def _outgoing(effect: Effect, spans: contextlib.ExitStack | None = None,
               session: str | None = None) -> Outgoing:
     """The message of an outbox entry. When tracing, a dispatch or notice gets a producer
     span, open until its publish is confirmed, whose context replaces the chain's trace
-    headers: a child of the step's span, or of the chain's context for leftovers."""
+    headers: a child of the step's span (for a deadline's step, see ``tracing.deferred_span``),
+    or of the chain's context. A dispatch carries the time it is sent (``wire.SENT_HEADER``)."""
     headers = effect.headers
+    if effect.kind == "dispatch":  # when it was sent: the worker measures its queue wait
+        headers = {**headers, wire.SENT_HEADER: str(time.time_ns() // 1_000_000)}
     if spans is not None and effect.kind in ("dispatch", "notice") and tracing.enabled():
         service = (effect.queue.split(".service.", 1)[1]
                    if effect.kind == "dispatch" and ".service." in effect.queue else None)
         span = spans.enter_context(tracing.start_span(
-            f"send {effect.queue}", "producer", None if tracing.in_span() else headers,
+            f"send {effect.queue}", "producer", tracing.parent(headers),
             tracing.messaging("send", effect.queue, message_id=effect.message_id,
                               session=session, turn=effect.turn, service=service),
             current=False))

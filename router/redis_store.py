@@ -25,6 +25,7 @@ first attempt applied; the caller re-reads and finds its own write.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -43,6 +44,7 @@ from redis.exceptions import (
     ClusterDownError,
     CrossSlotTransactionError,
     InvalidPipelineStack,
+    NoScriptError,
     RedisClusterException,
     RedisError,
     TryAgainError,
@@ -186,6 +188,72 @@ return 1
 """
 
 
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()  # how Redis names a script
+
+
+_SCRIPTS = {_sha(script): script for script in (_LOAD, _COMMIT, _DISCARD, _SETTLE)}
+"""The scripts the steps run through the pipeliner, by SHA1 (loaded on NOSCRIPT)."""
+
+
+def _evalsha(script: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
+    return ("EVALSHA", _sha(script), len(keys), *keys, *args)
+
+
+PIPELINES = 4
+"""Pipelines in flight at once to one server (each on its own pooled connection)."""
+
+
+class _Pipeliner:
+    """Group commit for one Redis server: the commands of concurrent steps travel together.
+
+    While PIPELINES pipelines are in flight, the commands of other steps wait and then go out
+    together in the next one: one write, one round trip and one pooled connection for many
+    sessions instead of one each, and Redis reads them in one go. Each caller still awaits
+    its own replies, so nothing is published or acknowledged before its commit is known; a
+    session's commands stay in order because its steps run one at a time.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._waiting: list[tuple[tuple[tuple[Any, ...], ...], asyncio.Future[list[Any]]]] = []
+        self._flushers: set[asyncio.Task[None]] = set()
+
+    async def run(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send ``commands`` (in order) with the next pipeline; their replies, where an error
+        reply is an exception object (not raised)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._waiting.append((commands, future))
+        if len(self._flushers) < PIPELINES:
+            flusher = loop.create_task(self._flush(), name="cloudbunch-redis-pipeline")
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
+        return await future
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            pipe: Any = self._redis.pipeline(transaction=False)
+            for commands, _ in batch:
+                for command in commands:
+                    pipe.execute_command(*command)
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except BaseException as error:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+                continue
+            start = 0
+            for commands, future in batch:
+                if not future.done():
+                    future.set_result(replies[start:start + len(commands)])
+                start += len(commands)
+
+
 WAIT_OPTIONS = ("wait_replicas", "wait_timeout")
 """URL query options of the store itself (not passed to redis-py), see :class:`RedisStore`."""
 
@@ -289,6 +357,9 @@ class RedisStore:
                 seed, startup_nodes=[ClusterNode(host, port) for host, port in others],
                 **options)
         self.is_cluster = cluster is not None
+        # On one server, the steps' commands are pipelined together (group commit); a
+        # cluster client sends each to its slot's node as before.
+        self._pipeliner = _Pipeliner(self._redis) if isinstance(self._redis, Redis) else None
         self._load = self._redis.register_script(_LOAD)
         self._commit = self._redis.register_script(_COMMIT)
         self._discard = self._redis.register_script(_DISCARD)
@@ -351,7 +422,11 @@ class RedisStore:
         digest = _dedup_digest(dedup_id) if dedup_id is not None else b""
         keys = self.session_keys(session)
         async with self._guard():
-            version, record, outbox, seen = await self._load(keys=keys, args=[digest])
+            if self._pipeliner is not None:
+                (reply,) = await self._pipelined(_evalsha(_LOAD, keys, [digest]))
+                version, record, outbox, seen = reply
+            else:
+                version, record, outbox, seen = await self._load(keys=keys, args=[digest])
             if outbox and self.wait_replicas:
                 # An outbox left by a step that may have died before its WAIT: publish it
                 # only once a replica holds it (a barrier write, then WAIT).
@@ -372,18 +447,17 @@ class RedisStore:
         if self.wait_replicas:
             return await self._commit_replicated(session, keys, args, hint_ms)
         async with self._guard():
-            if hint_ms is None:
-                return bool(await self._commit(keys=keys, args=args))
             # The hint goes before the record: a stale hint is harmless, a missing one loses
-            # a deadline. On one server both travel in one round trip, executed in order.
-            if self.is_cluster:
+            # a deadline. On one server both travel in one pipeline, executed in order.
+            if self._pipeliner is not None:
+                commands = [_evalsha(_COMMIT, keys, args)]
+                if hint_ms is not None:
+                    commands.insert(0, ("ZADD", self._hint_key(session), hint_ms, session))
+                *_, applied = await self._pipelined(*commands)
+                return bool(applied)
+            if hint_ms is not None:
                 await self._redis.zadd(self._hint_key(session), {session: hint_ms})
-                return bool(await self._commit(keys=keys, args=args))
-            pipe: Any = self._redis.pipeline(transaction=False)
-            pipe.zadd(self._hint_key(session), {session: hint_ms})
-            await self._commit(keys=keys, args=args, client=pipe)
-            _, applied = await pipe.execute()
-        return bool(applied)
+            return bool(await self._commit(keys=keys, args=args))
 
     async def _commit_replicated(self, session: str, keys: Sequence[str],
                                  args: list[bytes | int], hint_ms: int | None) -> bool:
@@ -427,19 +501,37 @@ class RedisStore:
         outbox = [self.session_keys(session)[1]]
         unhint: list[str | int] = [session, unhint_ms or 0, ""]
         async with self._guard():
+            if self._pipeliner is not None:
+                commands = [_evalsha(_DISCARD, outbox, entries)] if entries else []
+                if unhint_ms is not None:
+                    commands.append(_evalsha(_SETTLE, [self._hint_key(session)], unhint))
+                if commands:
+                    await self._pipelined(*commands)
+                return
             if unhint_ms is None:
                 if entries:
                     await self._discard(keys=outbox, args=list(entries))
-            elif not entries:
-                await self._settle(keys=[self._hint_key(session)], args=unhint)
-            elif self.is_cluster:
-                await self._discard(keys=outbox, args=list(entries))
-                await self._settle(keys=[self._hint_key(session)], args=unhint)
             else:
-                pipe: Any = self._redis.pipeline(transaction=False)
-                await self._discard(keys=outbox, args=list(entries), client=pipe)
-                await self._settle(keys=[self._hint_key(session)], args=unhint, client=pipe)
-                await pipe.execute()
+                if entries:
+                    await self._discard(keys=outbox, args=list(entries))
+                await self._settle(keys=[self._hint_key(session)], args=unhint)
+
+    async def _pipelined(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Run ``commands`` in the next group-commit pipeline; their replies. An error reply
+        is raised (the first one); a script Redis does not know (restarted, flushed) is
+        loaded and the commands are sent again, which is safe: each is conditional or
+        idempotent, and the one that said NOSCRIPT did nothing."""
+        assert self._pipeliner is not None
+        replies = await self._pipeliner.run(*commands)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            for command in commands:
+                if command[0] == "EVALSHA":
+                    await self._redis.script_load(_SCRIPTS[command[1]])
+            replies = await self._pipeliner.run(*commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def add_hint(self, session: str, due_ms: int) -> None:
         """Set the session's deadline hint to ``due_ms``."""

@@ -13,6 +13,9 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+from worker_sdk import tracing, wire
 
 from .core import CoreConfig, CorruptRecord, Event, Outcome, Tick
 from .store import SessionStore, Snapshot
@@ -69,7 +72,12 @@ class Scanner:
 
     async def _fire(self, session: str, lease: int) -> None:
         try:
-            out = await self.step(session, _tick, hint=False)
+            # The step's span: its parent is the chain's trace context, which only the
+            # step's publishes carry, so it starts with the first of them (none: no span).
+            with tracing.deferred_span("deadline", {"cloudbunch.session": session}) as span:
+                out = await self.step(session, _tick, hint=False)
+                if span is not None:
+                    _describe(span, out)
             self.stats["timers_fired"] += out.fired
             due = out.record.due_ms(self.cfg) if out.record is not None else None
             await self.store.settle_hint(session, lease, due)
@@ -84,3 +92,33 @@ class Scanner:
 
 def _tick(snap: Snapshot) -> Event:
     return Tick()
+
+
+def _describe(span: tracing.DeferredSpan, out: Outcome) -> None:
+    """Name a deadline's step span by what it did: ``redispatch`` (the turn in flight sent
+    again), ``idle timer`` (a frame's timer started an ``idle`` turn), ``turn timeout`` (the
+    turn failed with ``timeout``), else ``deadline`` (held messages released)."""
+    name = "deadline"
+    attributes: dict[str, Any] = {"cloudbunch.timers_fired": out.fired or None}
+    for effect in out.effects:
+        if effect.kind not in ("dispatch", "notice"):
+            continue
+        try:
+            body = wire.decode(effect.body)
+        except wire.BadBody:
+            continue
+        error = (body.get("result") or {}).get("error") if effect.kind == "dispatch" \
+            else body.get("error")
+        if isinstance(error, dict) and error.get("code") == "timeout":
+            name = "turn timeout"
+        if effect.kind != "dispatch":
+            continue
+        attributes.update({
+            "cloudbunch.turn": effect.turn, "cloudbunch.attempt": effect.attempt,
+            "cloudbunch.depth": body.get("depth"), "cloudbunch.event": body.get("event"),
+            "cloudbunch.service": effect.queue.split(".service.", 1)[-1]})
+        if effect.attempt > 1:
+            name = "redispatch"
+        elif body.get("event") == "idle" and name == "deadline":
+            name = "idle timer"
+    span.update(name, **attributes)

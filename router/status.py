@@ -3,8 +3,9 @@
 Every service queue with its depth and consumers, the routers' ingress and replies, NS.dead
 with the reasons of its dead letters (peeked: they stay in the queue). Queues are found through
 the RabbitMQ management API when it answers, else by passive declares of the shared queues
-and of the services named with ``--service``. With ``--metrics-url`` (a router's or worker's
-/metrics), turns per second by service. Exit status 1 when something needs a person: a queue
+and of the services named with ``--service``. With ``--metrics-url`` (each router's
+/metrics), turns per second by service. The screen says where its rates come from, or why
+they are missing. Exit status 1 when something needs a person: a queue
 with messages and no consumer, or dead letters growing.
 """
 
@@ -112,6 +113,8 @@ class Inspector:
         self.management_url = management_url
         self.metrics_urls = metrics_urls
         self.management_error: str | None = None
+        self.metrics_errors: dict[str, str] = {}
+        """The --metrics-url that did not answer (or gave no metrics), and why."""
 
     def _shared(self) -> list[str]:
         names = wire.queue_names(self.namespace)
@@ -147,7 +150,10 @@ class Inspector:
         amqp = urllib.parse.urlsplit(self.broker.url)
         vhost = urllib.parse.unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
         request = urllib.request.Request(url)
-        credentials = f"{amqp.username or 'guest'}:{amqp.password or 'guest'}"
+        # The AMQP URL's user and password are percent-encoded; the API wants them as they are.
+        user = urllib.parse.unquote(amqp.username or "guest")
+        password = urllib.parse.unquote(amqp.password or "guest")
+        credentials = f"{user}:{password}"
         request.add_header("Authorization",
                            "Basic " + base64.b64encode(credentials.encode()).decode())
         try:
@@ -179,10 +185,20 @@ class Inspector:
             try:
                 with urllib.request.urlopen(url, timeout=3) as response:
                     text = response.read().decode()
-            except (OSError, urllib.error.URLError) as exc:
-                log.warning("event=metrics_unreachable url=%s error=%s", url, exc)
+            except (OSError, urllib.error.URLError, UnicodeDecodeError) as exc:
+                self.metrics_errors[url] = str(getattr(exc, "reason", exc))
                 continue
-            for family in text_string_to_metric_families(text):
+            try:
+                families = list(text_string_to_metric_families(text))
+            except ValueError as exc:
+                self.metrics_errors[url] = f"not Prometheus metrics ({exc})"
+                continue
+            if not any(f.name.startswith("cloudbunch_router_") for f in families):
+                self.metrics_errors[url] = "no cloudbunch_router_* metrics there (a router's " \
+                    "/metrics?)"
+                continue
+            self.metrics_errors.pop(url, None)
+            for family in families:
                 if family.name != "cloudbunch_router_turns":
                     continue
                 for sample in family.samples:
@@ -220,14 +236,12 @@ def render(report: Report, inspector: Inspector, url: str) -> str:
     names = wire.queue_names(report.namespace)
     lines = [f"CloudBunch namespace {report.namespace!r} on {redact(url)} "
              f"(queues by {report.after.source})"]
-    if inspector.management_error and report.after.source != "management API":
-        lines.append(f"  management API not reachable at {inspector.management_url} "
-                     f"({inspector.management_error}); pass --service NAME to list a service")
-    rates = bool(report.after.turns) or any(q.publish_rate is not None
-                                            for q in report.after.queues.values())
+    lines.extend(f"  {note}" for note in rate_notes(report, inspector))
+    turns = len(inspector.metrics_urls) > len(inspector.metrics_errors)
+    rates = report.after.source == "management API"
     head = f"{'QUEUE':<40} {'READY':>7} {'CONSUMERS':>9}"
-    if rates:
-        head += f" {'IN/S':>7} {'TURNS/S':>8}"
+    head += f" {'IN/S':>7}" if rates else ""
+    head += f" {'TURNS/S':>8}" if turns else ""
     lines.append(head)
     order = [names["ingress"], names["replies"]]
     order += sorted(n for n in report.after.queues if n not in (*order, names["dead"]))
@@ -237,15 +251,16 @@ def render(report: Report, inspector: Inspector, url: str) -> str:
         ready = "absent" if q.messages is None else str(q.messages)
         line = f"{name:<40} {ready:>7} {q.consumers:>9}"
         if rates:
-            service = service_of(report.namespace, name)
-            turns = ""
-            if service is not None and service in report.after.turns:
-                done = report.after.turns[service] - report.before.turns.get(service, 0.0)
-                turns = f"{done / report.seconds:.1f}"
-            rate = "" if q.publish_rate is None else f"{q.publish_rate:.1f}"
-            line += f" {rate:>7} {turns:>8}"
+            line += f" {'' if q.publish_rate is None else f'{q.publish_rate:.1f}':>7}"
+        service = service_of(report.namespace, name)
+        if turns:
+            per_s = ""
+            if service is not None:
+                done = report.after.turns.get(service, 0.0) - report.before.turns.get(service,
+                                                                                      0.0)
+                per_s = f"{done / report.seconds:.1f}"
+            line += f" {per_s:>8}"
         if q.messages and not q.consumers and name != names["dead"]:
-            service = service_of(report.namespace, name)
             line += f"   <- no workers for {service}" if service else "   <- no consumer"
         lines.append(line)
     if report.dead_reasons:
@@ -259,6 +274,33 @@ def render(report: Report, inspector: Inspector, url: str) -> str:
     else:
         lines.append("nothing needs a person")
     return "\n".join(lines)
+
+
+def rate_notes(report: Report, inspector: Inspector) -> list[str]:
+    """Where the IN/S and TURNS/S columns come from, or why they are missing: one line each."""
+    notes = []
+    if report.after.source == "management API":
+        notes.append("IN/S: messages published into the queue per second, from the management "
+                     "API (RabbitMQ's own figures, refreshed every 5 s by default)")
+    elif inspector.management_url is None:
+        notes.append("no IN/S: the management API is off (--management-url off); it gives each "
+                     "queue's publish rate and lists every service queue")
+    else:
+        notes.append(f"no IN/S: the management API did not answer at "
+                     f"{inspector.management_url} ({inspector.management_error}); without it "
+                     "only the shared queues and each --service NAME are listed")
+    if not inspector.metrics_urls:
+        notes.append("no TURNS/S: pass each router's /metrics with --metrics-url (a router "
+                     "serves it when started with --metrics-port PORT)")
+        return notes
+    answered = len(inspector.metrics_urls) - len(inspector.metrics_errors)
+    if answered:
+        whose = "1 router's" if answered == 1 else f"{answered} routers'"
+        notes.append(f"TURNS/S: turns decided per second by service, from {whose} /metrics "
+                     f"over {report.seconds:.1f} s")
+    notes.extend(f"no TURNS/S from {url}: {why}"
+                 for url, why in inspector.metrics_errors.items())
+    return notes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -82,7 +82,11 @@ class AmqpDelivery:
             return
         self._settled = True
         try:
-            await self._message.ack()
+            # Straight to the channel, without waiting for the frame to be flushed: the
+            # writer sends it with the other frames of this loop turn.
+            tag = self._message.delivery_tag
+            if tag is not None:
+                await self._message.channel.basic_ack(tag, wait=False)
         except _CLOSED_ERRORS as exc:
             # The channel it came on is gone: the broker redelivers it, which is safe.
             log.debug("event=ack_lost message_id=%s reason=%s", self.message_id, _one_line(exc))
@@ -347,7 +351,7 @@ class AmqpBroker:
         assert self._channel is not None
         publishing = self._channel
         try:
-            channel = await publishing.get_underlay_channel()
+            channel = cast(aiormq.Channel, await publishing.get_underlay_channel())
         except _CLOSED_ERRORS as exc:
             raise PublishFailed(f"channel unavailable: {_one_line(exc)}") from None
         # What the body carried decides these, so they are never sent: a broker that gets
@@ -370,10 +374,12 @@ class AmqpBroker:
             verdicts.append(verdict)
         # Frame order: each basic_publish takes the aiormq channel lock (FIFO) before it
         # suspends, and the tasks start in creation order, so the frames reach the socket
-        # in list order while all confirms are awaited together.
+        # in list order while all confirms are awaited together. wait=False: the lock is not
+        # held until the frame is flushed (the confirm is what counts), so the publishes of
+        # concurrent steps share the socket writes of one loop turn.
         tasks = [asyncio.ensure_future(channel.basic_publish(
             m.body, exchange=m.exchange, routing_key=m.queue, mandatory=True,
-            properties=properties)) for m, properties in frames]
+            properties=properties, wait=False)) for m, properties in frames]
         try:
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         except asyncio.CancelledError:

@@ -135,15 +135,66 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 """Errors of a connection attempt that may be retried (unless :func:`refusal` says no)."""
 
 
+class _CoalescingWriter:
+    """A stream writer that sends the frames written in one event-loop turn in one write.
+
+    aiormq writes every frame (a publish, an ack) with its own ``write``: a system call
+    each. Here the writes of one turn of the loop are joined and sent at the end of it, in
+    order; ``drain`` and ``close`` send what is pending first."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending = []
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+    async def drain(self) -> None:
+        self._flush()
+        await self._writer.drain()
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+
+class _CoalescingTransport(aiormq.TransportFactory):
+    """aiormq's TCP or TLS transport (as the URL says), its writer coalescing frames."""
+
+    async def create(self, url: URL, **kwargs: Any) -> tuple[asyncio.StreamReader, Any]:
+        factory: aiormq.TransportFactory = (
+            aiormq.connection.TLSTransportFactory() if url.scheme == "amqps"
+            else aiormq.connection.TCPTransportFactory())
+        reader, writer = await factory.create(url, **kwargs)
+        return reader, _CoalescingWriter(writer)
+
+
 class FailoverConnection(aio_pika.RobustConnection):
     """aio-pika's robust connection over several node URLs: every new connection attempt
-    (the first, and each one after a loss) goes to the next URL of the list."""
+    (the first, and each one after a loss) goes to the next URL of the list. Its frames are
+    coalesced per event-loop turn (:class:`_CoalescingWriter`)."""
 
     def __init__(self, urls: Sequence[URL], **kwargs: Any) -> None:
         self._urls = list(urls)
         self._next = 0
         self._rotating = False
         super().__init__(self._urls[0], **kwargs)
+        # aio-pika passes its own parameters only; aiormq takes this one by name.
+        self.kwargs["transport_factory"] = _CoalescingTransport()
         self._rotating = True
 
     # aio-pika sets ``transport`` to None right before every connection attempt (and reads

@@ -2,8 +2,9 @@
 
 It mimics RabbitMQ where the other parties can notice: a publish to a missing queue is
 returned (False), unacknowledged deliveries go back to the head of their queue with the
-redelivered flag, a consumer holds at most ``prefetch`` unsettled deliveries, and a
-re-declare with other arguments fails.
+redelivered flag, a consumer holds at most ``prefetch`` unsettled deliveries, a re-declare
+with other arguments fails, and a queue declared with ``expires`` is deleted once it has had
+no consumer (and no re-declare) for that long, as RabbitMQ's ``x-expires`` does.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ class _Queue:
     durable: bool
     ready: deque[_Message] = field(default_factory=deque)
     consumers: list[_Consumer] = field(default_factory=list)
+    expiry: asyncio.TimerHandle | None = None
+    """The pending deletion of an idle queue with ``x-expires``."""
+
+    @property
+    def expires(self) -> float | None:
+        """Seconds of disuse after which the queue is deleted (``x-expires``), or None."""
+        ms = (self.arguments or {}).get("x-expires")
+        return None if ms is None else ms / 1000
 
     def notify(self) -> None:
         """Wake the consumers: a message arrived or a prefetch slot was freed."""
@@ -255,7 +264,7 @@ class MemoryBroker:
                           expires: float | None = None,
                           single_active: bool = False, replicated: bool = False) -> None:
         # Kept as arguments, as RabbitMQ keeps them: a re-declare with other settings fails.
-        # Nothing expires in one process, and one consumer per queue makes single_active moot.
+        # One consumer per queue makes single_active moot in one process.
         arguments = _expiry(expires) or {}
         if replicated:
             arguments["x-queue-type"] = self.queue_type
@@ -266,16 +275,47 @@ class MemoryBroker:
     def _declare(self, name: str, arguments: dict[str, Any] | None, *, durable: bool) -> None:
         existing = self._queues.get(name)
         if existing is None:
-            self._queues[name] = _Queue(name, arguments, durable)
+            self._queues[name] = existing = _Queue(name, arguments, durable)
         elif (existing.arguments or {}) != (arguments or {}) or existing.durable != durable:
             raise ConfigError(f"queue {name!r} already exists with other settings "
                               f"({existing.arguments} vs {arguments}); every party must use "
                               "the same CLOUDBUNCH_QUEUE_TYPE")
+        self._arm_expiry(existing)  # a declare is a use: the idle time starts again
+
+    def _arm_expiry(self, queue: _Queue) -> None:
+        """Delete ``queue`` after its ``x-expires`` unless a consumer comes first.
+
+        As in RabbitMQ, a queue is in use while it has a consumer, and a declare (a passive
+        one too) renews it; publishing to it does not.
+        """
+        if queue.expiry is not None:
+            queue.expiry.cancel()
+            queue.expiry = None
+        if queue.expires is None or queue.consumers:
+            return
+        queue.expiry = asyncio.get_running_loop().call_later(queue.expires, self._expire, queue)
+
+    def _expire(self, queue: _Queue) -> None:
+        queue.expiry = None
+        if queue.consumers or self._queues.get(queue.name) is not queue:
+            return
+        log.debug("event=queue_expired queue=%s", queue.name)
+        self._remove(queue.name)
+
+    def _remove(self, name: str) -> None:
+        """Forget a queue and its bindings (the broker drops both together)."""
+        queue = self._queues.pop(name, None)
+        if queue is not None and queue.expiry is not None:
+            queue.expiry.cancel()
+            queue.expiry = None
+        for bindings in self._exchanges.values():
+            for key in [k for k, bound in bindings.items() if bound == name]:
+                del bindings[key]
 
     async def delete(self, queue: str) -> None:
         # The broker cancels the consumers of a deleted queue.
         await self.cancel(queue, drain=0)
-        self._queues.pop(queue, None)
+        self._remove(queue)
 
     async def bind(self, exchange: str, routing_key: str, queue: str) -> None:
         self._exchanges.setdefault(exchange, {})[routing_key] = queue
@@ -315,6 +355,7 @@ class MemoryBroker:
             raise ConfigError(f"already consuming {queue!r} on this connection")
         consumer = _Consumer(target, handler, prefetch, self._work)
         target.consumers.append(consumer)
+        self._arm_expiry(target)  # consumed: no longer idle
         target.notify()
         self._consumers[queue] = [consumer]
 
@@ -323,16 +364,25 @@ class MemoryBroker:
             await consumer.stop(drain)
             with contextlib.suppress(ValueError):
                 consumer.queue.consumers.remove(consumer)
+            if self._queues.get(queue) is consumer.queue:
+                self._arm_expiry(consumer.queue)  # its last consumer gone: idle from now
+
+    def _passive(self, queue: str) -> _Queue | None:
+        # RabbitMQ answers these with a passive declare, which renews an x-expires lease.
+        target = self._queues.get(queue)
+        if target is not None:
+            self._arm_expiry(target)
+        return target
 
     async def queue_exists(self, queue: str) -> bool:
-        return queue in self._queues
+        return self._passive(queue) is not None
 
     async def consumer_count(self, queue: str) -> int:
-        target = self._queues.get(queue)
+        target = self._passive(queue)
         return 0 if target is None else len(target.consumers)
 
     async def message_count(self, queue: str) -> int:
-        target = self._queues.get(queue)
+        target = self._passive(queue)
         return 0 if target is None else len(target.ready)
 
     def messages(self, queue: str) -> list[bytes]:

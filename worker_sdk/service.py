@@ -12,7 +12,6 @@ import importlib
 import inspect
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,6 +21,7 @@ from . import tracing, versions, wire
 from .broker import Broker, Delivery, Outgoing, Refused
 from .errors import ActionError, BrokerUnavailable, CloudBunchError, ConfigError, PublishFailed
 from .settings import Settings, WorkerSettings
+from .shutdown import forget_signals, stop_on_signals
 
 if TYPE_CHECKING:
     from .metrics import WorkerMetrics
@@ -385,6 +385,7 @@ class Service:
                 await self._answer(broker, replies, delivery, None)
                 return
             metrics.deliveries.labels(self.name).inc()
+            metrics.took(self.name, wire.sent_ms(delivery.headers), delivery.redelivered)
             in_progress = metrics.in_progress.labels(self.name)
             in_progress.inc()
             try:
@@ -610,11 +611,8 @@ async def serve_main(services: Sequence[Service], settings: Settings, *,
     timeout = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
     broker = AmqpBroker(settings.amqp_url, settings.queue_type, name=f"cloudbunch-worker {names}",
                         **timeout)
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     serving = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     metrics = server = None
     try:
         if metrics_port is not None:
@@ -623,8 +621,7 @@ async def serve_main(services: Sequence[Service], settings: Settings, *,
         await run_services(services, broker, settings.namespace, prefetch, stop,
                            metrics=metrics, serving=serving)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        forget_signals()
         if server is not None:
             await server.close()
         await broker.close()

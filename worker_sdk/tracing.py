@@ -2,8 +2,9 @@
 asks for an exporter; otherwise every function here is a no-op that imports nothing.
 
 Configured only by the standard variables: ``OTEL_TRACES_EXPORTER`` (``console``: one JSON
-object a line on stdout; ``otlp``: needs ``opentelemetry-exporter-otlp``; ``none`` or unset:
-off), ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` (the resource), and those the
+object a line on stdout; ``otlp``: OTLP over HTTP (protobuf), or gRPC with
+``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` and ``opentelemetry-exporter-otlp-proto-grpc``; ``none``
+or unset: off), ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` (the resource), and those the
 OTLP exporter and the batch processor read themselves (``OTEL_EXPORTER_OTLP_ENDPOINT``,
 ``OTEL_BSP_*``...). Context crosses processes in the AMQP headers ``traceparent`` and
 ``tracestate`` (W3C trace context, PROTOCOL.md "Transport").
@@ -16,8 +17,10 @@ Span attributes follow the OpenTelemetry messaging conventions for RabbitMQ
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -77,20 +80,29 @@ def _processor(name: str) -> Any:
         return SimpleSpanProcessor(ConsoleSpanExporter(
             formatter=lambda span: span.to_json(indent=None) + "\n"))
     if name == "otlp":
-        protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                                  os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"))
+        # http/protobuf is the OTLP default (and what the otel extra installs); grpc needs
+        # opentelemetry-exporter-otlp-proto-grpc.
+        protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+            "OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
         try:
             if protocol == "grpc":
+                package = "opentelemetry-exporter-otlp-proto-grpc"
                 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
                     OTLPSpanExporter,
                 )
-            else:
+            elif protocol == "http/protobuf":
+                package = "'cloudbunch[otel]'"
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                     OTLPSpanExporter,
                 )
+            else:
+                log.warning("event=tracing_exporter_unknown exporter=otlp protocol=%s "
+                            "reason=\"OTEL_EXPORTER_OTLP_PROTOCOL takes http/protobuf or "
+                            "grpc\"", protocol)
+                return None
         except ImportError:
-            log.warning("event=tracing_exporter_missing exporter=otlp reason=\"install "
-                        "opentelemetry-exporter-otlp to export spans by OTLP\"")
+            log.warning("event=tracing_exporter_missing exporter=otlp protocol=%s "
+                        "reason=\"pip install %s to export spans by OTLP\"", protocol, package)
             return None
         return BatchSpanProcessor(OTLPSpanExporter())
     log.warning("event=tracing_exporter_unknown exporter=%s reason=\"OTEL_TRACES_EXPORTER "
@@ -130,6 +142,83 @@ def start_span(name: str, kind: Kind, headers: Mapping[str, Any] | None = None,
             yield span
         finally:
             span.end()
+
+
+class DeferredSpan:
+    """A step's span whose parent is known only once the step publishes: a deadline's step
+    (the scanner's) has no message to take a context from, only the chain's trace headers
+    that its dispatches and notices carry. Started by the first publish (:func:`parent`)
+    with the time the step began; a step that publishes nothing records no span."""
+
+    def __init__(self, name: str, attributes: Mapping[str, Any]) -> None:
+        self.name = name
+        self.attributes = {k: v for k, v in attributes.items() if v is not None}
+        self.start_ns = time.time_ns()
+        self.span: Any = None
+
+    def headers(self, chain: Mapping[str, Any]) -> dict[str, str]:
+        """Trace headers naming this span as parent; starts it, as a child of the context
+        in ``chain`` (the chain's headers), on the first call."""
+        if self.span is None:
+            from opentelemetry.trace import SpanKind
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+
+            self.span = _tracer.start_span(
+                self.name, context=TraceContextTextMapPropagator().extract(_text(chain)),
+                kind=SpanKind.INTERNAL, attributes=self.attributes, start_time=self.start_ns)
+        return inject({}, self.span)
+
+    def update(self, name: str | None = None, **attributes: Any) -> None:
+        """Rename the span and add attributes, now that the step's outcome is known."""
+        if name is not None:
+            self.name = name
+        self.attributes.update({k: v for k, v in attributes.items() if v is not None})
+        if self.span is not None:
+            if name is not None:
+                self.span.update_name(name)
+            self.span.set_attributes(self.attributes)
+
+
+_deferred: contextvars.ContextVar[DeferredSpan | None] = contextvars.ContextVar(
+    "cloudbunch_deferred_span", default=None)
+
+
+@contextlib.contextmanager
+def deferred_span(name: str, attributes: Mapping[str, Any] | None = None
+                  ) -> Iterator[DeferredSpan | None]:
+    """A :class:`DeferredSpan` for the ``with`` block (None when tracing is off): the
+    publishes made in it (in this task) are its children; it ends with the block."""
+    if not enabled():
+        yield None
+        return
+    deferred = DeferredSpan(name, attributes or {})
+    token = _deferred.set(deferred)
+    try:
+        yield deferred
+    except BaseException as exc:
+        if deferred.span is not None:
+            from opentelemetry.trace import Status, StatusCode
+
+            deferred.span.record_exception(exc)
+            deferred.span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        _deferred.reset(token)
+        if deferred.span is not None:
+            deferred.span.end()
+
+
+def parent(headers: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Where a publish's span takes its parent from (for :func:`start_span`): the current
+    span (None), else the pending :func:`deferred_span`, else the chain's ``headers``."""
+    if in_span():
+        return None
+    deferred = _deferred.get()
+    if deferred is not None:
+        return deferred.headers(headers)
+    return headers
 
 
 def in_span() -> bool:

@@ -508,6 +508,24 @@ MAX_TRACE_HEADER: Final = 512
 at least 512 characters of ``tracestate`` be propagated), so no client can make the
 router's headers too big for a frame."""
 
+SENT_HEADER: Final = "x-cb-sent-ms"
+"""AMQP header the router puts on each dispatch: the wall-clock time it published it, in
+milliseconds since the epoch, as a decimal string. A worker's SDK reads it for its queue-wait
+metric; any party may ignore it. (The AMQP ``timestamp`` property holds whole seconds only.)"""
+
+
+def sent_ms(headers: Mapping[str, Any] | None) -> int | None:
+    """The publish time in :data:`SENT_HEADER`, or None when it is absent or not a number."""
+    value = headers.get(SENT_HEADER) if headers else None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str) and value.isdigit() and len(value) <= 16:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
 def trace_context(headers: Mapping[str, Any] | None) -> Trace | None:
     """The usable trace headers among AMQP ``headers``: ``traceparent`` and ``tracestate``
     when each is 1..512 characters of printable ASCII; None when there are none."""

@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -22,12 +21,12 @@ from aio_pika.abc import AbstractIncomingMessage
 from router.store import DEFAULT_REDIS_URL
 from worker_sdk.quick_replies import plain_text
 
-from .procs import QUEUE_TYPE, REPO, Harness, Proc, child_env, eventually, opened, pack, unpack
+from . import transcript
+from .procs import QUEUE_TYPE, REPO, Harness, Proc, child_env, eventually, pack, unpack
 
 pytestmark = pytest.mark.infra
 
 NODE_DIR = REPO / "examples" / "node"
-SCRIPT = REPO / "tests" / "integration" / "pizza_transcript.txt"
 PYTHON_SERVICES = ["pizza", "menu", "order", "address"]
 
 
@@ -36,24 +35,6 @@ def redis_url() -> str:
     """One Redis server: this suite tests the Node service, not the store (the other
     end-to-end suites run on both)."""
     return os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL)
-
-
-@pytest.fixture
-async def e2e(request: pytest.FixtureRequest, namespace: str, amqp_url: str,
-              redis_url: str) -> AsyncIterator[Harness]:
-    async with opened(Harness(namespace, amqp_url, redis_url), request.node) as harness:
-        yield harness
-
-
-def transcript() -> list[tuple[str, list[str]]]:
-    """The reference conversation: each message with the notices it must produce."""
-    rounds: list[tuple[str, list[str]]] = []
-    for line in SCRIPT.read_text().splitlines():
-        if line.startswith("> "):
-            rounds.append((line[2:], []))
-        elif line:
-            rounds[-1][1].append(line)
-    return rounds
 
 
 def shown(notice: dict[str, Any]) -> str:
@@ -90,7 +71,7 @@ async def play(harness: Harness, session: str) -> list[str]:
     """Play the reference conversation through a raw frontend; return the transcript."""
     front = await harness.frontend()
     lines: list[str] = []
-    for text, expected in transcript():
+    for text, expected in transcript.rounds():
         msg_id = await front.send(session, text)
         notices = await front.wait(msg_id, len(expected), timeout=30)
         lines.append(f"> {text}")
@@ -110,15 +91,11 @@ async def exchange_exists(harness: Harness) -> bool:
     return True
 
 
-def reference() -> list[str]:
-    return [line for line in SCRIPT.read_text().splitlines() if line]
-
-
 async def test_pizza_flow_with_node_checkout_and_payment(e2e: Harness) -> None:
     await e2e.router("pizza")
     await e2e.worker(*(f"router.demo_flow:{name}" for name in PYTHON_SERVICES))
     node = await node_service(e2e, "checkout", "payment")
-    assert await play(e2e, "tg:node") == reference()
+    assert await play(e2e, "tg:node") == transcript.lines()
     # Every dispatch the Node process got was answered and acknowledged.
     for name in ("checkout", "payment"):
         assert await e2e.message_count(f"{e2e.ns}.service.{name}") == 0
@@ -135,7 +112,7 @@ async def test_same_transcript_with_the_python_twins(e2e: Harness) -> None:
     await e2e.router("pizza")
     await e2e.worker(*(f"router.demo_flow:{name}"
                        for name in [*PYTHON_SERVICES, "checkout", "payment"]))
-    assert await play(e2e, "tg:python") == reference()
+    assert await play(e2e, "tg:python") == transcript.lines()
 
 
 # ---------------------------------------------------------------------- the wire, raw
@@ -292,7 +269,7 @@ async def test_reconnects_after_the_connection_is_closed(e2e: Harness) -> None:
     await eventually(lambda: "reconnecting" in node.output(), 20, "the Node process to notice")
     for name in ("checkout", "payment"):
         await e2e._wait_ready(node, f"{e2e.ns}.service.{name}", 1)
-    assert await play(e2e, "tg:reconnect") == reference()
+    assert await play(e2e, "tg:reconnect") == transcript.lines()
 
 
 def test_unknown_service_name_is_one_line() -> None:

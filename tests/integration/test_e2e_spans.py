@@ -8,9 +8,10 @@ import json
 import sys
 from typing import Any
 
+import aio_pika
 import pytest
 
-from .procs import QUEUE_TYPE, Harness, Proc, eventually
+from .procs import QUEUE_TYPE, Harness, Proc, eventually, pack
 
 pytestmark = pytest.mark.infra
 
@@ -111,3 +112,73 @@ async def test_one_trace_per_chain_across_processes(
         assert isinstance(handler["cloudbunch.turn"], str)
         assert reply["cloudbunch.action"] == ("open" if text == "hi" else "close")
         assert path[-1]["attributes"]["messaging.destination.name"] != f"{ns}.replies"
+
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+
+
+async def test_deadline_steps_have_spans_in_the_chain_trace(
+        ops: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scanner's steps (a turn dispatched again after its deadline; an idle timer
+    firing) get a span each, child of the chain's trace context like the ingress step's,
+    and parent of the dispatch they publish."""
+    h = ops
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    a = await h.service("A")
+    router = await h.router("A", turn_timeout=1)
+    front = await h.frontend()
+    body = front.body("s1", "hi")
+    await h.channel.default_exchange.publish(
+        aio_pika.Message(pack(body), content_type="application/msgpack",
+                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=body["id"],
+                         headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}),
+        routing_key=h.ingress, mandatory=True)
+    first = await a.next()  # left unanswered: its deadline passes
+    again = await a.next(timeout=10)
+    assert (again["turn"], again["attempt"]) == (first["turn"], 2)
+    await a.reply(again, "reply", output=["ok"], idle=0.3)
+    idle = await a.next(timeout=10)
+    assert idle["event"] == "idle"
+    await a.reply(idle, "reply", output=["still there?"])
+    assert [n["payload"] for n in await front.wait(body["id"], 2, timeout=10)] == [
+        "ok", "still there?"]
+
+    def span(name: str) -> dict[str, Any]:
+        found = [s for s in spans_of(router) if s["name"] == name]
+        assert len(found) == 1, (name, [s["name"] for s in spans_of(router)])
+        return found[0]
+
+    def child(parent: dict[str, Any]) -> dict[str, Any]:
+        found = [s for s in spans_of(router)
+                 if s["parent_id"] == parent["context"]["span_id"]]
+        assert len(found) == 1, (parent["name"], found)
+        return found[0]
+
+    await eventually(lambda: sum(s["name"] == f"send {h.ns}.service.A"
+                                 for s in spans_of(router)) == 3, 10, "the router's spans")
+    ingress, redispatch, timer = (span(f"process {h.ns}.ingress"), span("redispatch"),
+                                  span("idle timer"))
+    for step in (ingress, redispatch, timer):
+        assert step["context"]["trace_id"] == "0x" + CLIENT_TRACE
+        assert step["parent_id"] == "0x" + CLIENT_SPAN
+    for step, dispatch in ((redispatch, again), (timer, idle)):
+        assert step["kind"] == "SpanKind.INTERNAL"
+        attributes = step["attributes"]
+        assert attributes["cloudbunch.session"] == "s1"
+        assert attributes["cloudbunch.turn"] == dispatch["turn"]
+        assert attributes["cloudbunch.attempt"] == dispatch["attempt"]
+        assert attributes["cloudbunch.event"] == dispatch["event"]
+        assert attributes["cloudbunch.service"] == "A"
+        assert attributes["cloudbunch.depth"] == 0
+        send = child(step)
+        assert send["name"] == f"send {h.ns}.service.A"
+        assert send["attributes"]["cloudbunch.turn"] == dispatch["turn"]
+        # The dispatch names its send span as parent, for the worker's span.
+        traceparent = a.headers[dispatch["turn"]]["traceparent"]  # of its last delivery
+        assert traceparent == f"00-{CLIENT_TRACE}-{send['context']['span_id'][2:]}-01"
+    assert timer["attributes"]["cloudbunch.timers_fired"] == 1
+    assert "cloudbunch.timers_fired" not in redispatch["attributes"]
+    # The deadline's step started before its publish, and ended after it was confirmed.
+    assert redispatch["start_time"] <= child(redispatch)["start_time"]
+    assert redispatch["end_time"] >= child(redispatch)["end_time"]

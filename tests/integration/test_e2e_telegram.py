@@ -22,27 +22,19 @@ from router.channels.telegram.command import telegram_settings
 from router.store import DEFAULT_REDIS_URL
 from tests.fake_telegram import FakeBotAPI, Sent
 
-from .procs import REPO, Harness, Proc, child_env, cli, eventually, opened
+from . import transcript
+from .procs import Harness, Proc, child_env, cli, eventually
 
 pytestmark = pytest.mark.infra
 
 TOKEN = "123456:TEST-token-never-logged"
 CHAT = 777
-SCRIPT = REPO / "tests" / "integration" / "pizza_transcript.txt"
 
 
 @pytest.fixture
 def redis_url() -> str:
     """One Redis server: this suite tests the gateway, not the store."""
     return os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL)
-
-
-@pytest.fixture
-async def e2e(request: pytest.FixtureRequest, namespace: str, amqp_url: str,
-              redis_url: str) -> AsyncIterator[Harness]:
-    async with opened(Harness(namespace, amqp_url, redis_url), request.node) as harness:
-        harness.queues.add(f"{namespace}.client.telegram")
-        yield harness
 
 
 @pytest.fixture
@@ -53,16 +45,6 @@ async def api() -> AsyncIterator[FakeBotAPI]:
         yield fake
     finally:
         await fake.close()
-
-
-def transcript() -> list[tuple[str, list[str]]]:
-    rounds: list[tuple[str, list[str]]] = []
-    for line in SCRIPT.read_text().splitlines():
-        if line.startswith("> "):
-            rounds.append((line[2:], []))
-        elif line:
-            rounds[-1][1].append(line)
-    return rounds
 
 
 def shown(sent: Sent) -> str:
@@ -76,6 +58,7 @@ def shown(sent: Sent) -> str:
 async def gateway(harness: Harness, api: FakeBotAPI, *extra: str, **env: str) -> Proc:
     """Start ``cloudbunch telegram`` against the fake API; wait until it consumes."""
     queue = f"{harness.ns}.client.telegram"
+    harness.queues.add(queue)  # the gateway's durable reply queue: deleted after the test
     before = await harness.consumers(queue)
     argv = cli("telegram", "--api-url", api.base_url, "--namespace", harness.ns,
                "--amqp-url", harness.amqp_url, "--polling-timeout", "1",
@@ -113,7 +96,7 @@ async def test_pizza_order_through_telegram(e2e: Harness, api: FakeBotAPI) -> No
     # The first answer meets flood control: it is sent again, not before retry_after.
     api.flood("sendMessage", retry_after=1)
     lines: list[str] = []
-    rounds = transcript()
+    rounds = transcript.rounds()
     sent = 0
     restarted = False
     for text, expected in rounds:
@@ -144,7 +127,7 @@ async def test_pizza_order_through_telegram(e2e: Harness, api: FakeBotAPI) -> No
             sent += 1
             await eventually(api.processed(edited), 20, "the edit confirmed")
 
-    assert lines == [line for line in SCRIPT.read_text().splitlines() if line]
+    assert lines == transcript.lines()
     assert len(api.to(CHAT)) == sent  # nothing more, the duplicate included
 
     # The 429: refused once, then sent after at least retry_after seconds.

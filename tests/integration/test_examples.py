@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 
-from router.store import DEFAULT_REDIS_URL
-
-from .procs import QUEUE_TYPE, REPO, Harness, child_env, opened
+from .procs import QUEUE_TYPE, REPO, Harness, child_env
 
 pytestmark = pytest.mark.infra
 
 
-@pytest.fixture
-async def harness(request: pytest.FixtureRequest, namespace: str,
-                  amqp_url: str) -> AsyncIterator[Harness]:
-    redis_url = os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL)
-    async with opened(Harness(namespace, amqp_url, redis_url), request.node) as made:
-        yield made
-
-
-async def test_the_readme_frontend_runs_the_tutorial(harness: Harness) -> None:
-    h = harness
+async def test_the_readme_frontend_runs_the_tutorial(ops: Harness) -> None:
+    h = ops
     await h.router("greeter")
     await h.worker("examples.tutorial:greeter", "examples.tutorial:ask_name")
     h.queues.add(f"{h.ns}.client.web")  # the example's durable reply queue, in its namespace

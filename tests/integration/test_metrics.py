@@ -23,7 +23,7 @@ from router.redis_store import RedisStore
 from router.store import StoreUnavailable
 from worker_sdk.amqp import AmqpBroker
 
-from .procs import QUEUE_TYPE, Harness, Proc, cli, eventually, pack
+from .procs import QUEUE_TYPE, SHARED_ARGS, Harness, Proc, cli, eventually, pack
 
 pytestmark = pytest.mark.infra
 
@@ -144,6 +144,8 @@ async def test_metrics_after_a_known_flow(ops: Harness) -> None:
     assert value(r, "cloudbunch_router_dependency_up", dependency="redis") == 1
     assert value(r, "cloudbunch_router_dependency_up", dependency="rabbitmq") == 1
     assert value(r, "cloudbunch_router_outages_total", dependency="redis") == 0
+    # Starting up is no outage: the broker is not watched before it first connected.
+    assert value(r, "cloudbunch_router_outages_total", dependency="rabbitmq") == 0
     assert value(r, "cloudbunch_router_step_phase_seconds_count", phase="core") >= 8
     assert value(r, "cloudbunch_router_step_phase_seconds_count", phase="commit") >= 8
 
@@ -179,6 +181,37 @@ async def test_metrics_after_a_known_flow(ops: Harness) -> None:
         if line.startswith("# HELP cloudbunch_"):
             name = line.split()[2].removesuffix("_total")
             assert f"`{name}" in operations, f"docs/operations.md does not list {name}"
+
+
+async def test_queue_wait_of_a_worker_started_late(ops: Harness) -> None:
+    """A dispatch that waits 2 s in its service queue for the first worker counts at least
+    2 s of queue wait; the next turn, taken at once, under a second."""
+    h = ops
+    await h.router(root="greeter", turn_timeout=30)  # no second attempt while it waits
+    for name in ("greeter", "ask_name"):
+        queue = f"{h.ns}.service.{name}"
+        h.queues.add(queue)
+        await h.channel.declare_queue(queue, durable=True, arguments=SHARED_ARGS)
+    front = await h.frontend()
+    first = await front.send("s1", "hi")
+    await eventually(lambda: h.message_count(f"{h.ns}.service.greeter"), 10,
+                     "the dispatch waiting in the greeter queue")
+    await asyncio.sleep(2.0)
+    worker = await Proc.spawn("worker", cli(
+        "worker", "examples.tutorial:greeter", "examples.tutorial:ask_name", "--namespace",
+        h.ns, "--queue-type", QUEUE_TYPE, "--amqp-url", h.amqp_url, "--metrics-port", "0"))
+    h.procs.append(worker)
+    worker_url = f"http://127.0.0.1:{await port_of(worker)}"
+    assert await front.outputs(first, 1, timeout=20) == ["Hello! What is your name?"]
+    w = samples((await fetch(worker_url + "/metrics"))[1])
+    name = "cloudbunch_worker_queue_wait_seconds"
+    assert value(w, name + "_count", service="greeter") == 1
+    assert value(w, name + "_bucket", service="greeter", le="1.0") == 0
+    waited = value(w, name + "_sum", service="greeter")
+    assert 2.0 <= waited < 30, waited
+    assert value(w, name + "_count", service="ask_name") == 1
+    assert value(w, name + "_bucket", service="ask_name", le="1.0") == 1
+    assert value(w, name + "_sum", service="ask_name") < 1.0
 
 
 async def test_readiness_follows_the_router_connections(

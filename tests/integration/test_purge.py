@@ -1,49 +1,48 @@
 """``cloudbunch purge``: a namespace's queues and keys go, after a confirmation, and never
-while a router serves it."""
+while a router serves it. Each test has a namespace of its own (the ``ops`` harness)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
+import io
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
+import pexpect
 import pytest
 
-from router.store import DEFAULT_REDIS_URL
 from worker_sdk.amqp import AmqpBroker
 from worker_sdk.client import Client
 
-from .procs import REPO, Harness, Proc, child_env, cli, opened
+from .procs import REPO, Harness, Proc, child_env, cli
 
 pytestmark = pytest.mark.infra
 
 
+@dataclass
+class Served:
+    """A namespace a router serves, with one conversation's queues and keys in it."""
+
+    h: Harness
+    router: Proc
+    worker: Proc
+    queues: list[str]
+    checker: AmqpBroker
+
+    async def existing(self) -> list[str]:
+        return [q for q in self.queues if await self.checker.queue_exists(q)]
+
+    async def keys(self) -> int:
+        return len([k async for k in self.h.store._redis.scan_iter(match=f"{self.h.ns}:*")])
+
+    async def stop_serving(self) -> None:
+        assert await self.router.stop() == 0
+        assert await self.worker.stop() == 0
+
+
 @pytest.fixture
-async def harness(request: pytest.FixtureRequest, namespace: str,
-                  amqp_url: str) -> AsyncIterator[Harness]:
-    redis_url = os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL)
-    async with opened(Harness(namespace, amqp_url, redis_url), request.node) as made:
-        yield made
-
-
-async def purge(h: Harness, *args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        *cli("purge", "--namespace", h.ns, "--amqp-url", h.amqp_url, "--redis-url",
-             h.redis_url, *args), cwd=str(REPO), env=child_env(),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode()
-
-
-async def keys(h: Harness) -> int:
-    return len([key async for key in h.store._redis.scan_iter(match=f"{h.ns}:*")])
-
-
-async def test_purge_refuses_while_a_router_serves_then_deletes_after_yes(
-        harness: Harness) -> None:
-    h = harness
+async def served(ops: Harness) -> AsyncIterator[Served]:
+    h = ops
     router = await h.router("greeter")
     worker = await h.worker("examples.tutorial:greeter", "examples.tutorial:ask_name")
     broker = AmqpBroker(h.amqp_url, name="test-purge-client")
@@ -59,34 +58,108 @@ async def test_purge_refuses_while_a_router_serves_then_deletes_after_yes(
     checker = AmqpBroker(h.amqp_url, name="test-purge-check")
     await checker.connect()
     try:
-        await run_purges(h, router, worker, queues, checker)
+        yield Served(h, router, worker, queues, checker)
     finally:
         await checker.close()
 
 
-async def run_purges(h: Harness, router: Proc, worker: Proc, queues: list[str],
-                     checker: AmqpBroker) -> None:
-    async def existing() -> list[str]:
-        return [q for q in queues if await checker.queue_exists(q)]
+def purge_argv(h: Harness, *args: str) -> list[str]:
+    return cli("purge", "--namespace", h.ns, "--amqp-url", h.amqp_url, "--redis-url",
+               h.redis_url, *args)
 
+
+async def purge(h: Harness, *args: str) -> tuple[int, str]:
+    """``cloudbunch purge`` with no terminal (stdin from /dev/null)."""
+    process = await asyncio.create_subprocess_exec(
+        *purge_argv(h, *args), cwd=str(REPO), env=child_env(),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+async def purge_in_terminal(h: Harness, answer: str | None) -> tuple[int, str]:
+    """``cloudbunch purge`` in a pseudo-terminal, as a person runs it: wait for the question
+    and type ``answer`` (None: expect no question at all). Returns (exit code, output)."""
+    argv = purge_argv(h)
+
+    def run() -> tuple[int, str]:
+        seen = io.StringIO()
+        child = pexpect.spawn(argv[0], argv[1:], cwd=str(REPO), env=child_env(),
+                              encoding="utf-8", timeout=60, dimensions=(40, 400))
+        child.logfile_read = seen
+        try:
+            if answer is not None:
+                child.expect_exact("Delete them? [y/N]: ")
+                child.sendline(answer)
+            child.expect(pexpect.EOF)
+        finally:
+            child.close()
+        assert child.exitstatus is not None, seen.getvalue()
+        return child.exitstatus, seen.getvalue().replace("\r\n", "\n")
+
+    # pexpect blocks: run it beside the event loop, which keeps serving the harness.
+    return await asyncio.to_thread(run)
+
+
+async def test_purge_refuses_while_a_router_serves_then_deletes_after_yes(
+        served: Served) -> None:
+    s, h = served, served.h
     code, out = await purge(h, "--yes")
     assert code == 1, out
     assert out.strip() == (f"cloudbunch purge: 1 consumer(s) on {h.ingress}: a router is "
                            f"serving namespace '{h.ns}'; stop every router of it first"), out
-    assert await existing() == queues
-    assert await keys(h) > 0
+    assert await s.existing() == s.queues
+    assert await s.keys() > 0
 
-    assert await router.stop() == 0
-    assert await worker.stop() == 0
+    await s.stop_serving()
     # No terminal to ask and no --yes: nothing happens.
     code, out = await purge(h)
     assert code == 1 and "pass --yes to confirm without a terminal" in out, out
-    assert await keys(h) > 0
+    assert await s.keys() > 0
+    assert await s.existing() == s.queues
 
-    assert await existing() == queues
-
-    code, out = await purge(h, "--yes")
+    # A service no session has open is found only by name.
+    extra = f"{h.ns}.service.extra"
+    h.queues.add(extra)
+    await s.checker.declare(extra)
+    code, out = await purge(h, "--yes", "--service", "extra")
     assert code == 0, out
-    assert "deleted 5 queue(s) and" in out, out
-    assert await existing() == []
-    assert await keys(h) == 0
+    assert "deleted 6 queue(s) and" in out, out
+    assert await s.existing() == [] and not await s.checker.queue_exists(extra)
+    assert await s.keys() == 0
+
+
+async def test_purge_in_a_terminal_asks_and_no_keeps_everything(served: Served) -> None:
+    s, h = served, served.h
+    # Refused before anything is asked while a router consumes the namespace.
+    code, out = await purge_in_terminal(h, None)
+    assert code == 1, out
+    assert out.strip() == (f"cloudbunch purge: 1 consumer(s) on {h.ingress}: a router is "
+                           f"serving namespace '{h.ns}'; stop every router of it first"), out
+    await s.stop_serving()
+    keys = await s.keys()
+    assert keys > 0
+
+    code, out = await purge_in_terminal(h, "n")
+    assert code == 1, out
+    question = (f"namespace '{h.ns}': 5 queue(s) ({', '.join(sorted(s.queues))}) and every "
+                f"Redis key under '{h.ns}:'. Delete them? [y/N]: n")
+    assert question in out, out
+    assert "a service queue is found only while a session of" in out, out
+    assert out.rstrip().endswith("nothing deleted"), out
+    assert await s.existing() == s.queues
+    assert await s.keys() == keys
+
+    # Enter alone is the default: no.
+    code, out = await purge_in_terminal(h, "")
+    assert code == 1 and out.rstrip().endswith("nothing deleted"), out
+    assert await s.existing() == s.queues
+
+    code, out = await purge_in_terminal(h, "y")
+    assert code == 0, out
+    assert out.rstrip().endswith(f"deleted 5 queue(s) and {keys} key(s) of namespace "
+                                 f"'{h.ns}'"), out
+    assert await s.existing() == []
+    assert await s.keys() == 0

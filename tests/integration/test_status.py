@@ -10,6 +10,7 @@ import aio_pika
 import pytest
 
 from .procs import SHARED_ARGS, Harness, child_env, cli, pack
+from .test_metrics import port_of
 
 pytestmark = pytest.mark.infra
 
@@ -72,11 +73,17 @@ async def test_dead_letters_are_summarised_and_left_in_place(ops: Harness) -> No
     assert "invalid x2, undecodable x1" in out
     assert "field 'v' is 3" in out
     assert await h.message_count(h.dead) == 3
+    # Where the rates would come from, since neither source was given.
+    assert "  no IN/S: the management API is off (--management-url off)" in out
+    assert "  no TURNS/S: pass each router's /metrics with --metrics-url" in out
 
 
 async def test_absent_service_queue_is_reported(ops: Harness) -> None:
     h = ops
-    await h.router(root="greeter")
-    code, out = await status(h, "--service", "nosuch")
+    router = await h.router(root="greeter", metrics_port=0)
+    metrics = f"http://127.0.0.1:{await port_of(router)}/metrics"
+    code, out = await status(h, "--service", "nosuch", "--metrics-url", metrics)
     assert code == 1, out
     assert "no queue for service nosuch" in out
+    assert "  TURNS/S: turns decided per second by service, from 1 router's /metrics" in out
+    assert out.splitlines()[3].split() == ["QUEUE", "READY", "CONSUMERS", "TURNS/S"]

@@ -87,6 +87,32 @@ class BrokerContract:
             await broker.declare_own(queue)
         assert await broker.publish([out(queue, 1)]) == [True]  # the broker still works
 
+    async def test_an_own_queue_with_expires_is_deleted_once_idle(self, broker: Any,
+                                                                   namespace: str) -> None:
+        """``x-expires``, as the Client's generated reply queues use it: a consumer keeps the
+        queue, a declare renews it (a passive one too), publishing to it does not; once idle
+        for that long it is gone, with its binding (a crashed frontend leaves nothing)."""
+        queue, exchange = f"{namespace}.own", f"{namespace}.x.own"
+        await broker.declare_own(queue, expires=0.6)
+        await broker.bind(exchange, "k", queue)
+
+        async def handler(delivery: Delivery) -> None:
+            await delivery.ack()
+
+        await broker.consume(queue, handler, prefetch=1)
+        await asyncio.sleep(1.0)
+        assert await broker.consumer_count(queue) == 1  # consumed: in use, kept
+        await broker.cancel(queue)
+        await asyncio.sleep(0.3)
+        await broker.declare_own(queue, expires=0.6)  # renews the lease
+        await asyncio.sleep(0.3)
+        assert await broker.publish([out(queue, 1)]) == [True]  # still there; not a use
+        await asyncio.sleep(1.0)
+        assert not await broker.queue_exists(queue)
+        assert await broker.publish([out(queue, 2),
+                                     Outgoing("k", b"3", "m3", exchange=exchange)]) == [
+            False, False]
+
     async def test_order_of_500_messages_is_kept(self, broker: Any, namespace: str) -> None:
         queue = f"{namespace}.q"
         await broker.declare(queue)
@@ -236,6 +262,10 @@ async def _consumers_are(broker: Any, queue: str, n: int) -> bool:
     return bool(await broker.consumer_count(queue) == n)
 
 
+async def _gone(broker: Any, queue: str) -> bool:
+    return not await broker.queue_exists(queue)
+
+
 async def _true(value: bool) -> bool:
     return value
 
@@ -295,3 +325,23 @@ class TestMemoryBroker(BrokerContract):
         await broker.delete("q")
         assert not await broker.queue_exists("q")
         assert await broker.publish([out("q", 1)]) == [False]
+
+
+async def test_a_crashed_clients_generated_reply_queue_goes_by_itself() -> None:
+    """The Client's generated reply queue on the in-memory broker: gone once its
+    connection dropped without a close, as on RabbitMQ; a named one stays."""
+    from worker_sdk.client import Client
+
+    broker = MemoryBroker()
+    await broker.connect()
+    client = Client(broker.connection(), "ns", reply_queue_expires=0.2)
+    named = Client(broker.connection(), "ns", reply_queue="ns.frontend",
+                   reply_queue_expires=0.2)
+    await client.start()
+    await named.start()
+    await asyncio.sleep(0.4)
+    assert await broker.queue_exists(client.reply_queue)  # consumed: kept
+    await client.broker.close()  # the process dies: its consumers go, no delete
+    await named.broker.close()
+    await asyncio.sleep(0.4)
+    assert broker.queues() == ["ns.frontend"]

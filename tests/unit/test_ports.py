@@ -54,7 +54,7 @@ def _failing(error: Exception) -> Any:
 async def test_the_redis_adapter_maps_redis_failures_to_store_unavailable(
         error: Exception) -> None:
     store = RedisStore("redis://user:secret@127.0.0.1:1/0", "t")
-    store._load = _failing(error)  # type: ignore[method-assign]
+    store._pipelined = _failing(error)  # type: ignore[method-assign]
     try:
         with pytest.raises(StoreUnavailable) as caught:
             await store.load("s")
@@ -66,7 +66,7 @@ async def test_the_redis_adapter_maps_redis_failures_to_store_unavailable(
 
 async def test_a_misuse_of_redis_is_a_bug_not_an_unavailable_store() -> None:
     store = RedisStore("redis://127.0.0.1:1/0", "t")
-    store._load = _failing(CrossSlotTransactionError("keys in several slots"))  # type: ignore[method-assign]
+    store._pipelined = _failing(CrossSlotTransactionError("keys in several slots"))  # type: ignore[method-assign]
     try:
         with pytest.raises(CrossSlotTransactionError):
             await store.load("s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -125,3 +126,19 @@ def test_idle_timers_set_and_fired() -> None:
     h.answer("reply")
     assert h.value("cloudbunch_router_turns_total", service="root", event="idle",
                    action="reply") == 1
+
+
+async def test_the_broker_is_watched_from_its_first_connection_on() -> None:
+    m = RouterMetrics(Harness().cfg)
+    states = iter([False, False, True, False, True])
+
+    async def watch() -> None:
+        await m.watch_broker(lambda: next(states), period=0)
+
+    with contextlib.suppress(StopIteration, RuntimeError):
+        await watch()
+    # Two samples before the first connection count nothing; then one real outage.
+    assert m.registry.get_sample_value("cloudbunch_router_outages_total",
+                                       {"dependency": "rabbitmq"}) == 1
+    assert m.registry.get_sample_value("cloudbunch_router_dependency_up",
+                                       {"dependency": "rabbitmq"}) == 1

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 import webbrowser
 
 from aiohttp import web as aioweb
 
 from worker_sdk.errors import ConfigError
+from worker_sdk.shutdown import close_all, stop_on_signals
 
 from ...config import RouterConfig
 from ...demo import choose_engine
@@ -58,17 +58,11 @@ async def run_web_demo(config: RouterConfig, *, mode: str = "auto", host: str = 
             if open_browser and _can_open_a_browser():
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(webbrowser.open, url)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
+            stop = stop_on_signals()
             if ready is not None:
                 ready.set()
             await stop.wait()
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(gateway.stop(), 5.0)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(runner.cleanup(), 3.0)
+            await close_all((gateway.stop, 5.0), (runner.cleanup, 3.0))
     print("demo: stopped", flush=True)
     return 0
