@@ -133,7 +133,7 @@ async def leader_of(queue: str, up: list[str] | None = None) -> str:
     raise AssertionError(f"queue {queue} not found")
 
 
-async def wait_healed(timeout: float = 90.0) -> float:
+async def wait_healed(timeout: float = 150.0) -> float:
     """Wait until every RabbitMQ node runs, sees the three and reports no partition (autoheal
     restarts the losing side of a split); return how long that took."""
     started = time.monotonic()
