@@ -45,7 +45,9 @@ DEFAULT_SECTIONS = SECTIONS[:-1]
 NOT_MEASURED = "not measured in this run"
 
 MARKER = re.compile(r"<!-- bench:(?P<spec>[^>]*?) -->(?P<body>.*?)<!-- /bench -->", re.S)
-FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+# Code (a fenced block, an inline span) or a marker, whichever starts first: a marker quoted
+# in code, as this docstring and docs/benchmarks.md show them, is text, not a marker.
+CODE_OR_MARKER = re.compile(r"(?P<code>^```.*?^```|`[^`\n]*`)|" + MARKER.pattern, re.S | re.M)
 # A measured figure in prose: a number and a unit of measurement right after it.
 QUOTED = re.compile(r"(?<![\w.,])(\d[\d,]*(?:\.\d+)?) ?(ms|B|KB|MB|/s|turns/s|CPUs?|%|x)"
                     r"(?![\w/])")
@@ -287,13 +289,19 @@ def rewrite(text: str, results: dict[str, Results]) -> str:
             content = f"\n{content}\n"
         return f"<!-- bench:{match['spec']} -->{content}<!-- /bench -->"
 
-    return MARKER.sub(one, text)
+    return CODE_OR_MARKER.sub(lambda m: m[0] if m["code"] is not None else one(m), text)
 
 
 def quoted_figures(text: str) -> Iterator[tuple[str, str]]:
     """Numbers with a unit in ``text``'s prose: outside markers and code blocks; in docs
     other than docs/benchmarks.md, only in paragraphs that cite ``python -m bench``."""
-    text = FENCE.sub("", MARKER.sub("", text))
+    def blank(match: re.Match[str]) -> str:
+        # Markers and code blocks go; an inline code span keeps its words (a paragraph
+        # cites `python -m bench` in one) but not its numbers (`--runs 5` is no figure).
+        code = match["code"]
+        return "" if code is None or code.startswith("```") else re.sub(r"\d", "", code)
+
+    text = CODE_OR_MARKER.sub(blank, text)
     for paragraph in re.split(r"\n\s*\n", text):
         for match in QUOTED.finditer(paragraph):
             yield match[1], paragraph
@@ -321,8 +329,10 @@ def known_numbers(results: dict[str, Results]) -> set[str]:
 
 
 def docs_citing_bench() -> list[Path]:
-    return sorted(p for p in DOCS.glob("*.md") if "bench:" in p.read_text(encoding="utf-8")
-                  or p.name == "benchmarks.md")
+    """docs/benchmarks.md, and every other doc (the README too) that asks for a figure."""
+    docs = [*DOCS.glob("*.md"), REPO / "README.md"]
+    return sorted(p for p in docs if p.exists() and (
+        p.name == "benchmarks.md" or "<!-- bench:" in p.read_text(encoding="utf-8")))
 
 
 def problems(results: dict[str, Results], paths: Iterable[Path] | None = None) -> list[str]:

@@ -30,8 +30,6 @@ The logging configuration is installed here and nowhere else.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import importlib
 import logging
@@ -57,7 +55,7 @@ from worker_sdk.settings import (
     WorkerSettings,
     declarations,
 )
-from worker_sdk.shutdown import stop_on_signals
+from worker_sdk.shutdown import close_all, stop_on_signals, until_stopped
 
 from .config import RouterConfig, ServerSettings
 
@@ -542,26 +540,17 @@ async def run_router(config: RouterConfig, *, metrics_port: int | None = None) -
         await router.start()
         print(f"cloudbunch router: consuming {router.ingress} and {router.replies} "
               f"(root {config.root!r})", file=sys.stderr, flush=True)
-        waits = {asyncio.create_task(stop.wait()), asyncio.create_task(router.wait_failed()),
-                 asyncio.create_task(broker.wait_lost())}
-        _done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        if not stop.is_set():
+        if not await until_stopped(stop, router.wait_failed(), broker.wait_lost()):
             code = 1
             reason = router.failure or "the RabbitMQ connection could not be restored"
             print(f"cloudbunch router: giving up: {reason}; exiting so a supervisor restarts "
                   "it", file=sys.stderr)
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(router.stop(), 8.5)
+        await close_all((router.stop, 8.5))
         if probes is not None:
             probes[1].cancel()
             await probes[0].close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(broker.close(), 1.0)
-        with contextlib.suppress(Exception):
-            await store.close()
+        await close_all((broker.close, 1.0), (store.close, None))
     return code
 
 

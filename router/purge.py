@@ -51,6 +51,10 @@ async def purge(config: ServerSettings, services: Sequence[str],
         plan = (f"namespace {ns!r}: {len(queues)} queue(s) "
                 f"({', '.join(queues) if queues else 'none found'}) and every Redis key "
                 f"under '{ns}:'")
+        if not services:
+            # AMQP cannot list queues: those of services no stored session has open stay.
+            print(f"cloudbunch purge: a service queue is found only while a session of "
+                  f"{ns!r} has that service open; name the others with --service NAME")
         if not confirm(plan):
             print("nothing deleted")
             return 1

@@ -29,6 +29,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import os
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -75,6 +76,27 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 # RedisClusterException when no seed node answers). Two subclasses are caller mistakes.
 _CLUSTER_DOWN = (ClusterDownError, TryAgainError, RedisClusterException)
 _CLUSTER_MISUSE = (CrossSlotTransactionError, InvalidPipelineStack)
+
+
+_CONNECTION_LAYER = os.path.join("redis", "asyncio", "connection.py")
+
+
+def _connection_fault(error: BaseException) -> bool:
+    """An error redis-py lets through as it comes from its connection layer, raised while a
+    node dies under a connection in use: uvloop's RuntimeError('unable to perform operation
+    on <TCPTransport closed=True ...>; the handler is closed'), AttributeError("'NoneType'
+    object has no attribute 'writelines'") from a connection another task just
+    disconnected. Seen in Redis Cluster pipelines while a master was killed: a failure of
+    the world (the command is retried), not a bug of the router (which would dead-letter the
+    message being handled)."""
+    if not isinstance(error, (RuntimeError, AttributeError)):
+        return False
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(_CONNECTION_LAYER):
+            return True
+        tb = tb.tb_next
+    return False
 
 # KEYS: record, outbox, dedup. ARGV[1]: dedup digest, or '' for none.
 _LOAD = """
@@ -388,6 +410,10 @@ class RedisStore:
             raise self._unavailable(error) from error
         except RedisError as error:  # READONLY during a failover, OOM, LOADING...
             raise self._refused(error) from error
+        except (RuntimeError, AttributeError) as error:
+            if not _connection_fault(error):
+                raise
+            raise self._unavailable(error) from error
 
     # -- the port -------------------------------------------------------------------------
 

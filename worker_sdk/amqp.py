@@ -241,8 +241,10 @@ class AmqpBroker:
 
     async def declare_own(self, queue: str, *, durable: bool = True,
                           expires: float | None = None,
-                          single_active: bool = False) -> None:
+                          single_active: bool = False, replicated: bool = False) -> None:
         arguments: dict[str, Any] = {}
+        if replicated:
+            arguments["x-queue-type"] = self.queue_type
         if expires is not None:
             arguments["x-expires"] = max(1, round(expires * 1000))
         if single_active:
@@ -362,10 +364,10 @@ class AmqpBroker:
                 self._busy[index] -= 1
         return results
 
-    async def _publish_wave(self, robust: aio_pika.abc.AbstractChannel,
+    async def _publish_wave(self, publishing: aio_pika.abc.AbstractChannel,
                             messages: Sequence[Outgoing]) -> list[Published]:
         try:
-            channel = cast(aiormq.Channel, await robust.get_underlay_channel())
+            channel = cast(aiormq.Channel, await publishing.get_underlay_channel())
         except _CLOSED_ERRORS as exc:
             raise PublishFailed(f"channel unavailable: {_one_line(exc)}") from None
         # What the body carried decides these, so they are never sent: a broker that gets
@@ -410,6 +412,8 @@ class AmqpBroker:
                 for task in tasks:
                     task.cancel()
                 raise
+        if any(isinstance(o, aiormq.exceptions.DeliveryError) for o in outcomes):
+            await self._renew_channel(publishing)
         sent = iter(zip(frames, outcomes, strict=True))
         results: list[Published] = []
         for verdict in verdicts:
@@ -419,6 +423,29 @@ class AmqpBroker:
             (message, _), outcome = next(sent)
             results.append(_published(message, outcome))
         return results
+
+    async def _renew_channel(self, nacked: aio_pika.abc.AbstractChannel) -> None:
+        """After a nack, publish on a new channel. A RabbitMQ channel keeps, per quorum queue,
+        the state of its enqueuer; a channel that published while the queue's leader was lost
+        (its node killed) was seen refusing every later message to that queue for over 60 s,
+        while a new channel's were taken at once. The old channel is closed (a publish still
+        in flight on it fails and is retried by its caller)."""
+        if nacked not in self._channels or self._connection is None:
+            return  # another wave renewed it already, or the broker is closing
+        try:
+            fresh = await self._connection.channel(publisher_confirms=True,
+                                                   on_return_raises=False)
+        except Exception as exc:  # keep the old one: the connection itself is failing
+            log.warning("event=publish_channel_renew_failed error=%s", _one_line(exc))
+            return
+        if nacked not in self._channels:  # renewed meanwhile
+            with contextlib.suppress(Exception):
+                await fresh.close()
+            return
+        self._channels[self._channels.index(nacked)] = fresh
+        log.info("event=publish_nacked; publishing on a new channel from now on")
+        with contextlib.suppress(Exception):
+            await nacked.close()
 
     # ------------------------------------------------------------------ consume
 

@@ -118,8 +118,12 @@ class Broker(Protocol):
 
     async def declare_own(self, queue: str, *, durable: bool = True,
                           expires: float | None = None,
-                          single_active: bool = False) -> None:
-        """Declare a party's own queue (a frontend's reply queue): no queue-type argument.
+                          single_active: bool = False, replicated: bool = False) -> None:
+        """Declare a party's own queue (a frontend's reply queue): no queue-type argument,
+        unless ``replicated``: then the broker's queue type (``x-queue-type``, quorum by
+        default), so that on a cluster the queue has a member on every node and survives the
+        loss of any one (a classic queue lives on one node). Only for a new queue: a queue
+        that exists with other arguments cannot be re-declared.
 
         With ``expires`` (seconds), the broker deletes the queue once it has had no consumer
         for that long (``x-expires``), so a party that crashed leaves nothing behind.

@@ -42,7 +42,9 @@ class Client:
     durable and kept on :meth:`close`, so notices wait for a restarted frontend; without a
     name, a random one is declared and deleted on close, and the broker deletes it by itself
     once it has had no consumer for ``reply_queue_expires`` seconds (a frontend that crashed
-    leaves nothing behind; None keeps it forever). Notices are deduplicated by id
+    leaves nothing behind; None keeps it forever). The random one has the broker's queue
+    type (quorum by default): on a RabbitMQ cluster it has a member on every node, so it
+    survives the loss of the client's node. Notices are deduplicated by id
     (the last ``dedup_size`` ids). Notices that arrive while no subscriber wants them are
     kept (the last ``dedup_size``) for the next subscriber.
     """
@@ -92,7 +94,11 @@ class Client:
         """Declare the reply queue and consume it."""
         if self._started:
             return
-        await self.broker.declare_own(self.reply_queue, durable=True, expires=self._expires)
+        # A generated queue is new: it takes the broker's queue type (quorum by default), so
+        # that on a cluster it survives the loss of its node and the client, reconnected to
+        # another node, consumes it there. A named queue keeps the arguments it was made with.
+        await self.broker.declare_own(self.reply_queue, durable=True, expires=self._expires,
+                                      replicated=self._generated_queue)
         await self.broker.consume(self.reply_queue, self._on_delivery, prefetch=self._prefetch)
         self._started = True
 

@@ -262,10 +262,12 @@ class MemoryBroker:
 
     async def declare_own(self, queue: str, *, durable: bool = True,
                           expires: float | None = None,
-                          single_active: bool = False) -> None:
+                          single_active: bool = False, replicated: bool = False) -> None:
         # Kept as arguments, as RabbitMQ keeps them: a re-declare with other settings fails.
         # One consumer per queue makes single_active moot in one process.
         arguments = _expiry(expires) or {}
+        if replicated:
+            arguments["x-queue-type"] = self.queue_type
         if single_active:
             arguments["x-single-active-consumer"] = True
         self._declare(queue, arguments or None, durable=durable)

@@ -21,17 +21,21 @@ DIR = Path(os.environ.get("CLOUDBUNCH_CLUSTER_DIR", "/tmp/cloudbunch-cluster"))
 RABBIT_NODES = {f"rabbit{n}@localhost": 5680 + n for n in (2, 3, 4)}
 """Node name -> AMQP port."""
 REDIS_PORTS = (6401, 6402, 6403, 6404, 6405, 6406)
-RMQCTL = ["runuser", "-u", "rabbitmq", "--", "env", "HOME=/var/lib/rabbitmq",
+RABBITMQ_HOME = "/var/lib/rabbitmq"
+RMQCTL = ["runuser", "-u", "rabbitmq", "--", "env", f"HOME={RABBITMQ_HOME}",
           "/usr/lib/rabbitmq/bin/rabbitmqctl", "-q"]
+"""rabbitmqctl as the 'rabbitmq' user (the nodes' Erlang cookie). It runs in that user's home:
+started in a folder the user cannot read (a clone under /root), the Erlang VM writes its
+code loader's errors (``eacces``, ``=ERROR REPORT====``) to stdout before the JSON."""
 
 AMQP_URLS = ",".join(f"amqp://guest:guest@127.0.0.1:{port}/" for port in RABBIT_NODES.values())
 REDIS_URL = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in REDIS_PORTS) + "/0"
 
 
-async def run(*argv: str, timeout: float = 180.0) -> str:
+async def run(*argv: str, timeout: float = 180.0, cwd: str | None = None) -> str:
     """Run a command; its stdout, or AssertionError with its output if it fails."""
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
@@ -90,25 +94,69 @@ async def rabbitmqctl(*args: str, nodes: list[str] | None = None) -> str:
     for node in nodes or list(RABBIT_NODES):
         try:
             # The CLI starts an Erlang VM per call: slow on a busy machine.
-            return await run(*RMQCTL, "-n", node, *args, timeout=120)
+            return await run(*RMQCTL, "-n", node, *args, timeout=120, cwd=RABBITMQ_HOME)
         except AssertionError as error:
             last = error
     raise AssertionError(f"no cluster node answered rabbitmqctl {' '.join(args)}: {last}")
+
+
+def json_rows(out: str) -> list[dict[str, object]]:
+    """The rows of ``rabbitmqctl --formatter json`` output: the JSON array, from the line that
+    opens it (anything the Erlang VM printed before it, such as an error report, is skipped)."""
+    lines = out.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip().startswith("[")), None)
+    if start is None:
+        if not out.strip():
+            return []
+        raise AssertionError(f"rabbitmqctl printed no JSON array: {out[-2000:]}")
+    try:
+        rows = json.loads("\n".join(lines[start:]))
+    except json.JSONDecodeError as error:
+        raise AssertionError(f"rabbitmqctl printed unreadable JSON ({error}): "
+                             f"{out[-2000:]}") from None
+    assert isinstance(rows, list), out[-2000:]
+    return rows
 
 
 async def queue_info(namespace: str, up: list[str] | None = None) -> list[dict[str, object]]:
     out = await rabbitmqctl("list_queues", "name", "leader", "members", "messages_ready",
                             "messages_unacknowledged", "consumers", "--formatter", "json",
                             nodes=up)
-    return [q for q in json.loads(out or "[]") if str(q["name"]).startswith(namespace + ".")]
+    return [q for q in json_rows(out) if str(q["name"]).startswith(namespace + ".")]
 
 
 async def leader_of(queue: str, up: list[str] | None = None) -> str:
     out = await rabbitmqctl("list_queues", "name", "leader", "--formatter", "json", nodes=up)
-    for q in json.loads(out or "[]"):
+    for q in json_rows(out):
         if q["name"] == queue:
             return str(q["leader"])
     raise AssertionError(f"queue {queue} not found")
+
+
+async def wait_healed(timeout: float = 150.0) -> float:
+    """Wait until every RabbitMQ node runs, sees the three and reports no partition (autoheal
+    restarts the losing side of a split); return how long that took."""
+    started = time.monotonic()
+    while True:
+        healthy = True
+        for node in RABBIT_NODES:
+            try:
+                out = await run(*RMQCTL, "-n", node, "cluster_status", "--formatter", "json",
+                                timeout=60, cwd=RABBITMQ_HOME)
+                start = out.find("{")
+                status = json.loads(out[start:]) if start >= 0 else {}
+            except (AssertionError, json.JSONDecodeError):
+                status = {}
+            if sorted(status.get("running_nodes") or []) != sorted(RABBIT_NODES) \
+                    or status.get("partitions"):
+                healthy = False
+                break
+        if healthy:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"the RabbitMQ cluster did not heal within {timeout} s: "
+                                 f"{status}")
+        await asyncio.sleep(1.0)
 
 
 def node_of_port(port: int) -> str:

@@ -28,7 +28,6 @@ from tests.chaos.load import (
     Figures,
     Frontend,
     Plan,
-    RecordingClient,
     check,
     drive,
     make_plans,
@@ -42,26 +41,12 @@ from .conftest import ClusterHarness
 
 log = logging.getLogger(__name__)
 
-SESSIONS = int(os.environ.get("CLUSTER_SESSIONS", "60"))
-MESSAGES = 8
-SPREAD = 8.0
-THINK = (2.0, 5.0)
+SESSIONS = int(os.environ.get("CLUSTER_SESSIONS", "40"))
+MESSAGES = int(os.environ.get("CLUSTER_MESSAGES", "6"))
+SPREAD = 4.0
+THINK = (1.0, 3.0)
 CHAIN_TIMEOUT = 90.0
 _probes = itertools.count(1)
-
-
-class QuorumReplyClient(RecordingClient):
-    """The frontend's reply queue as a quorum queue, with a member on every node.
-
-    The SDK's ``Client`` declares its own queue as a classic queue, which lives on one node:
-    while that node is down the queue is unavailable and the client cannot consume."""
-
-    async def start(self) -> None:
-        if self._started:
-            return
-        await self.broker.declare(self.reply_queue)
-        await self.broker.consume(self.reply_queue, self._on_delivery, prefetch=self._prefetch)
-        self._started = True
 
 
 @dataclass
@@ -116,22 +101,26 @@ class Run:
         return nodes.node_of_port(int(ports[-1]))
 
 
-async def drained(namespace: str, timeout: float) -> dict[str, tuple[int, int]]:
-    """Wait until no queue of the namespace but NS.dead holds a message; what is left."""
+Left = dict[str, tuple[int, int, int]]
+"""Queue -> (ready, unacknowledged, consumers), for the queues that hold a message."""
+
+
+async def drained(namespace: str, timeout: float) -> Left:
+    """Wait until no queue of the namespace but NS.dead holds a message; what is left (a
+    dead letter is always left: nothing should be dead-lettered)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             queues = await nodes.queue_info(namespace)
         except AssertionError:
             queues = []
-        left = {str(q["name"]): (int(str(q["messages_ready"] or 0)),
-                                 int(str(q["messages_unacknowledged"] or 0)))
-                for q in queues}
-        left = {q: c for q, c in left.items() if (c[0] or c[1]) and not q.endswith(".dead")}
-        if (queues and not left) or time.monotonic() > deadline:
-            dead = next((q for q in queues if str(q["name"]).endswith(".dead")), None)
-            if dead is not None and int(str(dead["messages_ready"] or 0)):
-                left[str(dead["name"])] = (int(str(dead["messages_ready"])), 0)
+        counts = {str(q["name"]): (int(str(q["messages_ready"] or 0)),
+                                   int(str(q["messages_unacknowledged"] or 0)),
+                                   int(str(q["consumers"] or 0)))
+                  for q in queues}
+        left = {q: c for q, c in counts.items() if c[0] or c[1]}
+        if (queues and all(q.endswith(".dead") for q in left)) \
+                or time.monotonic() > deadline:
             return left
         await asyncio.sleep(0.5)
 
@@ -147,14 +136,15 @@ async def under_load(harness: ClusterHarness, capsys: pytest.CaptureFixture[str]
     cluster = standard_cluster(harness, routers=2, turn_timeout=2, max_attempts=10)
     await cluster.start(timeout=90)
     front = Frontend(harness, name=f"cluster-{name}")
-    front.client = QuorumReplyClient(front.broker, harness.ns, prefetch=512)
-    harness.queues.add(front.client.reply_queue)
     await front.start()
-    # Every shared queue has a member on each of the three nodes.
+    # Every shared queue, and the frontend's generated reply queue (the SDK Client declares
+    # it with the broker's queue type), has a member on each of the three nodes.
     members = {str(q["name"]): sorted(map(str, q["members"]))  # type: ignore[call-overload]
                for q in await nodes.queue_info(harness.ns)
-               if str(q["name"]).endswith((".ingress", ".replies"))}
-    assert members and all(m == sorted(nodes.RABBIT_NODES) for m in members.values()), members
+               if str(q["name"]).endswith((".ingress", ".replies"))
+               or q["name"] == front.client.reply_queue}
+    assert len(members) == 3, members
+    assert all(m == sorted(nodes.RABBIT_NODES) for m in members.values()), members
     prepared = None if before is None else await before(harness)
     run = Run(harness, cluster, front, time.monotonic(), before=prepared)
     load = asyncio.create_task(drive(front, plans, rng, spread=SPREAD, think=THINK,
@@ -164,6 +154,7 @@ async def under_load(harness: ClusterHarness, capsys: pytest.CaptureFixture[str]
         await load
         load_s = time.monotonic() - run.t0
         await nodes.start()  # every node back before the final checks
+        await nodes.wait_healed()  # and one cluster (a split would fail the next test)
         await cluster.wait_consumers(60)
         left = await drained(harness.ns, 60)
         everything = [*plans, *run.probes]
@@ -173,6 +164,9 @@ async def under_load(harness: ClusterHarness, capsys: pytest.CaptureFixture[str]
         load.cancel()
         await asyncio.gather(load, return_exceptions=True)
     stats = await cluster.stop()
+    # Every process stopped: what they held is back in its queue; nothing should be.
+    after_stop = {q: c for q, c in (await drained(harness.ns, 0)).items()
+                  if q != front.client.reply_queue}
     await front.close()
     figures = Figures()
     check(everything, front, stacks, figures)
@@ -183,13 +177,14 @@ async def under_load(harness: ClusterHarness, capsys: pytest.CaptureFixture[str]
         "chain_timeouts": front.chain_timeouts, "redispatches": cluster.redispatches(),
         **{k: stats.get(k, 0) for k in ("replies_dropped", "leftover_waits", "cas_retries")},
         "unexpected_exits": len(cluster.unexpected), "undrained": len(left),
-        "load_s": round(load_s, 1), "seed": seed,
+        "left_after_stop": len(after_stop), "load_s": round(load_s, 1), "seed": seed,
     }
     with capsys.disabled():
         print(f"\n{name}: {figures.line()}", flush=True)
     report = "\n".join([*run.journal, *figures.problems[:40], *cluster.unexpected,
-                        f"not drained: {left}"])
+                        f"not drained (ready, unacknowledged, consumers): {left}",
+                        f"left after stop: {after_stop}"])
     assert figures.bad == 0, report
-    assert not left, report
+    assert not left and not after_stop, report
     assert not cluster.unexpected, report
     return figures

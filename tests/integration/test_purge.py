@@ -120,10 +120,14 @@ async def test_purge_refuses_while_a_router_serves_then_deletes_after_yes(
     assert await s.keys() > 0
     assert await s.existing() == s.queues
 
-    code, out = await purge(h, "--yes")
+    # A service no session has open is found only by name.
+    extra = f"{h.ns}.service.extra"
+    h.queues.add(extra)
+    await s.checker.declare(extra)
+    code, out = await purge(h, "--yes", "--service", "extra")
     assert code == 0, out
-    assert "deleted 5 queue(s) and" in out, out
-    assert await s.existing() == []
+    assert "deleted 6 queue(s) and" in out, out
+    assert await s.existing() == [] and not await s.checker.queue_exists(extra)
     assert await s.keys() == 0
 
 
@@ -143,6 +147,7 @@ async def test_purge_in_a_terminal_asks_and_no_keeps_everything(served: Served) 
     question = (f"namespace '{h.ns}': 5 queue(s) ({', '.join(sorted(s.queues))}) and every "
                 f"Redis key under '{h.ns}:'. Delete them? [y/N]: n")
     assert question in out, out
+    assert "a service queue is found only while a session of" in out, out
     assert out.rstrip().endswith("nothing deleted"), out
     assert await s.existing() == s.queues
     assert await s.keys() == keys

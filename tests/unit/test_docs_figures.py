@@ -117,3 +117,10 @@ def test_the_worker_is_not_described_as_it_was_before_uvloop() -> None:
     text = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
     text = text.split("## What limits each figure", 1)[1]
     assert "uses\n`asyncio.run`" not in text and "runtime uses `asyncio.run`" not in text
+
+
+def test_a_marker_quoted_in_code_is_left_as_it_is() -> None:
+    text = ("Write `<!-- bench:NAME WHAT -->` and then `<!-- /bench -->`, or:\n\n```\n"
+            "<!-- bench:latest router_cpu_per_turn -->9 ms<!-- /bench -->\n```\n\n"
+            "Here: <!-- bench:latest router_cpu_per_turn -->1 ms<!-- /bench -->.\n")
+    assert rewrite(text, results(ROUTER_CPU)) == text.replace(">1 ms<", ">2.42 ms<")

@@ -24,7 +24,7 @@ import click
 
 from worker_sdk.errors import ConfigError
 from worker_sdk.settings import Declaration, Settings, SettingsBase, setting
-from worker_sdk.shutdown import stop_on_signals
+from worker_sdk.shutdown import close_all, stop_on_signals, until_stopped
 
 from ...cli import is_verbose, run_async, settings_options
 
@@ -200,19 +200,14 @@ async def serve(config: Settings, settings: Mapping[str, Any], *,
         stop = stop_on_signals()
         if ready is not None:
             ready.set()
-        waits = {asyncio.create_task(stop.wait()),
-                 asyncio.create_task(broker.wait_lost())}
-        if polling is not None:
-            waits.add(polling)
-        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            if task is not polling:
-                task.cancel()
-        if polling is not None and polling in done:
+        # Shielded: the polling task is stopped in order below, not cancelled here.
+        also = () if polling is None else (asyncio.shield(polling),)
+        stopped = await until_stopped(stop, broker.wait_lost(), *also)
+        if polling is not None and polling.done():
             polling.result()  # raises what stopped it
             print("cloudbunch telegram: polling stopped", file=sys.stderr)
             return 1
-        if not stop.is_set():
+        if not stopped:
             print("cloudbunch telegram: giving up: the RabbitMQ connection could not be "
                   "restored; exiting so a supervisor restarts it", file=sys.stderr)
             return 1
@@ -223,15 +218,8 @@ async def serve(config: Settings, settings: Mapping[str, Any], *,
                 await gateway.dispatcher.stop_polling()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(polling, 5.0)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(gateway.stop(), 5.0)
-        if runner is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(runner.cleanup(), 3.0)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(broker.close(), 2.0)
-        with contextlib.suppress(Exception):
-            await bot.session.close()
+        await close_all((gateway.stop, 5.0), (None if runner is None else runner.cleanup, 3.0),
+                        (broker.close, 2.0), (bot.session.close, None))
 
 
 async def _start_webhook(gateway: Any, settings: Mapping[str, Any]) -> Any:

@@ -7,7 +7,6 @@ Every option also reads an environment variable; the connection settings are the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import sys
 from collections.abc import Mapping
@@ -18,7 +17,7 @@ import click
 
 from worker_sdk.errors import ConfigError
 from worker_sdk.settings import SettingsBase, borrow, setting
-from worker_sdk.shutdown import stop_on_signals
+from worker_sdk.shutdown import close_all, stop_on_signals, until_stopped
 
 from ...cli import run_async, settings_options
 from ...config import RouterConfig, ServerSettings
@@ -108,26 +107,14 @@ async def serve(config: WebServers | RouterConfig, web: Mapping[str, Any], *,
         stop = stop_on_signals()
         if ready is not None:
             ready.set()
-        lost = asyncio.create_task(broker.wait_lost())
-        stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait({lost, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (lost, stopped):
-            task.cancel()
-        if not stop.is_set():
+        if not await until_stopped(stop, broker.wait_lost()):
             print("cloudbunch web: giving up: the RabbitMQ connection could not be restored; "
                   "exiting so a supervisor restarts it", file=sys.stderr)
             return 1
         return 0
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(gateway.stop(), 5.0)
-        if runner is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(runner.cleanup(), 3.0)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(broker.close(), 2.0)
-        with contextlib.suppress(Exception):
-            await store.close()
+        await close_all((gateway.stop, 5.0), (None if runner is None else runner.cleanup, 3.0),
+                        (broker.close, 2.0), (store.close, None))
 
 
 def _web_config(namespace: str, web: Mapping[str, Any]) -> Any:

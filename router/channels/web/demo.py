@@ -15,7 +15,7 @@ import webbrowser
 from aiohttp import web as aioweb
 
 from worker_sdk.errors import ConfigError
-from worker_sdk.shutdown import stop_on_signals
+from worker_sdk.shutdown import close_all, stop_on_signals
 
 from ...config import RouterConfig
 from ...demo import choose_engine
@@ -63,9 +63,6 @@ async def run_web_demo(config: RouterConfig, *, mode: str = "auto", host: str = 
                 ready.set()
             await stop.wait()
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(gateway.stop(), 5.0)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(runner.cleanup(), 3.0)
+            await close_all((gateway.stop, 5.0), (runner.cleanup, 3.0))
     print("demo: stopped", flush=True)
     return 0
