@@ -393,25 +393,17 @@ class AmqpBroker:
         # in list order while all confirms are awaited together. wait=False: the lock is not
         # held until the frame is flushed (the confirm is what counts), so the publishes of
         # concurrent steps share the socket writes of one loop turn.
-        outcomes: list[object]
-        if len(frames) == 1:  # the common case: no task to create, nothing to gather
-            (m, properties), = frames
-            try:
-                outcomes = [await channel.basic_publish(
-                    m.body, exchange=m.exchange, routing_key=m.queue, mandatory=True,
-                    properties=properties, wait=False)]
-            except Exception as exc:  # as gather(return_exceptions=True) would give it
-                outcomes = [exc]
-        else:
-            tasks = [asyncio.ensure_future(channel.basic_publish(
-                m.body, exchange=m.exchange, routing_key=m.queue, mandatory=True,
-                properties=properties, wait=False)) for m, properties in frames]
-            try:
-                outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-            except asyncio.CancelledError:
-                for task in tasks:
-                    task.cancel()
-                raise
+        # Each in a task of its own, gathered: aiormq cancels a publish's confirmation when
+        # its channel closes, and that must come back as an outcome, not cancel the caller.
+        tasks = [asyncio.ensure_future(channel.basic_publish(
+            m.body, exchange=m.exchange, routing_key=m.queue, mandatory=True,
+            properties=properties, wait=False)) for m, properties in frames]
+        try:
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            raise
         if any(isinstance(o, aiormq.exceptions.DeliveryError) for o in outcomes):
             await self._renew_channel(publishing)
         sent = iter(zip(frames, outcomes, strict=True))
