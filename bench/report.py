@@ -99,7 +99,7 @@ class Results:
         target = None
         if raw.get("target"):
             op, limit = str(raw["target"]).split()
-            target = Target(op, float(limit))
+            target = Target(op, float(limit.replace(",", "")))  # "<= 1,024"
         runs = tuple(float(v) for v in raw.get("runs") or () if v is not None)
         summary = Summary(_float(raw["median"]), _float(raw.get("min")), _float(raw.get("max")),
                           runs)

@@ -88,10 +88,11 @@ async def test_a_lower_frames_timer_discards_the_frames_above(e2e: Harness) -> N
 async def test_many_timers_due_in_one_second_fire_once_in_time(e2e: Harness, count: int) -> None:
     """Timers of many sessions due within about a second, two router replicas.
 
-    Every timer fires exactly once, never early, and both replicas fire some. The contract's
+    Every timer fires exactly once, never early, and both replicas fire some of a burst too
+    big for one scanner pass. The contract's
     "at most 1 s late" is asserted for 50 timers; for a burst of 1,000 the lateness is printed
-    (on a 2-core machine the replicas fire about 170 timers a second, so the last ones of such
-    a burst come several seconds late: see docs/protocol.md, "Idle timers")."""
+    (on a 2-core machine the last ones of such a burst come about a second late: see
+    docs/protocol.md, "Idle timers")."""
     sessions = [f"t{i}" for i in range(count)]
     a = await e2e.service("A", prefetch=1000)
     routers = [await e2e.router("A", turn_timeout=30), await e2e.router("A", turn_timeout=30)]
@@ -149,7 +150,11 @@ async def test_many_timers_due_in_one_second_fire_once_in_time(e2e: Harness, cou
     for proc in routers:
         await proc.stop()
         fires.append(_stat(proc.output(), "timers_fired"))
-    assert all(n > 0 for n in fires), f"timer steps per replica: {fires}"
+    assert sum(fires) == count, f"timers fired per replica: {fires}"
+    if count > 100:
+        # One scanner pass claims at most 100 hints, so a burst this size is shared; a small
+        # one may all be taken by whichever replica scans first, which is as it should be.
+        assert all(n > 0 for n in fires), f"timers fired per replica: {fires}"
 
 
 def _fired(e2e: Harness, session: str) -> Any:

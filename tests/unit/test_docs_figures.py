@@ -124,3 +124,12 @@ def test_a_marker_quoted_in_code_is_left_as_it_is() -> None:
             "<!-- bench:latest router_cpu_per_turn -->9 ms<!-- /bench -->\n```\n\n"
             "Here: <!-- bench:latest router_cpu_per_turn -->1 ms<!-- /bench -->.\n")
     assert rewrite(text, results(ROUTER_CPU)) == text.replace(">1 ms<", ">2.42 ms<")
+
+
+def test_a_target_with_a_thousands_separator_is_read() -> None:
+    results = report.Results("x", {"figures": {"memory_per_session": {
+        "median": 800.0, "min": 800.0, "max": 800.0, "runs": [800.0], "unit": "B",
+        "label": "Redis used_memory per idle session", "target": "<= 1,024", "met": True}}})
+    figure = results.figure("memory_per_session")
+    assert figure is not None and figure.target is not None
+    assert figure.target.limit == 1024
