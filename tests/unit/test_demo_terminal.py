@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pexpect
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT handled by default and not blocked, whatever the
+    test process (and the many tests before this one) left to inherit."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.terminal
 def test_ctrl_c_at_the_prompt_exits_at_once() -> None:
     # Before, a thread blocked in input() held the exit until the next Enter: the expect
     # for EOF timed out. The generous timeout only bounds a hang; it is not a speed check.
     child = pexpect.spawn(sys.executable, ["-m", "router.cli", "demo", "--embedded"],
-                          cwd=str(REPO), timeout=60, encoding="utf-8")
+                          cwd=str(REPO), timeout=60, encoding="utf-8",
+                          preexec_fn=_default_sigint)
     try:
         child.expect_exact("you> ")
         child.sendline("help")
