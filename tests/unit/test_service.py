@@ -324,14 +324,20 @@ async def router_side(broker: MemoryBroker) -> None:
     await broker.bind("ns.x.replies", "replies", "ns.replies")
 
 
-async def test_a_reply_the_broker_refuses_is_dropped_not_retried() -> None:
-    broker = MemoryBroker()
+async def serve_echo(broker: MemoryBroker, handler: Any) -> None:
+    """Connect ``broker`` with the router's side declared, and serve service "echo" on it,
+    one dispatch at a time, with ``handler`` for messages."""
     await broker.connect()
     await router_side(broker)
     svc = Service("echo")
-    seen: list[str] = []
-    svc.on_message(lambda ctx: seen.append(ctx.turn))
+    svc.on_message(handler)
     await svc.serve(broker, "ns", prefetch=1)
+
+
+async def test_a_reply_the_broker_refuses_is_dropped_not_retried() -> None:
+    broker = MemoryBroker()
+    seen: list[str] = []
+    await serve_echo(broker, lambda ctx: seen.append(ctx.turn))
     # A forged dispatch whose turn makes the reply's message id over 255 bytes.
     forged = wire.encode(dispatch("message", payload="x", turn="t" * 300).to_wire())
     await broker.publish([wire_out("ns.service.echo", forged)])
@@ -366,12 +372,8 @@ async def test_dispatch_is_requeued_when_the_reply_publish_fails() -> None:
             return await super().publish(messages)
 
     broker = FlakyBroker()
-    await broker.connect()
-    await router_side(broker)
-    svc = Service("echo")
     seen: list[int] = []
-    svc.on_message(lambda ctx: seen.append(ctx.attempt))
-    await svc.serve(broker, "ns", prefetch=1)
+    await serve_echo(broker, lambda ctx: seen.append(ctx.attempt))
     body = wire.encode(dispatch("message", payload="x").to_wire())
     await broker.publish([wire_out("ns.service.echo", body)])
     for _ in range(200):
