@@ -425,15 +425,8 @@ class Bench:
             keys.extend(more)
             await asyncio.sleep(0.5)
             used = await routed.used_memory()
-            rates, p50s, cpus = [], [], []
-            for _ in range(plan.runs):
-                sample = random.sample(keys, plan.sessions)
-                meter = CpuMeter(pids)
-                r = await self.load(routed.turn, sample, in_flight=plan.in_flight, meter=meter)
-                latency = await self.load(routed.turn, sample, in_flight=1, latency=True)
-                rates.append(r.rate)
-                p50s.append(latency.p50_ms)
-                cpus.append(1000 * meter.used.get("router", math.nan) / max(r.completed, 1))
+            rates, p50s, cpus = await self._turn_costs(
+                lambda: random.sample(keys, plan.sessions), plan.in_flight, pids)
             per = (used - base) / count
             self.say(f"{count:,} idle sessions (+{len(more):,} in {took:.1f} s): {per:.0f} B "
                      f"each; {statistics.median(rates):.0f} turns/s, p50 "
@@ -456,15 +449,8 @@ class Bench:
             got = await routed.depth_of(stacks[0])
             if got != depth:
                 raise RuntimeError(f"session {stacks[0]!r} has {got} frames, not {depth}")
-            rates, p50s, cpus = [], [], []
-            for _ in range(plan.runs):
-                meter = CpuMeter(pids)
-                r = await self.load(routed.turn, stacks, in_flight=min(plan.in_flight, n),
-                                    meter=meter)
-                latency = await self.load(routed.turn, stacks, in_flight=1, latency=True)
-                rates.append(r.rate)
-                p50s.append(latency.p50_ms)
-                cpus.append(1000 * meter.used.get("router", math.nan) / max(r.completed, 1))
+            rates, p50s, cpus = await self._turn_costs(
+                lambda stacks=stacks: stacks, min(plan.in_flight, n), pids)
             size = statistics.median([await routed.session_bytes(k) for k in stacks[:20]])
             self.say(f"stacks of {depth}: {statistics.median(rates):.0f} turns/s, p50 "
                      f"{statistics.median(p50s):.2f} ms, router CPU "
@@ -475,6 +461,24 @@ class Bench:
             self.add(f"stack_{depth}_router_cpu", f"router CPU per turn, {label}", "ms", cpus)
             self.add(f"stack_{depth}_bytes", f"Redis MEMORY USAGE per session, {label}", "B",
                      [size], note="median of 20 sessions")
+
+    async def _turn_costs(self, pick: Callable[[], list[str]], in_flight: int,
+                          pids: dict[str, list[int]]
+                          ) -> tuple[list[float], list[float], list[float]]:
+        """Per run: turns/s at ``in_flight``, p50 at 1 in flight and router CPU per turn (ms),
+        over the sessions ``pick`` gives for that run."""
+        routed = self.routed
+        assert routed is not None
+        rates, p50s, cpus = [], [], []
+        for _ in range(self.plan.runs):
+            keys = pick()
+            meter = CpuMeter(pids)
+            r = await self.load(routed.turn, keys, in_flight=in_flight, meter=meter)
+            latency = await self.load(routed.turn, keys, in_flight=1, latency=True)
+            rates.append(r.rate)
+            p50s.append(latency.p50_ms)
+            cpus.append(1000 * meter.used.get("router", math.nan) / max(r.completed, 1))
+        return rates, p50s, cpus
 
     async def history_section(self) -> None:
         """Redis memory of one session after 10 and 100 messages, history included."""
