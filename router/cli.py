@@ -531,8 +531,7 @@ async def run_router(config: RouterConfig, *, metrics_port: int | None = None) -
     except BaseException:
         await store.close()
         if probes is not None:
-            probes[1].cancel()
-            await probes[0].close()
+            await probes.close()
         raise
     stop = stop_on_signals()
     code = 0
@@ -548,8 +547,7 @@ async def run_router(config: RouterConfig, *, metrics_port: int | None = None) -
     finally:
         await close_all((router.stop, 8.5))
         if probes is not None:
-            probes[1].cancel()
-            await probes[0].close()
+            await probes.close()
         await close_all((broker.close, 1.0), (store.close, None))
     return code
 

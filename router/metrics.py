@@ -8,10 +8,8 @@ namespace, phases. Never a session or a turn.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 import msgpack
 from prometheus_client import (
@@ -205,18 +203,6 @@ class RouterMetrics:
                 self.dead_letter(effect.headers.get("x-cb-source-queue", ""),
                                  effect.headers.get("x-cb-reason", ""))
         return kinds
-
-    async def watch_broker(self, connected: Callable[[], bool], period: float = 0.5) -> None:
-        """Track the broker connection's state until cancelled. Not before it first
-        connected: a process still starting has had no outage (its /readyz says it is not
-        ready yet)."""
-        started = False
-        while True:
-            up = connected()
-            started = started or up
-            if started:
-                self.dependency("rabbitmq", up)
-            await asyncio.sleep(period)
 
 
 def _notice_type(body: bytes) -> str:

@@ -4,7 +4,6 @@ log format), and the router's /metrics, /healthz, /readyz server."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,8 +45,8 @@ def process_options(args: argparse.Namespace,
         log_format=check_format(fmt or env.get("CLOUDBUNCH_LOG_FORMAT") or "text"))
 
 
-async def start_router_probes(router: Router, port: int) -> tuple[ProbeServer, asyncio.Task[None]]:
-    """Serve the router's metrics and probes; watch the broker connection for the metrics."""
+async def start_router_probes(router: Router, port: int) -> ProbeServer:
+    """Serve the router's metrics and probes; count the broker's outages as they happen."""
     metrics = router.metrics
     assert metrics is not None, "the router was made without metrics"
     server = ProbeServer(port, metrics.registry, router.not_ready)
@@ -56,6 +55,7 @@ async def start_router_probes(router: Router, port: int) -> tuple[ProbeServer, a
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on port {port}: {exc.strerror or exc}; "
                           "choose another --metrics-port / CLOUDBUNCH_METRICS_PORT") from None
-    watch = asyncio.create_task(metrics.watch_broker(router.broker.is_connected),
-                                name="cloudbunch-broker-watch")
-    return server, watch
+    # Told by the connection itself, not polled: a local broker is back within a second, an
+    # outage shorter than a poll's period would go uncounted.
+    router.broker.on_state(lambda up: metrics.dependency("rabbitmq", up))
+    return server

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -137,6 +137,7 @@ class AmqpBroker:
         self._busy: list[int] = []
         self._consumers: dict[str, _Consumer] = {}
         self._down_since: float | None = None
+        self._state_callbacks: list[Callable[[bool], None]] = []
         quiet_library_logs()
 
     # ------------------------------------------------------------------ lifecycle
@@ -176,12 +177,25 @@ class AmqpBroker:
         reason = _one_line(exc) if exc is not None else "closed"
         log.warning("event=broker_connection_lost url=%s reason=%s; reconnecting (to another "
                     "node when several are configured)", display(connection.url), reason)
+        self._tell(False)
 
     def _on_reconnected(self, connection: Any) -> None:
         down_for = 0.0 if self._down_since is None else time.monotonic() - self._down_since
         self._down_since = None
         log.info("event=broker_reconnected url=%s down_for=%.1f", display(connection.url),
                  down_for)
+        self._tell(True)
+
+    def on_state(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(False)`` when the connection is lost, ``callback(True)`` when back."""
+        self._state_callbacks.append(callback)
+
+    def _tell(self, up: bool) -> None:
+        for callback in self._state_callbacks:
+            try:
+                callback(up)
+            except Exception:
+                log.exception("event=state_callback_failed up=%s", up)
 
     async def close(self) -> None:
         """Stop consumers (handing back what they hold) and close the connection."""
@@ -192,6 +206,8 @@ class AmqpBroker:
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
+            if self._down_since is None:
+                self._tell(False)
 
     def is_connected(self) -> bool:
         """Whether the connection is up now (False while reconnecting or after close)."""

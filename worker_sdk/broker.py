@@ -113,6 +113,10 @@ class Broker(Protocol):
     def is_connected(self) -> bool:
         """Whether the connection is up now (False while reconnecting or after close)."""
 
+    def on_state(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(False)`` as soon as the connection is lost and ``callback(True)``
+        once it is back, however short the outage (a poll of ``is_connected`` can miss one)."""
+
     async def declare(self, queue: str) -> None:
         """Declare a shared durable queue (arguments exactly {x-queue-type: TYPE})."""
 

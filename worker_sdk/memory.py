@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,6 +250,9 @@ class MemoryBroker:
 
     def is_connected(self) -> bool:
         return not self._closed
+
+    def on_state(self, callback: Callable[[bool], None]) -> None:
+        """Never called: an in-process broker is never lost."""
 
     async def wait_lost(self) -> None:
         """Never returns by itself: an in-process broker cannot be lost."""

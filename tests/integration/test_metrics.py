@@ -229,7 +229,7 @@ async def test_readiness_follows_the_router_connections(
     store = RedisStore(config.redis_url, namespace)
     metrics = RouterMetrics(config.core())
     router = Router(config, broker, store, metrics=metrics)
-    server, watch = await start_router_probes(router, 0)
+    server = await start_router_probes(router, 0)
     url = f"http://127.0.0.1:{server.port}"
     names = (router.ingress, router.replies, router.dead)
     try:
@@ -270,7 +270,6 @@ async def test_readiness_follows_the_router_connections(
 
         await eventually(rabbit_down, 10, "the rabbitmq gauge to drop")
     finally:
-        watch.cancel()
         await server.close()
         await broker.close()
         await store.close()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from prometheus_client import generate_latest
 
 from router.core import Event, Outcome
 from router.metrics import RouterMetrics
+from worker_sdk.amqp import AmqpBroker
 
 from .core_harness import Harness
 
@@ -128,17 +129,31 @@ def test_idle_timers_set_and_fired() -> None:
                    action="reply") == 1
 
 
-async def test_the_broker_is_watched_from_its_first_connection_on() -> None:
+def test_the_broker_connection_tells_the_metrics_of_every_outage_however_short() -> None:
+    """An outage is counted when the connection reports it, not when a poll happens to see
+    it: a local broker is back within a second. Once per outage; a callback that raises
+    does not keep the others from hearing."""
     m = RouterMetrics(Harness().cfg)
-    states = iter([False, False, True, False, True])
+    broker = AmqpBroker("amqp://guest:guest@127.0.0.1:1/")
+    heard: list[bool] = []
 
-    async def watch() -> None:
-        await m.watch_broker(lambda: next(states), period=0)
+    def broken(up: bool) -> None:
+        raise RuntimeError("a broken listener")
 
-    with contextlib.suppress(StopIteration, RuntimeError):
-        await watch()
-    # Two samples before the first connection count nothing; then one real outage.
+    broker.on_state(broken)
+    broker.on_state(lambda up: m.dependency("rabbitmq", up))
+    broker.on_state(heard.append)
+    connection = SimpleNamespace(url="amqp://guest:guest@127.0.0.1:1/")
+    broker._connection = cast(Any, connection)
+    for _ in range(2):
+        broker._on_lost(connection, ConnectionError("cut"))
+        broker._on_lost(connection, ConnectionError("the same cut, seen again"))
+        assert m.registry.get_sample_value("cloudbunch_router_dependency_up",
+                                           {"dependency": "rabbitmq"}) == 0
+        broker._on_reconnected(connection)
+    assert heard == [False, True, False, True]
     assert m.registry.get_sample_value("cloudbunch_router_outages_total",
-                                       {"dependency": "rabbitmq"}) == 1
+                                       {"dependency": "rabbitmq"}) == 2
     assert m.registry.get_sample_value("cloudbunch_router_dependency_up",
                                        {"dependency": "rabbitmq"}) == 1
+
