@@ -48,6 +48,10 @@ async def purge(config: ServerSettings, services: Sequence[str],
         named = set(shared.values()) | {wire.service_queue(ns, s) for s in services}
         named |= await _named_in_sessions(store, ns)
         queues = sorted([q for q in named if await broker.queue_exists(q)])
+        if not queues and not await store.namespace_has_keys():
+            print(f"cloudbunch purge: namespace {ns!r}: no queue of it and no Redis key "
+                  "found, nothing to delete (is --namespace / CLOUDBUNCH_NAMESPACE right?)")
+            return 0
         plan = (f"namespace {ns!r}: {len(queues)} queue(s) "
                 f"({', '.join(queues) if queues else 'none found'}) and every Redis key "
                 f"under '{ns}:'")

@@ -636,6 +636,14 @@ class RedisStore:
                 if blob is not None:
                     yield blob.encode() if isinstance(blob, str) else bytes(blob)
 
+    async def namespace_has_keys(self) -> bool:
+        """Whether any key of the namespace exists (a scan that stops at the first)."""
+        async with self._guard():
+            async for _ in self._redis.scan_iter(match=_escape_glob(self._ns) + ":*",
+                                                 count=1000):
+                return True
+        return False
+
     async def delete_namespace(self) -> int:
         """Delete every key of the namespace (tests, tools); return how many.
 

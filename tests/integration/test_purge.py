@@ -163,3 +163,10 @@ async def test_purge_in_a_terminal_asks_and_no_keeps_everything(served: Served) 
                                  f"'{h.ns}'"), out
     assert await s.existing() == []
     assert await s.keys() == 0
+
+    # Nothing left: nothing is asked, and saying so is no failure.
+    code, out = await purge_in_terminal(h, None)
+    assert code == 0, out
+    assert out.strip() == (f"cloudbunch purge: namespace '{h.ns}': no queue of it and no Redis "
+                           "key found, nothing to delete (is --namespace / "
+                           "CLOUDBUNCH_NAMESPACE right?)"), out
