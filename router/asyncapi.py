@@ -120,6 +120,9 @@ WIRE_CLASSES = {"ClientMessage": wire.ClientMessage, "Dispatch": wire.Dispatch,
 SESSION_EX = "tg:42"
 TURN = "q7Xk2mP9vR4sT8wYb3nC1d"
 TRACE = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+EXAMPLE_HEADERS: dict[str, dict[str, str]] = {
+    "DispatchHeaders": {wire.SENT_HEADER: "1764633600123"}}
+"""Headers besides the trace context on a message's first example, by headers schema."""
 
 EXAMPLES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "ClientMessage": [
@@ -222,7 +225,8 @@ def payload_schema(name: str) -> dict[str, Any]:
     return schema
 
 
-def _message(name: str, title: str, summary: str, *, traced: bool = True) -> dict[str, Any]:
+def _message(name: str, title: str, summary: str, *, traced: bool = True,
+             headers: str = "TraceHeaders") -> dict[str, Any]:
     message: dict[str, Any] = {
         "name": name, "title": title, "summary": summary,
         "contentType": wire.CONTENT_TYPE,
@@ -230,10 +234,10 @@ def _message(name: str, title: str, summary: str, *, traced: bool = True) -> dic
         "bindings": {"amqp": {"messageType": name, "bindingVersion": AMQP_BINDING}},
     }
     if traced:
-        message["headers"] = {"$ref": "#/components/schemas/TraceHeaders"}
+        message["headers"] = {"$ref": f"#/components/schemas/{headers}"}
     examples = [{"name": n, "summary": s, "payload": p} for n, s, p in EXAMPLES.get(name, [])]
     if examples and traced:
-        examples[0]["headers"] = dict(TRACE)
+        examples[0]["headers"] = dict(TRACE) | EXAMPLE_HEADERS.get(headers, {})
     if examples:
         message["examples"] = examples
     return message
@@ -305,6 +309,14 @@ def document() -> dict[str, Any]:
             "traceparent": {"type": "string",
                             "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"},
             "tracestate": {"type": "string"}}}
+    schemas["DispatchHeaders"] = {
+        "allOf": [{"$ref": "#/components/schemas/TraceHeaders"}, {
+            "type": "object", "properties": {
+                wire.SENT_HEADER: {
+                    "type": "string", "pattern": "^[0-9]+$",
+                    "description": "when the router published the dispatch, in milliseconds "
+                    "since the epoch (the AMQP timestamp property holds whole seconds); the "
+                    "Python SDK measures queue wait with it, a service may ignore it"}}}]}
     schemas["DeadLetterHeaders"] = {
         "type": "object", "required": ["x-cb-reason", "x-cb-detail", "x-cb-source-queue"],
         "properties": {
@@ -316,7 +328,8 @@ def document() -> dict[str, Any]:
     messages = {
         "ClientMessage": _message("ClientMessage", "Client message",
                                   "A person's message (or end), from a frontend"),
-        "Dispatch": _message("Dispatch", "Dispatch", "One turn for one frame, from the router"),
+        "Dispatch": _message("Dispatch", "Dispatch", "One turn for one frame, from the router",
+                             headers="DispatchHeaders"),
         "Reply": _message("Reply", "Reply", "A service's answer to one dispatch"),
         "Notice": _message("Notice", "Notice", "What the router tells a frontend"),
         "DeadLetter": {

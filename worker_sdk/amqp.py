@@ -203,6 +203,7 @@ class AmqpBroker:
             with contextlib.suppress(Exception):
                 await self.cancel(queue, drain=0)
         connection, self._connection, self._channels = self._connection, None, []
+        self._busy = []
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()

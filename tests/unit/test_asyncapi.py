@@ -235,3 +235,40 @@ async def test_notice_examples(name: str) -> None:
         notice = await asyncio.wait_for(notices.__anext__(), 5)
         assert notice == wire.Notice.from_wire(example["payload"])
     await broker.close()
+
+
+async def test_every_header_the_router_sets_is_documented(deployment: _Deployment) -> None:
+    """The headers of a real dispatch and notice (a traced chain) are the ones the document
+    declares for them: a header added to the code without the document fails here."""
+    d = deployment
+
+    def declared(schema: str) -> set[str]:
+        found: set[str] = set()
+        node = SCHEMAS[schema]
+        for part in [node, *node.get("allOf", [])]:
+            if "$ref" in part:
+                found |= declared(part["$ref"].rsplit("/", 1)[1])
+            found |= set(part.get("properties", {}))
+        return found
+
+    def headers_of(message: str) -> set[str]:
+        ref = DOC["components"]["messages"][message]["headers"]["$ref"]
+        return declared(ref.rsplit("/", 1)[1])
+
+    service = wire.service_queue(NS, "greeter")
+    await d.broker.declare(service)
+    client_queue = f"{NS}.client.web"
+    await d.broker.declare_own(client_queue)
+    body = {"v": 1, "type": "message", "session": "s-h", "id": "m-h", "reply_to": client_queue,
+            "payload": "hi"}
+    assert await d.broker.publish([Outgoing(f"{NS}.ingress", wire.encode(body), "m-h",
+                                            headers=dict(asyncapi.TRACE))])
+    (dispatch_headers,) = await _until(lambda: d.broker.headers(service), "the dispatch")
+    assert set(dispatch_headers) == headers_of("Dispatch") - {"tracestate"}, dispatch_headers
+    dispatch = wire.decode(d.broker.messages(service)[0])
+    reply = {"v": 1, "session": "s-h", "turn": dispatch["turn"], "action": "reply",
+             "output": ["hello"]}
+    await d.publish(wire.queue_names(NS)["replies"], reply, "r-h")
+    (notice_headers,) = await _until(lambda: d.broker.headers(client_queue), "the notice")
+    assert set(notice_headers) <= headers_of("Notice"), notice_headers
+    assert notice_headers["traceparent"] == asyncapi.TRACE["traceparent"]
