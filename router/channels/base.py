@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from worker_sdk import wire
+from worker_sdk.broker import Broker
 from worker_sdk.client import Client
+from worker_sdk.errors import ConfigError
 from worker_sdk.quick_replies import Button, plain_text, read_output
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "Capabilities",
     "OutputChannel",
     "Update",
+    "declare_notice_queue",
     "describe_error",
     "forward",
     "render",
@@ -117,6 +120,21 @@ class Update:
         if self.locale is not None:
             meta["locale"] = self.locale
         return meta
+
+
+async def declare_notice_queue(broker: Broker, queue: str) -> None:
+    """Declare a gateway's notice queue: durable, one active consumer at a time (in order;
+    another replica takes over when it goes).
+
+    A new queue takes the broker's queue type (quorum by default), so that on a RabbitMQ
+    cluster it has a member on every node and outlives the loss of any one with the notices
+    in it. A queue that exists is used as it is (an older gateway's classic queue stays
+    classic: delete it, while no gateway runs, to have it made again as a quorum queue).
+    """
+    try:
+        await broker.declare_own(queue, durable=True, single_active=True, replicated=True)
+    except ConfigError:  # it exists with other arguments: an older gateway's classic queue
+        await broker.declare_own(queue, durable=True, single_active=True)
 
 
 async def forward(client: Client, update: Update, *, seq: int | None = None) -> str:

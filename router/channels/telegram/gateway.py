@@ -58,7 +58,16 @@ from worker_sdk.broker import Broker, Delivery
 from worker_sdk.client import Client
 from worker_sdk.errors import CloudBunchError
 
-from ..base import Activity, Button, Capabilities, OutputChannel, Update, forward, render
+from ..base import (
+    Activity,
+    Button,
+    Capabilities,
+    OutputChannel,
+    Update,
+    declare_notice_queue,
+    forward,
+    render,
+)
 from ..base import split_session as _split_session
 from .limits import Rates, SendLimits
 
@@ -304,7 +313,7 @@ class TelegramGateway:
 
     async def start(self) -> None:
         """Declare and consume the reply queue (as a single active consumer)."""
-        await self.broker.declare_own(self.queue, durable=True, single_active=True)
+        await declare_notice_queue(self.broker, self.queue)
         await self.broker.consume(self.queue, self._on_delivery, prefetch=self.prefetch)
         log.info("event=telegram_gateway_started queue=%s", self.queue)
 

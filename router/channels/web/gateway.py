@@ -40,7 +40,7 @@ from worker_sdk.errors import CloudBunchError
 
 from ...core import Record
 from ...store import SessionStore
-from ..base import Capabilities, Update, forward, render, session_id
+from ..base import Capabilities, Update, declare_notice_queue, forward, render, session_id
 from .history import History
 from .metrics import WebMetrics
 
@@ -274,7 +274,7 @@ class WebGateway:
     async def start(self) -> None:
         """Declare and consume the shared reply queue (as a single active consumer)."""
         await self.history.start()
-        await self.broker.declare_own(self.queue, durable=True, single_active=True)
+        await declare_notice_queue(self.broker, self.queue)
         await self.broker.consume(self.queue, self._on_delivery, prefetch=256)
         self._consuming = True
 
