@@ -1,6 +1,6 @@
 """The README's frontend, complete: send a person's messages, print each turn's notices.
 
-    python -m examples.frontend tg:42 hi ada help bye     # one turn per message
+    .venv/bin/python -m examples.frontend tg:42 hi ada help bye     # one turn per message
 
 It needs a router and the workers of its flow (README, "Run it for real"), and reads
 CLOUDBUNCH_AMQP_URL, CLOUDBUNCH_NAMESPACE and CLOUDBUNCH_QUEUE_TYPE like every party.
@@ -33,7 +33,12 @@ async def chat(session: str, messages: list[str]) -> None:
             print(f"you: {text}")
             # conversation() sends one message and returns once its chain is over: the
             # notices of this turn, deduplicated, in order.
-            for notice in await client.conversation(session, text):
+            turn = await client.conversation(session, text)
+            # Notices of other chains: a reminder that waited in the queue while this
+            # frontend was away, say. They are older than this turn's.
+            for notice in client.unclaimed(session):
+                print(f"{show(notice)}   (earlier)")
+            for notice in turn:
                 print(show(notice))
     finally:
         await client.close()

@@ -247,11 +247,14 @@ class Client:
         (the chain is over); or, once at least one notice came, when none more comes for
         ``settle`` seconds (a chain that ends with ``reply`` has no closing notice); or after
         ``timeout`` seconds in all. It returns what was collected (maybe nothing).
-        Notices of other chains of the session are left out.
+        Notices of other chains of the session (an idle reminder that waited in the reply
+        queue, say) are not returned but kept, in order, for :meth:`unclaimed` and the next
+        subscriber; so are notices that arrive after it returned.
         """
         sub = self._subscribe(session)
         loop = asyncio.get_running_loop()
         collected: list[wire.Notice] = []
+        others: list[wire.Notice] = []
         try:
             msg_id = await self.send(session, payload, entry=entry, meta=meta, trace=trace)
             deadline = loop.time() + timeout
@@ -267,13 +270,37 @@ class Client:
                 if item is _END:
                     break
                 if item.in_reply_to != msg_id:
+                    others.append(item)
                     continue
                 collected.append(item)
                 if item.type in ("end", "error", "unhandled"):
                     break
         finally:
             self._unsubscribe(sub)
+            self._keep(others, sub)
         return collected
+
+    def _keep(self, notices: list[wire.Notice], sub: _Subscription) -> None:
+        """Back to the backlog: ``notices``, then what ``sub`` received and nobody read."""
+        while not sub.queue.empty():
+            item = sub.queue.get_nowait()
+            if item is not _END:
+                notices.append(item)
+        for notice in notices:
+            # A subscriber that wants it (every session's iterator) has had it already.
+            if not any(other.wants(notice) for other in self._subs):
+                self._backlog.append(notice)
+
+    def unclaimed(self, session: str | None = None) -> list[wire.Notice]:
+        """Take the notices that arrived while no subscriber wanted them (of ``session``, or
+        all), oldest first: notices that waited in the reply queue for this frontend, or of
+        another chain than a :meth:`conversation`'s."""
+        taken: list[wire.Notice] = []
+        kept: deque[wire.Notice] = deque(maxlen=self._backlog.maxlen)
+        for notice in self._backlog:
+            (taken if session is None or notice.session == session else kept).append(notice)
+        self._backlog = kept
+        return taken
 
 
 class NoticeIterator:

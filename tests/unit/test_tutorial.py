@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from examples.tutorial import answer, ask_name, greeter
@@ -111,3 +114,14 @@ async def test_a_recorded_conversation_replays_against_the_same_and_changed_code
     async with FlowTest([greeter, polite], root="greeter") as changed:
         report = await changed.replay(recording)
     assert [(d.turn, sorted(d.fields)) for d in report.differences] == [(2, ["output"])]
+
+
+async def test_the_readme_block_runs_as_written() -> None:
+    """The README's "Test it without any infrastructure" block, taken from the README and
+    run: a README edit that breaks it fails here."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Test it without any infrastructure", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    names: dict[str, Any] = {}
+    exec(compile(block, "README.md", "exec"), names)
+    await names["test_greeter"]()
