@@ -526,7 +526,7 @@ async def run_router(config: RouterConfig, *, metrics_port: int | None = None) -
 
         probes = await start_router_probes(router, metrics_port)
     try:
-        await store.ping()
+        await store.connect()
         await broker.connect()
     except BaseException:
         await store.close()
@@ -559,7 +559,7 @@ async def _with_store(config: ServerSettings,
 
     store = RedisStore(config.redis_url, config.namespace)
     try:
-        await store.ping()
+        await store.connect()
         return await action(store)
     finally:
         await store.close()
@@ -572,7 +572,7 @@ async def show_session(config: ServerSettings, session: str) -> int:
 
     store = RedisStore(config.redis_url, config.namespace)
     try:
-        await store.ping()
+        await store.connect()
         snap = await store.load(session)
         ttl = await store.ttl_ms(session)
     finally:

@@ -33,10 +33,9 @@ async def purge(config: ServerSettings, services: Sequence[str],
 
     ns = config.namespace
     store = RedisStore(config.redis_url, ns)
-    broker = AmqpBroker(config.amqp_url, config.queue_type, name="cloudbunch-purge",
-                        connect_timeout=10.0)
+    broker = AmqpBroker(config.amqp_url, config.queue_type, name="cloudbunch-purge")
     try:
-        await store.ping()
+        await store.connect()
         await broker.connect()
         shared = wire.queue_names(ns)
         for role in ("ingress", "replies"):

@@ -41,6 +41,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
+    AuthenticationError,
     ClusterDownError,
     CrossSlotTransactionError,
     InvalidPipelineStack,
@@ -68,6 +69,10 @@ RETRIES = 4
 
 SOCKET_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 3.0
+STARTUP_WAIT = 30.0
+"""Seconds a process starting waits for Redis to answer (as for RabbitMQ)."""
+
+REDIS_URL_SETTING = "CLOUDBUNCH_REDIS_URL (--redis-url)"
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 """URL schemes that select Redis Cluster, and the plain scheme each stands for."""
@@ -306,6 +311,23 @@ def split_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]] | None:
     return seed, seeds[1:]
 
 
+def _url_refused(error: BaseException) -> str:
+    """What of the URL Redis refused ("the login", "the database number"), or ""."""
+    if isinstance(error, AuthenticationError):
+        return "the login"
+    text = str(error)
+    if "DB index is out of range" in text or "invalid DB index" in text:
+        return "the database number (the URL's path)"
+    if "NOAUTH" in text or "WRONGPASS" in text:
+        return "the login"
+    return ""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(error).__name__
+
+
 def _dedup_digest(dedup_id: str) -> bytes:
     # Fixed 12 bytes per remembered id whatever the id's length; 96 bits make a false
     # "seen" practically impossible.
@@ -389,7 +411,7 @@ class RedisStore:
         text = str(error).strip()
         reason = text.splitlines()[0].rstrip(".") if text else type(error).__name__
         return StoreUnavailable(f"Redis is not reachable at {redact(self._url)}: {reason}; "
-                                "start it or set CLOUDBUNCH_REDIS_URL")
+                                f"start it or correct {REDIS_URL_SETTING}")
 
     def _refused(self, error: BaseException) -> StoreUnavailable:
         text = " ".join(str(error).split()) or type(error).__name__
@@ -573,15 +595,50 @@ class RedisStore:
                                args=[session, lease, "" if due_ms is None else due_ms])
 
     async def ping(self) -> None:
-        """Raise StoreUnavailable if Redis does not answer (or what answers is not Redis)."""
-        async with self._guard():
-            try:
-                await self._redis.ping()
-            except RedisError as error:
-                if isinstance(error, (RedisConnectionError, RedisTimeoutError)):
+        """Raise StoreUnavailable if Redis does not answer (or what answers is not Redis), and
+        ConfigError if it refuses what the URL asks (a password, a database number)."""
+        try:
+            async with self._guard():
+                try:
+                    await self._redis.ping()
+                except RedisError as error:
+                    if _url_refused(error) or not isinstance(
+                            error, (RedisConnectionError, RedisTimeoutError)):
+                        raise self._unavailable(error) from error
                     raise
-                # Something answered that is not Redis: "not reachable" says it best.
-                raise self._unavailable(error) from error
+        except StoreUnavailable as error:
+            cause = error.__cause__
+            if cause is not None and _url_refused(cause):
+                raise ConfigError(
+                    f"Redis at {redact(self._url)} refused {_url_refused(cause)} ("
+                    f"{_first_line(cause)}): correct {REDIS_URL_SETTING}") from None
+            raise
+
+    async def connect(self, timeout: float = STARTUP_WAIT) -> None:
+        """Wait until Redis answers: what may pass (refused, unreachable, loading, a cluster
+        not formed yet) is retried for ``timeout`` seconds, saying so once, as the broker's
+        connection does; what will not (a refused password, a database that does not exist)
+        raises ConfigError at once. StoreUnavailable when the time is up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        told = False
+        while True:
+            try:
+                await self.ping()
+                return
+            except StoreUnavailable as error:
+                left = deadline - loop.time()
+                reason = _first_line(error.__cause__ or error)
+                if left <= 0:
+                    raise StoreUnavailable(
+                        f"Redis is not reachable at {redact(self._url)} ({reason}) after "
+                        f"trying for {timeout:g} s: start it or correct {REDIS_URL_SETTING}"
+                    ) from None
+                if not told:
+                    told = True
+                    logger.warning("event=redis_unreachable url=%s reason=%s; retrying for "
+                                   "%g s", redact(self._url), reason, timeout)
+                await asyncio.sleep(min(1.0, left))
 
     async def close(self) -> None:
         """Release connections."""

@@ -330,7 +330,7 @@ def management_url(option: str | None, env: str | None, amqp_url: str) -> str | 
 async def run_status(amqp_url: str, namespace: str, args: argparse.Namespace,
                      env_management: str | None = None) -> int:
     """Print the screen; return 1 when something needs a person."""
-    broker = AmqpBroker(amqp_url, name="cloudbunch-status", connect_timeout=5)
+    broker = AmqpBroker(amqp_url, name="cloudbunch-status")
     await broker.connect()
     try:
         report, inspector = await collect(

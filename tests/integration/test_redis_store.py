@@ -7,6 +7,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -15,6 +16,8 @@ from redis.crc import key_slot
 from router.redis_store import RedisStore
 from router.store import DEDUP_MEMORY, DEFAULT_REDIS_URL, StoreUnavailable
 from tests.store_contract import FAR, StoreContract
+from worker_sdk.errors import ConfigError
+from worker_sdk.urls import redact
 
 pytestmark = pytest.mark.infra
 
@@ -118,13 +121,78 @@ async def test_unreachable_redis_is_one_clear_line() -> None:
         message = str(caught.value)
         assert "\n" not in message and "hunter2" not in message
         assert message.startswith("Redis is not reachable at redis://user:***@127.0.0.1:1/0: ")
-        assert message.endswith("; start it or set CLOUDBUNCH_REDIS_URL")
+        assert message.endswith("; start it or correct CLOUDBUNCH_REDIS_URL (--redis-url)")
         with pytest.raises(StoreUnavailable):
             await store.load("s")
         with pytest.raises(StoreUnavailable):
             await store.commit("s", 0, b"r", expire_at_ms=1, hint_ms=1)
     finally:
         await store.close()
+
+
+async def test_starting_waits_for_redis_saying_so_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A process starting before Redis waits for it (connect's window), with one warning,
+    then one line naming the URL and the setting: the CLI's wait, like the broker's."""
+    store = RedisStore("redis://user:hunter2@127.0.0.1:1/0", "t" + secrets.token_hex(4))
+    try:
+        started = time.monotonic()
+        with caplog.at_level("WARNING", "router.redis_store"), \
+                pytest.raises(StoreUnavailable) as caught:
+            await store.connect(timeout=2)
+        waited = time.monotonic() - started
+        assert 2 <= waited < 10, waited
+        message = str(caught.value)
+        assert message.startswith("Redis is not reachable at redis://user:***@127.0.0.1:1/0 (")
+        assert message.endswith(" after trying for 2 s: start it or correct "
+                                "CLOUDBUNCH_REDIS_URL (--redis-url)"), message
+        warnings = [r.getMessage() for r in caplog.records if "redis_unreachable" in
+                    r.getMessage()]
+        assert len(warnings) == 1 and "retrying for 2 s" in warnings[0], warnings
+        assert "hunter2" not in message + "".join(warnings)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(("path", "what"), [
+    ("/99", "the database number (the URL's path) (DB index is out of range)"),
+])
+async def test_what_redis_refuses_is_not_retried(path: str, what: str) -> None:
+    url = os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL).rsplit("/", 1)[0] + path
+    store = RedisStore(url, "t" + secrets.token_hex(4))
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConfigError) as caught:
+            await store.connect()
+        assert time.monotonic() - started < 3
+        assert str(caught.value) == (f"Redis at {redact(url)} refused {what}: correct "
+                                     "CLOUDBUNCH_REDIS_URL (--redis-url)")
+    finally:
+        await store.close()
+
+
+async def test_a_refused_login_is_not_retried() -> None:
+    """Redis with a user of its own (ACL), given a wrong password."""
+    user = "cbtest" + secrets.token_hex(3)
+    admin = RedisStore(os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL), "t")
+    base = os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL)
+    await admin._redis.execute_command("ACL", "SETUSER", user, "on", ">right", "+ping")
+    parts = urlsplit(base)
+    url = urlunsplit(parts._replace(netloc=f"{user}:wrong@{parts.hostname}:{parts.port or 6379}"))
+    store = RedisStore(url, "t" + secrets.token_hex(4))
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConfigError) as caught:
+            await store.connect()
+        assert time.monotonic() - started < 3
+        message = str(caught.value)
+        assert message.startswith(f"Redis at redis://{user}:***@") and "refused the login (" \
+            in message and message.endswith(": correct CLOUDBUNCH_REDIS_URL (--redis-url)")
+        assert ":wrong@" not in message
+    finally:
+        await store.close()
+        await admin._redis.execute_command("ACL", "DELUSER", user)
+        await admin.close()
 
 
 async def test_concurrent_steps_share_pipelines(store: RedisStore,

@@ -165,7 +165,7 @@ async def serve(config: Settings, settings: Mapping[str, Any], *,
     from .limits import Rates
 
     bot = make_bot(settings)
-    broker = AmqpBroker(config.amqp_url, name="cloudbunch-telegram", connect_timeout=10.0)
+    broker = AmqpBroker(config.amqp_url, name="cloudbunch-telegram")
     rates = Rates(bot=settings["rate_bot"], chat=settings["rate_chat"],
                   group=settings["rate_group"], burst=settings["burst"])
     gateway = TelegramGateway(bot, broker, config.namespace, rates=rates)

@@ -86,11 +86,11 @@ async def serve(config: WebServers | RouterConfig, web: Mapping[str, Any], *,
     history = RedisHistory(config.redis_url, config.namespace, keep=web["history"],
                            ttl=config.session_ttl)
     store = RedisStore(config.redis_url, config.namespace)
-    broker = AmqpBroker(config.amqp_url, name="cloudbunch-web", connect_timeout=10.0)
+    broker = AmqpBroker(config.amqp_url, name="cloudbunch-web")
     gateway = WebGateway(broker, history, _web_config(config.namespace, web), store=store)
     runner: aioweb.AppRunner | None = None
     try:
-        await store.ping()
+        await store.connect()
         await broker.connect()
         await gateway.start()
         runner = aioweb.AppRunner(gateway.app(), access_log=None, handle_signals=False)
