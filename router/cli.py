@@ -475,16 +475,27 @@ def status_command(service: tuple[str, ...], management_url: str | None,
                          os.environ.get("CLOUDBUNCH_MANAGEMENT_URL")))
 
 
-@click.command("purge", help="Delete a namespace's queues and Redis keys: the shared queues, "
-               "every service queue and reply queue named in its sessions and by --service, "
-               "and every key. Refuses while a router consumes the namespace.",
+@click.command("purge", help="Delete a namespace's queues, exchanges and Redis keys: every "
+               "queue of it the RabbitMQ management API lists, else those found by name (the "
+               "shared queues, the gateways', every service and reply queue named in its "
+               "sessions, by --service and by --queue), its two exchanges, and every key. "
+               "Refuses while a router consumes the namespace.",
                short_help="Delete a namespace's queues and keys.")
 @click.option("--service", "services", multiple=True, metavar="NAME",
               help="Also delete this service's queue (repeat for several).")
+@click.option("--queue", "queues", multiple=True, metavar="NAME",
+              help="Also delete this queue of the namespace, a frontend's own say "
+                   "(NS.client.web; repeat for several).")
+@click.option("--management-url", metavar="URL",
+              help="RabbitMQ management API, to list the namespace's queues [env var: "
+                   "CLOUDBUNCH_MANAGEMENT_URL; default: http://HOST:15672 of the AMQP URL; "
+                   "'off' to skip]")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @settings_options(ServerSettings)
-def purge_command(services: tuple[str, ...], yes: bool, config: ServerSettings) -> None:
+def purge_command(services: tuple[str, ...], queues: tuple[str, ...],
+                  management_url: str | None, yes: bool, config: ServerSettings) -> None:
     from .purge import purge
+    from .status import management_url as choose_management_url
 
     quiet_logs()
 
@@ -495,7 +506,10 @@ def purge_command(services: tuple[str, ...], yes: bool, config: ServerSettings) 
             raise ConfigError(f"{plan}; pass --yes to confirm without a terminal")
         return click.confirm(f"{plan}. Delete them?", default=False)
 
-    run_async(purge(config, services, confirm))
+    run_async(purge(config, services, confirm, queues=queues,
+                    management_url=choose_management_url(
+                        management_url, os.environ.get("CLOUDBUNCH_MANAGEMENT_URL"),
+                        config.amqp_url)))
 
 
 # ---------------------------------------------------------------------------- router, session

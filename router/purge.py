@@ -1,13 +1,17 @@
 """``cloudbunch purge``: delete a namespace's queues and Redis keys.
 
-RabbitMQ's AMQP protocol cannot list queues, so the queues are found by name: the shared
-ones (ingress, replies, dead letters), the service and reply queues named in the stored
-sessions (frames on a stack, where notices go), and any service named with ``--service``.
-A generated reply queue of ``worker_sdk.Client`` that no session names expires by itself.
+RabbitMQ's AMQP protocol cannot list queues. When the management API answers, every queue
+whose name starts with ``NS.`` goes. Otherwise the queues are found by name: the shared ones
+(ingress, replies, dead letters), the gateways' notice queues, the service and reply queues
+named in the stored sessions (frames on a stack, where notices go), each service named with
+``--service`` and each queue named with ``--queue``. A generated reply queue of
+``worker_sdk.Client`` that nothing names expires by itself. The exchanges the router declared
+(``NS.x.ingress``, ``NS.x.replies``) go too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -15,6 +19,7 @@ from typing import TYPE_CHECKING
 from worker_sdk import wire
 from worker_sdk.errors import ConfigError
 
+from .channels.base import gateway_queues
 from .config import ServerSettings
 
 if TYPE_CHECKING:
@@ -24,14 +29,21 @@ log = logging.getLogger(__name__)
 
 
 async def purge(config: ServerSettings, services: Sequence[str],
-                confirm: Callable[[str], bool]) -> int:
-    """Delete the namespace's queues and keys once ``confirm(plan)`` agrees; return 0, or 1
-    when the person declined. Refuses (ConfigError) while a router consumes the namespace."""
+                confirm: Callable[[str], bool], *, queues: Sequence[str] = (),
+                management_url: str | None = None) -> int:
+    """Delete the namespace's queues, exchanges and keys once ``confirm(plan)`` agrees;
+    return 0, or 1 when the person declined. Refuses (ConfigError) while a router consumes
+    the namespace. With ``management_url``, every queue of the namespace the management API
+    lists goes too; without it (or when it does not answer) the queues found by name."""
     from worker_sdk.amqp import AmqpBroker
 
     from .redis_store import RedisStore
 
     ns = config.namespace
+    for queue in queues:
+        if not queue.startswith(ns + "."):
+            raise ConfigError(f"--queue {queue!r} is not a queue of namespace {ns!r}: its "
+                              f"name must start with '{ns}.'")
     store = RedisStore(config.redis_url, ns)
     broker = AmqpBroker(config.amqp_url, config.queue_type, name="cloudbunch-purge")
     try:
@@ -44,31 +56,54 @@ async def purge(config: ServerSettings, services: Sequence[str],
                 raise ConfigError(
                     f"{consumers} consumer(s) on {shared[role]}: a router is serving namespace "
                     f"{ns!r}; stop every router of it first")
-        named = set(shared.values()) | {wire.service_queue(ns, s) for s in services}
+        named = set(shared.values()) | set(gateway_queues(ns)) | set(queues)
+        named |= {wire.service_queue(ns, s) for s in services}
         named |= await _named_in_sessions(store, ns)
-        queues = sorted([q for q in named if await broker.queue_exists(q)])
-        if not queues and not await store.namespace_has_keys():
+        listed, why_not = await _listed(management_url, config.amqp_url, ns)
+        found = sorted([q for q in named | listed if await broker.queue_exists(q)])
+        exchanges = [x for x in wire.exchange_names(ns).values()
+                     if await broker.exchange_exists(x)]
+        if not found and not exchanges and not await store.namespace_has_keys():
             print(f"cloudbunch purge: namespace {ns!r}: no queue of it and no Redis key "
                   "found, nothing to delete (is --namespace / CLOUDBUNCH_NAMESPACE right?)")
             return 0
-        plan = (f"namespace {ns!r}: {len(queues)} queue(s) "
-                f"({', '.join(queues) if queues else 'none found'}) and every Redis key "
-                f"under '{ns}:'")
-        if not services:
-            # AMQP cannot list queues: those of services no stored session has open stay.
-            print(f"cloudbunch purge: a service queue is found only while a session of "
-                  f"{ns!r} has that service open; name the others with --service NAME")
+        plan = (f"namespace {ns!r}: {len(found)} queue(s) "
+                f"({', '.join(found) if found else 'none found'}), "
+                f"{len(exchanges)} exchange(s) and every Redis key under '{ns}:'")
+        if why_not is not None:
+            # AMQP cannot list queues: those no session names and nobody named stay.
+            print(f"cloudbunch purge: {why_not}, so only queues found by name go: a service "
+                  f"queue while a session of {ns!r} has that service open, else name it with "
+                  "--service NAME; a frontend's own queue with --queue NAME")
         if not confirm(plan):
             print("nothing deleted")
             return 1
-        for queue in queues:
+        for queue in found:
             await broker.delete(queue)
+        for exchange in exchanges:
+            await broker.delete_exchange(exchange)
         keys = await store.delete_namespace()
-        print(f"deleted {len(queues)} queue(s) and {keys} key(s) of namespace {ns!r}")
+        print(f"deleted {len(found)} queue(s), {len(exchanges)} exchange(s) and {keys} "
+              f"key(s) of namespace {ns!r}")
         return 0
     finally:
         await broker.close()
         await store.close()
+
+
+async def _listed(management_url: str | None, amqp_url: str,
+                  ns: str) -> tuple[set[str], str | None]:
+    """The namespace's queues the management API lists, or why there are none."""
+    from .status import management_queues
+
+    if not management_url:
+        return set(), "the management API is off (--management-url off)"
+    try:
+        rows = await asyncio.to_thread(management_queues, management_url, amqp_url)
+    except (OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", exc))
+        return set(), f"the management API ({management_url}) did not answer ({reason})"
+    return {str(r["name"]) for r in rows if str(r.get("name", "")).startswith(ns + ".")}, None
 
 
 async def _named_in_sessions(store: RedisStore, ns: str) -> set[str]:

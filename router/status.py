@@ -22,9 +22,11 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from worker_sdk import wire
 from worker_sdk.amqp import AmqpBroker
+from worker_sdk.amqp_connect import split_urls
 from worker_sdk.urls import redact
 
 log = logging.getLogger(__name__)
@@ -145,20 +147,8 @@ class Inspector:
     def _from_management(self) -> dict[str, QueueInfo] | None:
         if not self.management_url:
             return None
-        url = self.management_url.rstrip("/") + "/api/queues?columns=name,vhost,messages_ready," \
-            "consumers,message_stats"
-        amqp = urllib.parse.urlsplit(self.broker.url)
-        vhost = urllib.parse.unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
-        request = urllib.request.Request(url)
-        # The AMQP URL's user and password are percent-encoded; the API wants them as they are.
-        user = urllib.parse.unquote(amqp.username or "guest")
-        password = urllib.parse.unquote(amqp.password or "guest")
-        credentials = f"{user}:{password}"
-        request.add_header("Authorization",
-                           "Basic " + base64.b64encode(credentials.encode()).decode())
         try:
-            with urllib.request.urlopen(request, timeout=3) as response:
-                rows = json.load(response)
+            rows = management_queues(self.management_url, self.broker.url)
         except (OSError, ValueError, urllib.error.URLError) as exc:
             self.management_error = str(getattr(exc, "reason", exc))
             return None
@@ -166,7 +156,7 @@ class Inspector:
         found: dict[str, QueueInfo] = {}
         for row in rows:
             name = row.get("name", "")
-            if row.get("vhost", "/") != vhost or not name.startswith(prefix):
+            if not name.startswith(prefix):
                 continue
             if name not in self._shared() and service_of(self.namespace, name) is None:
                 continue
@@ -315,6 +305,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a router's /metrics, for turns per second (repeatable)")
     parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                         help="time between the two samples that show growth [default 1]")
+
+
+def management_queues(management_url: str, amqp_url: str) -> list[dict[str, Any]]:
+    """The queues of the AMQP URL's virtual host, as the management API lists them (name,
+    ready messages, consumers, rates), asked with the AMQP URL's credentials. Raises OSError,
+    ValueError or URLError when the API does not answer or refuses."""
+    url = management_url.rstrip("/") + "/api/queues?columns=name,vhost,messages_ready," \
+        "consumers,message_stats"
+    amqp = urllib.parse.urlsplit(split_urls(amqp_url)[0])
+    vhost = urllib.parse.unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
+    request = urllib.request.Request(url)
+    # The AMQP URL's user and password are percent-encoded; the API wants them as they are.
+    user = urllib.parse.unquote(amqp.username or "guest")
+    password = urllib.parse.unquote(amqp.password or "guest")
+    request.add_header("Authorization",
+                       "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    with urllib.request.urlopen(request, timeout=3) as response:
+        rows = json.load(response)
+    if not isinstance(rows, list):
+        raise ValueError("the management API did not answer with a list of queues")
+    return [row for row in rows if isinstance(row, dict) and row.get("vhost", "/") == vhost]
 
 
 def management_url(option: str | None, env: str | None, amqp_url: str) -> str | None:

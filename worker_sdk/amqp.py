@@ -320,6 +320,15 @@ class AmqpBroker:
         """Whether ``queue`` exists (passive declare)."""
         return await self._passive(queue) is not None
 
+    async def exchange_exists(self, exchange: str) -> bool:
+        """Whether ``exchange`` exists (passive declare)."""
+        try:
+            async with self._temp_channel() as channel:
+                await channel.declare_exchange(exchange, passive=True)
+                return True
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+
     async def consumer_count(self, queue: str) -> int:
         """How many consumers ``queue`` has; 0 when it does not exist."""
         result = await self._passive(queue)

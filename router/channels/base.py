@@ -39,6 +39,7 @@ __all__ = [
     "declare_notice_queue",
     "describe_error",
     "forward",
+    "gateway_queues",
     "render",
     "session_id",
     "split_session",
@@ -120,6 +121,11 @@ class Update:
         if self.locale is not None:
             meta["locale"] = self.locale
         return meta
+
+
+def gateway_queues(namespace: str) -> list[str]:
+    """The notice queues of this package's gateways in ``namespace`` (web, Telegram)."""
+    return [f"{namespace}.web.notices", f"{namespace}.client.telegram"]
 
 
 async def declare_notice_queue(broker: Broker, queue: str) -> None:

@@ -120,15 +120,28 @@ async def test_purge_refuses_while_a_router_serves_then_deletes_after_yes(
     assert await s.keys() > 0
     assert await s.existing() == s.queues
 
-    # A service no session has open is found only by name.
-    extra = f"{h.ns}.service.extra"
-    h.queues.add(extra)
+    # Without the management API (this broker runs no plugins), a service no session has
+    # open and a frontend's own queue are found only by name; the gateways' by their names.
+    extra, own, web = f"{h.ns}.service.extra", f"{h.ns}.client.web", f"{h.ns}.web.notices"
+    h.queues.update((extra, own, web))
     await s.checker.declare(extra)
-    code, out = await purge(h, "--yes", "--service", "extra")
+    await s.checker.declare_own(own)
+    await s.checker.declare_own(web)
+    code, out = await purge(h, "--yes", "--service", "extra", "--queue", own)
     assert code == 0, out
-    assert "deleted 6 queue(s) and" in out, out
-    assert await s.existing() == [] and not await s.checker.queue_exists(extra)
+    assert "the management API (http://127.0.0.1:15672) did not answer" in out, out
+    assert "deleted 8 queue(s), 2 exchange(s) and" in out, out
+    assert await s.existing() == []
+    for queue in (extra, own, web):
+        assert not await s.checker.queue_exists(queue), queue
+    for exchange in (f"{h.ns}.x.ingress", f"{h.ns}.x.replies"):
+        assert not await s.checker.exchange_exists(exchange), exchange
     assert await s.keys() == 0
+
+    code, out = await purge(h, "--yes", "--queue", "other.client.web")
+    assert code == 1 and out.strip() == (
+        f"cloudbunch purge: --queue 'other.client.web' is not a queue of namespace "
+        f"'{h.ns}': its name must start with '{h.ns}.'"), out
 
 
 async def test_purge_in_a_terminal_asks_and_no_keeps_everything(served: Served) -> None:
@@ -144,10 +157,11 @@ async def test_purge_in_a_terminal_asks_and_no_keeps_everything(served: Served) 
 
     code, out = await purge_in_terminal(h, "n")
     assert code == 1, out
-    question = (f"namespace '{h.ns}': 5 queue(s) ({', '.join(sorted(s.queues))}) and every "
+    question = (f"namespace '{h.ns}': 5 queue(s) ({', '.join(sorted(s.queues))}), 2 "
+                f"exchange(s) and every "
                 f"Redis key under '{h.ns}:'. Delete them? [y/N]: n")
     assert question in out, out
-    assert "a service queue is found only while a session of" in out, out
+    assert "so only queues found by name go: a service queue while a session of" in out, out
     assert out.rstrip().endswith("nothing deleted"), out
     assert await s.existing() == s.queues
     assert await s.keys() == keys
@@ -159,7 +173,8 @@ async def test_purge_in_a_terminal_asks_and_no_keeps_everything(served: Served) 
 
     code, out = await purge_in_terminal(h, "y")
     assert code == 0, out
-    assert out.rstrip().endswith(f"deleted 5 queue(s) and {keys} key(s) of namespace "
+    assert out.rstrip().endswith(f"deleted 5 queue(s), 2 exchange(s) and {keys} key(s) of "
+                                 "namespace "
                                  f"'{h.ns}'"), out
     assert await s.existing() == []
     assert await s.keys() == 0

@@ -154,3 +154,12 @@ async def test_output_channel_defaults_degrade_buttons_to_text() -> None:
 async def test_output_channel_send_text_must_be_implemented() -> None:
     with pytest.raises(NotImplementedError):
         await OutputChannel().show("1", render(notice("output", "x")))
+
+
+def test_gateway_queues_are_the_gateways_notice_queues() -> None:
+    """``cloudbunch purge`` finds the gateways' queues by these names."""
+    from router.channels.base import gateway_queues
+    from router.channels.telegram.gateway import notice_queue as telegram_queue
+    from router.channels.web.gateway import notice_queue as web_queue
+
+    assert sorted(gateway_queues("ns")) == sorted([web_queue("ns"), telegram_queue("ns")])

@@ -228,3 +228,20 @@ def test_a_metrics_url_without_router_metrics_is_named(api: FakeManagement) -> N
     api.metrics = generate_latest(metrics.registry)
     seen = inspector(api, AMQP, api.url + "/metrics")
     assert seen._turns() == {"greeter": 3.0} and not seen.metrics_errors
+
+
+async def test_purge_lists_every_queue_of_the_namespace_from_the_management_api(
+        api: FakeManagement) -> None:
+    """``cloudbunch purge`` takes the namespace's queues from the same API: the frontend's
+    own queue too (no session names it), never another namespace's or another vhost's."""
+    from router.purge import _listed
+
+    api.queues = SHAPES["healthy"] + SHAPES["trouble"]
+    names, why_not = await _listed(api.url, AMQP, "cap")
+    assert why_not is None
+    assert sorted(names) == ["cap.client.d8d7d91940ac", "cap.dead", "cap.ingress",
+                             "cap.replies", "cap.service.ask_name", "cap.service.greeter"]
+    names, why_not = await _listed(api.url, "amqp://cb-user:wrong@127.0.0.1:5672/", "cap")
+    assert names == set() and why_not is not None and "did not answer" in why_not, why_not
+    assert await _listed(None, AMQP, "cap") == (
+        set(), "the management API is off (--management-url off)")
