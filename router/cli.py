@@ -30,6 +30,7 @@ The logging configuration is installed here and nowhere else.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import logging
@@ -144,6 +145,15 @@ class CommandGroup(click.Group):
         if command is not None and not any(p.name == "verbose" for p in command.params):
             command.params.append(_verbose_option())
         return command
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = click.utils.make_str(args[0]) if args else ""
+        if args and self.get_command(ctx, name) is None and not name.startswith("-"):
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            ctx.fail(f"no such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -267,11 +277,11 @@ def _lowercase_first(text: str) -> str:
 def _process_options(fn: F) -> F:
     """--metrics-port and --log-format (read, with their variables, by router.probes)."""
     fn = click.option("--metrics-port", metavar="PORT",
-                      help="Serve /metrics, /healthz and /readyz on this port [env "
-                           "CLOUDBUNCH_METRICS_PORT; default off].")(fn)
+                      help="serve /metrics, /healthz and /readyz on this port  [env var: "
+                           "CLOUDBUNCH_METRICS_PORT; default: off]")(fn)
     return click.option("--log-format", metavar="FORMAT",
-                        help="'text' (key=value) or 'json' (one object a line) [env "
-                             "CLOUDBUNCH_LOG_FORMAT; default text].")(fn)  # type: ignore[return-value]
+                        help="'text' (key=value) or 'json' (one object a line)  [env var: "
+                             "CLOUDBUNCH_LOG_FORMAT; default: text]")(fn)  # type: ignore[return-value]
 
 
 def _process(metrics_port: str | None, log_format: str | None) -> ProcessOptions:
@@ -313,7 +323,7 @@ def worker_command(services: tuple[str, ...], config: WorkerSettings, metrics_po
                "one process. Uses RabbitMQ and Redis when they answer, otherwise the "
                "embedded in-memory engine. Lines piped to stdin are played non-interactively; "
                "with nothing on stdin it plays the example conversation.",
-               short_help="Chat with the example pizza bot in the terminal.")
+               short_help="Chat with the example pizza bot (terminal, or --web).")
 @click.option("--script", metavar="FILE", help="Read the person's lines from FILE instead of "
               "the terminal ('-' for stdin; piped stdin is read the same way).")
 @click.option("--embedded", "mode", flag_value="embedded",
@@ -457,8 +467,8 @@ def replay_command(files: tuple[str, ...], services: tuple[str, ...], root: str 
               help="A service whose queue to show (repeatable); the management API, when it "
                    "answers, lists them all.")
 @click.option("--management-url", metavar="URL",
-              help="RabbitMQ management API [env CLOUDBUNCH_MANAGEMENT_URL; default "
-                   "http://HOST:15672 of the AMQP URL; 'off' to skip].")
+              help="RabbitMQ management API ('off' to skip)  [env var: "
+                   "CLOUDBUNCH_MANAGEMENT_URL; default: http://HOST:15672 of the AMQP URL]")
 @click.option("--metrics-url", "metrics_url", multiple=True, metavar="URL",
               help="A router's /metrics, for turns per second (repeatable).")
 @click.option("--interval", type=float, default=1.0, show_default=True, metavar="SECONDS",
@@ -487,9 +497,9 @@ def status_command(service: tuple[str, ...], management_url: str | None,
               help="Also delete this queue of the namespace, a frontend's own say "
                    "(NS.client.web; repeat for several).")
 @click.option("--management-url", metavar="URL",
-              help="RabbitMQ management API, to list the namespace's queues [env var: "
-                   "CLOUDBUNCH_MANAGEMENT_URL; default: http://HOST:15672 of the AMQP URL; "
-                   "'off' to skip]")
+              help="RabbitMQ management API, to list the namespace's queues ('off' to skip)  "
+                   "[env var: CLOUDBUNCH_MANAGEMENT_URL; default: http://HOST:15672 of the "
+                   "AMQP URL]")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @settings_options(ServerSettings)
 def purge_command(services: tuple[str, ...], queues: tuple[str, ...],

@@ -525,8 +525,9 @@ def _published(message: Outgoing, outcome: object) -> Published:
     if isinstance(outcome, spec.Basic.Ack):
         return True
     if isinstance(outcome, aiormq.exceptions.ChannelNotFoundEntity) and message.exchange:
-        # No such exchange (no router has declared it yet): unroutable, like a return.
-        log.warning("event=publish_no_exchange exchange=%s reason=%s", message.exchange,
+        # No such exchange (no router has declared it yet): unroutable, like a return, and
+        # like it reported by the caller, which knows what it means (the Client: no router).
+        log.debug("event=publish_no_exchange exchange=%s reason=%s", message.exchange,
                     _one_line(outcome))
         return False
     if isinstance(outcome, (ValueError, TypeError, struct.error)):

@@ -79,3 +79,6 @@ def configure(level: int, log_format: LogFormat = "text") -> None:
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # redis-py's debug records are its own housekeeping (a probe for a feature this server
+    # lacks on every connection, say), not what -v is for: what CloudBunch does.
+    logging.getLogger("redis").setLevel(max(level, logging.INFO))

@@ -146,7 +146,7 @@ def test_verbose_is_accepted_after_the_subcommand() -> None:
     (("router", "--root", "r", "--max-depth", "0"), {}, 1,
      "cloudbunch router: --max-depth / CLOUDBUNCH_MAX_DEPTH must be 1 or more"),
     (("router", "--bogus"), {}, 2, "cloudbunch router: no such option '--bogus'"),
-    (("routr",), {}, 2, "cloudbunch: no such command 'routr'"),
+    (("routr",), {}, 2, "cloudbunch: no such command 'routr'. Did you mean 'router'?"),
     (("worker", "nocolon"), {}, 1, "cloudbunch worker: 'nocolon' is not MODULE:ATTRIBUTE"),
     (("worker", "examples.tutorial:greeter"), {"CLOUDBUNCH_PREFETCH": "0"}, 1,
      "cloudbunch worker: --prefetch / CLOUDBUNCH_PREFETCH must be 1 or more"),

@@ -61,7 +61,7 @@ class TelegramSettings(SettingsBase):
                               above=True)
     rate_chat: float = setting(1.0, "messages per second to one chat (Telegram: about 1)",
                                metavar="PER_SECOND", minimum=0, above=True)
-    rate_group: float = setting(20 / 60, "messages per second to one group "
+    rate_group: float = setting(0.333, "messages per second to one group "
                                 "(Telegram: 20 a minute)", metavar="PER_SECOND", minimum=0,
                                 above=True)
     burst: int = setting(3, "messages one chat may get at once before its rate applies",
