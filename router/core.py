@@ -223,12 +223,13 @@ class Record:
         return base + cfg.session_ttl_ms
 
     def copy(self) -> Record:
-        """A copy the core may change. States and payloads are shared: the core replaces
-        them, never changes them in place (and a deep copy could exhaust the stack)."""
+        """A copy the core may change. Frames, states and payloads are shared: the core
+        replaces them, never changes them in place (a frame it changes is first replaced by
+        its own copy, :meth:`_Step.own`), so a deep stack costs nothing to copy."""
         turn = self.turn
         return Record(
             session=self.session,
-            stack=[f.copy() for f in self.stack],
+            stack=list(self.stack),
             turn=None if turn is None else dataclasses.replace(turn),
             chain=self.chain, waiting=list(self.waiting), held=list(self.held),
             last_seq=self.last_seq, activity_ms=self.activity_ms, stamp_ms=self.stamp_ms,
@@ -645,7 +646,7 @@ class _Step:
         due = [depth for at, depth in rec.timers_due() if at <= self.now]
         self.out.fired += len(due)
         for depth in due:
-            frame = rec.stack[depth]
+            frame = self.own(depth)
             timer = frame.timer
             assert timer is not None
             frame.timer = dataclasses.replace(timer, fired=True)
@@ -695,9 +696,10 @@ class _Step:
     def apply(self, reply: Reply, turn: Turn) -> None:
         rec, depth = self.rec, turn.depth
         if reply.action == "reply":
+            frame = self.own(depth)
             if reply.state is not ABSENT:
-                rec.stack[depth].state = reply.state
-            self.set_timer(rec.stack[depth], reply, turn)
+                frame.state = reply.state
+            self.set_timer(frame, reply, turn)
             self.end_chain()
             return
         if reply.action == "pass":
@@ -714,7 +716,7 @@ class _Step:
             return
         # Any other action by a lower frame exits the frames above it first.
         del rec.stack[depth + 1:]
-        frame = rec.stack[depth]
+        frame = self.own(depth)
         if reply.action == "open":
             assert reply.service is not None
             if reply.state is not ABSENT:
@@ -740,6 +742,13 @@ class _Step:
             assert reply.error is not None
             rec.stack.pop()
             self.finish_frame(Result(frame.service, False, error=reply.error))
+
+    def own(self, depth: int) -> Frame:
+        """The frame at ``depth``, made this record's own before the step changes it: the
+        record's stack shares its frames with the record it was copied from."""
+        frame = self.rec.stack[depth].copy()
+        self.rec.stack[depth] = frame
+        return frame
 
     def set_timer(self, frame: Frame, reply: Reply, turn: Turn) -> None:
         """A reply's ``idle`` sets its frame's timer anew (the turn's dispatch dropped the old)."""
@@ -816,7 +825,7 @@ class _Step:
         rec = self.rec
         chain = rec.chain
         assert chain is not None
-        frame = rec.stack[depth]
+        frame = self.own(depth)
         frame.timer = None  # a timer lasts until its frame's next turn
         turn_id = self.new_id()
         dispatch = wire.Dispatch(rec.session, turn_id, event, depth, 1, frame.state, args,

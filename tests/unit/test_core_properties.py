@@ -60,9 +60,13 @@ def _check(h: Harness) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(event, max_size=60))
-def test_invariants_hold_over_random_events(events: list[tuple[str, Any, Any]]) -> None:
-    h = Harness(max_depth=4, max_attempts=2, turn_timeout_ms=1000, seq_hold_ms=300)
+@given(st.lists(event, max_size=60), st.booleans())
+def test_invariants_hold_over_random_events(events: list[tuple[str, Any, Any]],
+                                            keep_records: bool) -> None:
+    """``keep_records``: each step gets the record object the previous one made (the record
+    cache's way), whose frames it shares; the harness checks that no step changes it."""
+    h = Harness(max_depth=4, max_attempts=2, turn_timeout_ms=1000, seq_hold_ms=300,
+                keep_records=keep_records)
     seq = 0
     for kind, a, b in events:
         before = None if h.record is None else h.record.encode()
