@@ -581,7 +581,7 @@ class _Step:
 
     def release_next_in_line(self) -> None:
         rec = self.rec
-        while True:
+        while rec.held:
             nxt = next((h for h in rec.held if h.message.seq == rec.last_seq + 1), None)
             if nxt is None:
                 return

@@ -52,17 +52,20 @@ class Outbox:
         self._unsent.discard(session)
 
     async def deliver(self, session: str, record: Record | None, encoded: list[bytes], *,
-                      answered: str | None = None,
-                      unhint_ms: int | None = None) -> list[Undeliverable]:
+                      answered: str | None = None, unhint_ms: int | None = None,
+                      effects: list[Effect] | None = None) -> list[Undeliverable]:
         """Publish outbox entries (notices and dead letters first), then discard them.
 
+        ``effects``: the entries as the step made them (``encoded`` is their stored form),
+        so that a fresh outbox is not decoded again; a leftover one is.
         Returns the dispatches the broker returned, as events for the caller to step.
         """
         self._unsent.add(session)
         m = self.metrics
         started = perf_counter()
         current = record.turn if record is not None else None
-        effects = [Effect.decode(e) for e in encoded]
+        if effects is None:
+            effects = [Effect.decode(e) for e in encoded]
         first = [e for e in effects if e.kind != "dispatch"]
         # A leftover dispatch of a turn no longer in flight would only be fenced off.
         second = [e for e in effects if e.kind == "dispatch" and current is not None

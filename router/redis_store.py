@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import logging
 import os
@@ -201,8 +202,11 @@ _SCRIPTS = {_sha(script): script for script in (_LOAD, _COMMIT, _DISCARD, _SETTL
 """The scripts the steps run through the pipeliner, by SHA1 (loaded on NOSCRIPT)."""
 
 
+_SHA_OF = {script: sha for sha, script in _SCRIPTS.items()}
+
+
 def _evalsha(script: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
-    return ("EVALSHA", _sha(script), len(keys), *keys, *args)
+    return ("EVALSHA", _SHA_OF[script], len(keys), *keys, *args)
 
 
 PIPELINES = 4
@@ -328,6 +332,16 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0].rstrip(".") if text else type(error).__name__
 
 
+@functools.lru_cache(maxsize=65_536)
+def _session_keys(namespace: str, session: str) -> tuple[str, str, str, str]:
+    # A step asks three or four times (load, commit, discard): hashed once per session while
+    # it is busy, not each time.
+    digest = hashlib.sha256(session.encode()).digest()[:16]
+    tag = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    prefix = f"{namespace}:{{{tag}}}:"
+    return prefix + "r", prefix + "o", prefix + "d", prefix + "h"
+
+
 def _dedup_digest(dedup_id: str) -> bytes:
     # Fixed 12 bytes per remembered id whatever the id's length; 96 bits make a false
     # "seen" practically impossible.
@@ -359,6 +373,7 @@ class RedisStore:
         self._url = url
         url, self.wait_replicas, self.wait_timeout_ms = take_wait_options(url)
         self._ns = check_namespace(namespace)
+        self._hint_keys = [self._shard(i)[0] for i in range(HINT_SHARDS)]
         options: dict[str, Any] = {
             "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES),
             "socket_timeout": SOCKET_TIMEOUT,
@@ -394,16 +409,13 @@ class RedisStore:
 
     def session_keys(self, session: str) -> tuple[str, str, str, str]:
         """The record, outbox, dedup and history keys of a session."""
-        digest = hashlib.sha256(session.encode()).digest()[:16]
-        tag = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-        prefix = f"{self._ns}:{{{tag}}}:"
-        return prefix + "r", prefix + "o", prefix + "d", prefix + "h"
+        return _session_keys(self._ns, session)
 
     def _shard(self, index: int) -> tuple[str, str]:
         return f"{self._ns}:{{due-{index}}}:due", f"{self._ns}:{{due-{index}}}:n"
 
     def _hint_key(self, session: str) -> str:
-        return self._shard(zlib.crc32(session.encode()) % HINT_SHARDS)[0]
+        return self._hint_keys[zlib.crc32(session.encode()) % HINT_SHARDS]
 
     # -- errors ---------------------------------------------------------------------------
 

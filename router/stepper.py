@@ -197,7 +197,8 @@ class Stepper:
             self.metrics.stepped(event, record, out)
         # A deadline just cleared: drop its hint now rather than let the scanner find it.
         unhint = old_due if hint and due is None else None
-        returned = await self.outbox.deliver(session, new, encoded, unhint_ms=unhint)
+        returned = await self.outbox.deliver(session, new, encoded, unhint_ms=unhint,
+                                             effects=list(out.effects))
         return _Tried(out, list(returned))
 
 

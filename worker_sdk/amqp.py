@@ -572,6 +572,8 @@ def _surely_small(properties: spec.Basic.Properties, max_content: int) -> bool:
 
 def _waves(messages: Sequence[Outgoing]) -> list[list[Outgoing]]:
     """Split into contiguous runs in which no message_id repeats."""
+    if len(messages) == 1:
+        return [list(messages)]
     waves: list[list[Outgoing]] = [[]]
     seen: set[str] = set()
     for message in messages:
