@@ -72,7 +72,8 @@ class Router:
         names = wire.queue_names(config.namespace)
         self.ingress, self.replies, self.dead = names["ingress"], names["replies"], names["dead"]
         self.stats: Counter[str] = Counter()
-        self.outbox = Outbox(broker, store, self.dead, self.stats, metrics=metrics)
+        self.outbox = Outbox(broker, store, self.dead, self.stats, metrics=metrics,
+                             namespace=config.namespace)
         self.stepper = Stepper(store, self.outbox, self.cfg, clock=clock, ids=ids,
                                stats=self.stats, cache_age=min(5.0, config.session_ttl / 4),
                                history_max=config.history, metrics=metrics)

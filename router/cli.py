@@ -494,8 +494,8 @@ def status_command(service: tuple[str, ...], management_url: str | None,
 @click.option("--service", "services", multiple=True, metavar="NAME",
               help="Also delete this service's queue (repeat for several).")
 @click.option("--queue", "queues", multiple=True, metavar="NAME",
-              help="Also delete this queue of the namespace, a frontend's own say "
-                   "(NS.client.web; repeat for several).")
+              help="Also delete this queue of the namespace, such as a frontend's own "
+                   "(NS.client.web); repeat for several.")
 @click.option("--management-url", metavar="URL",
               help="RabbitMQ management API, to list the namespace's queues ('off' to skip)  "
                    "[env var: CLOUDBUNCH_MANAGEMENT_URL; default: http://HOST:15672 of the "

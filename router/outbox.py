@@ -19,7 +19,7 @@ from worker_sdk.broker import Broker, Outgoing, Published, Refused
 
 from .core import Effect, Record, Undeliverable
 from .ingest import DeadLetter
-from .store import SessionStore
+from .store import SessionStore, StoreUnavailable
 
 if TYPE_CHECKING:
     from .metrics import RouterMetrics
@@ -31,13 +31,17 @@ class Outbox:
     """Publishes outbox entries and dead letters for one router replica."""
 
     def __init__(self, broker: Broker, store: SessionStore, dead_queue: str,
-                 stats: Counter[str], *, metrics: RouterMetrics | None = None) -> None:
+                 stats: Counter[str], *, metrics: RouterMetrics | None = None,
+                 namespace: str | None = None) -> None:
         self.broker = broker
         self.metrics = metrics
         self.store = store
         self.dead_queue = dead_queue
         self.stats = stats
         self._unsent: set[str] = set()
+        self._prefix = None if namespace is None else namespace + "."
+        self._noted: set[str] = set()
+        """Queues of the namespace this replica has told the store of (see note_queues)."""
 
     def may_be_unsent(self, session: str) -> bool:
         """Whether this replica committed an outbox for ``session`` it may not have published."""
@@ -94,12 +98,33 @@ class Outbox:
         if m is not None:
             m.phase("discard", perf_counter() - started)
         self._unsent.discard(session)
+        await self._note(effects, returned)
         events = []
         for effect in returned:
             assert effect.turn is not None
             log.info("event=dispatch_returned session=%s queue=%s", session, effect.queue)
             events.append(Undeliverable(effect.turn, effect.attempt))
         return events
+
+    async def _note(self, effects: list[Effect], returned: list[Effect]) -> None:
+        """Tell the store the service queues this replica dispatched to for the first time,
+        so that ``cloudbunch purge`` finds them after the sessions that named them are gone.
+        Once per queue and replica (services are few: frontends' reply queues are not noted,
+        a generated one per client would grow the set without end); best effort: a failure
+        only means it is told again next time."""
+        prefix = self._prefix
+        if prefix is None:
+            return
+        new = {e.queue for e in effects if e.kind == "dispatch" and e.queue.startswith(prefix)
+               and e.queue not in self._noted and e not in returned}
+        if not new:
+            return
+        try:
+            await self.store.note_queues(new)
+        except StoreUnavailable as exc:
+            log.debug("event=note_queues_failed reason=%s", exc)
+            return
+        self._noted |= new
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         """Publish a body unchanged to ``NS.dead`` with the reason headers (guarantee 8), then

@@ -2,11 +2,12 @@
 
 RabbitMQ's AMQP protocol cannot list queues. When the management API answers, every queue
 whose name starts with ``NS.`` goes. Otherwise the queues are found by name: the shared ones
-(ingress, replies, dead letters), the gateways' notice queues, the service and reply queues
-named in the stored sessions (frames on a stack, where notices go), each service named with
-``--service`` and each queue named with ``--queue``. A generated reply queue of
-``worker_sdk.Client`` that nothing names expires by itself. The exchanges the router declared
-(``NS.x.ingress``, ``NS.x.replies``) go too.
+(ingress, replies, dead letters), the gateways' notice queues, the service queues the routers
+noted (each router adds every service queue it dispatches to to the Redis set ``NS:queues``,
+so they are found after their sessions ended), the service and reply queues named in the
+stored sessions, each service named with ``--service`` and each queue named with ``--queue``.
+A generated reply queue of ``worker_sdk.Client`` that nothing names expires by itself. The
+exchanges the router declared (``NS.x.ingress``, ``NS.x.replies``) go too.
 """
 
 from __future__ import annotations
@@ -59,22 +60,26 @@ async def purge(config: ServerSettings, services: Sequence[str],
         named = set(shared.values()) | set(gateway_queues(ns)) | set(queues)
         named |= {wire.service_queue(ns, s) for s in services}
         named |= await _named_in_sessions(store, ns)
+        named |= {q for q in await store.known_queues() if q.startswith(ns + ".")}
         listed, why_not = await _listed(management_url, config.amqp_url, ns)
         found = sorted([q for q in named | listed if await broker.queue_exists(q)])
         exchanges = [x for x in wire.exchange_names(ns).values()
                      if await broker.exchange_exists(x)]
         if not found and not exchanges and not await store.namespace_has_keys():
-            print(f"cloudbunch purge: namespace {ns!r}: no queue of it and no Redis key "
-                  "found, nothing to delete (is --namespace / CLOUDBUNCH_NAMESPACE right?)")
+            looked = ("no queue of it" if why_not is None else
+                      f"no queue it could name ({why_not}: a frontend's own queue is found "
+                      "only with --queue NAME)")
+            print(f"cloudbunch purge: namespace {ns!r}: {looked} and no Redis key found, "
+                  "nothing to delete (is --namespace / CLOUDBUNCH_NAMESPACE right?)")
             return 0
         plan = (f"namespace {ns!r}: {len(found)} queue(s) "
                 f"({', '.join(found) if found else 'none found'}), "
                 f"{len(exchanges)} exchange(s) and every Redis key under '{ns}:'")
         if why_not is not None:
-            # AMQP cannot list queues: those no session names and nobody named stay.
-            print(f"cloudbunch purge: {why_not}, so only queues found by name go: a service "
-                  f"queue while a session of {ns!r} has that service open, else name it with "
-                  "--service NAME; a frontend's own queue with --queue NAME")
+            # AMQP cannot list queues: those nobody named stay.
+            print(f"cloudbunch purge: {why_not}, so only queues found by name go: the "
+                  f"service queues a router of {ns!r} dispatched to, others with --service "
+                  "NAME; a frontend's own queue with --queue NAME")
         if not confirm(plan):
             print("nothing deleted")
             return 1

@@ -32,7 +32,7 @@ import hashlib
 import logging
 import os
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -321,7 +321,7 @@ def _url_refused(error: BaseException) -> str:
         return "the login"
     text = str(error)
     if "DB index is out of range" in text or "invalid DB index" in text:
-        return "the database number (the URL's path)"
+        return "the database number of the URL's path"
     if "NOAUTH" in text or "WRONGPASS" in text:
         return "the login"
     return ""
@@ -374,6 +374,7 @@ class RedisStore:
         url, self.wait_replicas, self.wait_timeout_ms = take_wait_options(url)
         self._ns = check_namespace(namespace)
         self._hint_keys = [self._shard(i)[0] for i in range(HINT_SHARDS)]
+        self._queues_key = f"{self._ns}:queues"
         options: dict[str, Any] = {
             "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES),
             "socket_timeout": SOCKET_TIMEOUT,
@@ -695,6 +696,19 @@ class RedisStore:
         """Milliseconds until the session expires; -2 if it does not exist, -1 if it never does."""
         async with self._guard():
             return int(await self._redis.pttl(self.session_keys(session)[0]))
+
+    async def note_queues(self, queues: Collection[str]) -> None:
+        """Add queue names to the namespace's set of them (``NS:queues``)."""
+        if not queues:
+            return
+        async with self._guard():
+            await self._redis.sadd(self._queues_key, *queues)
+
+    async def known_queues(self) -> set[str]:
+        """The namespace's set of queue names."""
+        async with self._guard():
+            found: Any = await self._redis.smembers(self._queues_key)
+        return {q.decode() if isinstance(q, bytes) else str(q) for q in found}
 
     async def records(self) -> AsyncIterator[bytes]:
         """Every stored session record of the namespace, in no order (tools)."""

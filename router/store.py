@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -91,6 +91,13 @@ class SessionStore(Protocol):
     def scan_records(self, limit: int) -> AsyncIterator[bytes]:
         """Up to ``limit`` stored records, in no particular order, without long blocking."""
 
+    async def note_queues(self, queues: Collection[str]) -> None:
+        """Remember queue names of the namespace the router published to (service queues,
+        frontends' reply queues), so that tools find them after the sessions are gone."""
+
+    async def known_queues(self) -> set[str]:
+        """Every queue name :meth:`note_queues` was given."""
+
     async def ping(self) -> None:
         """Raise StoreUnavailable if the store does not answer."""
 
@@ -121,6 +128,7 @@ class MemoryStore:
         self._clock = clock
         self._sessions: dict[str, _Session] = {}
         self._hints: dict[str, int] = {}
+        self._queues: set[str] = set()
         self._last_lease = 0
         self.changed = asyncio.Event()
         """Set by every commit and discard (whoever waits on it clears it)."""
@@ -245,6 +253,14 @@ class MemoryStore:
             state = self._get(name)
             if state is not None:
                 yield state.record
+
+    async def note_queues(self, queues: Collection[str]) -> None:
+        await asyncio.sleep(0)
+        self._queues.update(queues)
+
+    async def known_queues(self) -> set[str]:
+        await asyncio.sleep(0)
+        return set(self._queues)
 
     async def ping(self) -> None:
         """Always answers."""

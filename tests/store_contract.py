@@ -31,6 +31,13 @@ class StoreContract:
 
     # -- records and versions -----------------------------------------------------------
 
+    async def test_queue_names_are_remembered_as_a_set(self, store: Any) -> None:
+        assert await store.known_queues() == set()
+        await store.note_queues({"t.service.a", "t.service.b"})
+        await store.note_queues({"t.service.a"})
+        await store.note_queues(set())
+        assert await store.known_queues() == {"t.service.a", "t.service.b"}
+
     async def test_missing_session_loads_empty(self, store: Any) -> None:
         snap = await store.load("nobody", "m1")
         assert (snap.version, snap.record, snap.outbox, snap.seen) == (0, None, [], False)

@@ -161,7 +161,7 @@ async def test_purge_in_a_terminal_asks_and_no_keeps_everything(served: Served) 
                 f"exchange(s) and every "
                 f"Redis key under '{h.ns}:'. Delete them? [y/N]: n")
     assert question in out, out
-    assert "so only queues found by name go: a service queue while a session of" in out, out
+    assert "so only queues found by name go: the service queues a router of" in out, out
     assert out.rstrip().endswith("nothing deleted"), out
     assert await s.existing() == s.queues
     assert await s.keys() == keys
@@ -182,6 +182,32 @@ async def test_purge_in_a_terminal_asks_and_no_keeps_everything(served: Served) 
     # Nothing left: nothing is asked, and saying so is no failure.
     code, out = await purge_in_terminal(h, None)
     assert code == 0, out
-    assert out.strip() == (f"cloudbunch purge: namespace '{h.ns}': no queue of it and no Redis "
-                           "key found, nothing to delete (is --namespace / "
-                           "CLOUDBUNCH_NAMESPACE right?)"), out
+    assert out.strip() == (
+        f"cloudbunch purge: namespace '{h.ns}': no queue it could name (the management API "
+        "(http://127.0.0.1:15672) did not answer ([Errno 111] Connection refused): a "
+        "frontend's own queue is found only with --queue NAME) and no Redis key found, nothing "
+        "to delete (is --namespace / CLOUDBUNCH_NAMESPACE right?)"), out
+
+
+async def test_purge_finds_the_service_queues_of_ended_sessions(ops: Harness) -> None:
+    """A conversation that ended leaves no record naming its services: the routers noted
+    their queues, so purge finds them without --service (no management API here)."""
+    h = ops
+    router = await h.router("greeter")
+    worker = await h.worker("examples.tutorial:greeter", "examples.tutorial:ask_name")
+    services = [f"{h.ns}.service.greeter", f"{h.ns}.service.ask_name"]
+    broker = AmqpBroker(h.amqp_url, name="test-purge-ended")
+    await broker.connect()
+    try:
+        async with Client(broker, h.ns) as client:
+            for text in ("hi", "ada", "bye"):
+                await client.conversation("s1", text, settle=0.3)
+        assert await router.stop() == 0
+        assert await worker.stop() == 0
+        assert [q for q in services if await broker.queue_exists(q)] == services
+        code, out = await purge(h, "--yes")
+        assert code == 0, out
+        assert "deleted 5 queue(s), 2 exchange(s)" in out, out
+        assert [q for q in services if await broker.queue_exists(q)] == []
+    finally:
+        await broker.close()

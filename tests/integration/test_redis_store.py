@@ -155,7 +155,7 @@ async def test_starting_waits_for_redis_saying_so_once(
 
 
 @pytest.mark.parametrize(("path", "what"), [
-    ("/99", "the database number (the URL's path) (DB index is out of range)"),
+    ("/99", "the database number of the URL's path (DB index is out of range)"),
 ])
 async def test_what_redis_refuses_is_not_retried(path: str, what: str) -> None:
     url = os.environ.get("CLOUDBUNCH_REDIS_URL", DEFAULT_REDIS_URL).rsplit("/", 1)[0] + path
