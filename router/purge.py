@@ -99,15 +99,14 @@ async def purge(config: ServerSettings, services: Sequence[str],
 async def _listed(management_url: str | None, amqp_url: str,
                   ns: str) -> tuple[set[str], str | None]:
     """The namespace's queues the management API lists, or why there are none."""
-    from .status import management_queues
+    from .status import ManagementUnavailable, management_queues
 
     if not management_url:
         return set(), "the management API is off (--management-url off)"
     try:
         rows = await asyncio.to_thread(management_queues, management_url, amqp_url)
-    except (OSError, ValueError) as exc:
-        reason = str(getattr(exc, "reason", exc))
-        return set(), f"the management API ({management_url}) did not answer ({reason})"
+    except ManagementUnavailable as exc:
+        return set(), f"the management API ({management_url}) did not answer ({exc})"
     return {str(r["name"]) for r in rows if str(r.get("name", "")).startswith(ns + ".")}, None
 
 

@@ -421,9 +421,8 @@ class RedisStore:
     # -- errors ---------------------------------------------------------------------------
 
     def _unavailable(self, error: BaseException) -> StoreUnavailable:
-        text = str(error).strip()
-        reason = text.splitlines()[0].rstrip(".") if text else type(error).__name__
-        return StoreUnavailable(f"Redis is not reachable at {redact(self._url)}: {reason}; "
+        return StoreUnavailable(f"Redis is not reachable at {redact(self._url)}: "
+                                f"{_first_line(error)}; "
                                 f"start it or correct {REDIS_URL_SETTING}")
 
     def _refused(self, error: BaseException) -> StoreUnavailable:
@@ -610,22 +609,19 @@ class RedisStore:
     async def ping(self) -> None:
         """Raise StoreUnavailable if Redis does not answer (or what answers is not Redis), and
         ConfigError if it refuses what the URL asks (a password, a database number)."""
-        try:
-            async with self._guard():
-                try:
-                    await self._redis.ping()
-                except RedisError as error:
-                    if _url_refused(error) or not isinstance(
-                            error, (RedisConnectionError, RedisTimeoutError)):
-                        raise self._unavailable(error) from error
+        async with self._guard():
+            try:
+                await self._redis.ping()
+            except RedisError as error:
+                refused = _url_refused(error)
+                if refused:
+                    raise ConfigError(
+                        f"Redis at {redact(self._url)} refused {refused} ("
+                        f"{_first_line(error)}): correct {REDIS_URL_SETTING}") from None
+                if isinstance(error, (RedisConnectionError, RedisTimeoutError)):
                     raise
-        except StoreUnavailable as error:
-            cause = error.__cause__
-            if cause is not None and _url_refused(cause):
-                raise ConfigError(
-                    f"Redis at {redact(self._url)} refused {_url_refused(cause)} ("
-                    f"{_first_line(cause)}): correct {REDIS_URL_SETTING}") from None
-            raise
+                # Something answered that is not Redis: "not reachable" says it best.
+                raise self._unavailable(error) from error
 
     async def connect(self, timeout: float = STARTUP_WAIT) -> None:
         """Wait until Redis answers: what may pass (refused, unreachable, loading, a cluster

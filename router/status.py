@@ -149,8 +149,8 @@ class Inspector:
             return None
         try:
             rows = management_queues(self.management_url, self.broker.url)
-        except (OSError, ValueError, urllib.error.URLError) as exc:
-            self.management_error = str(getattr(exc, "reason", exc))
+        except ManagementUnavailable as exc:
+            self.management_error = str(exc)
             return None
         prefix = self.namespace + "."
         found: dict[str, QueueInfo] = {}
@@ -307,10 +307,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time between the two samples that show growth [default 1]")
 
 
+class ManagementUnavailable(Exception):
+    """The management API did not answer, refused, or answered something else (why)."""
+
+
 def management_queues(management_url: str, amqp_url: str) -> list[dict[str, Any]]:
     """The queues of the AMQP URL's virtual host, as the management API lists them (name,
-    ready messages, consumers, rates), asked with the AMQP URL's credentials. Raises OSError,
-    ValueError or URLError when the API does not answer or refuses."""
+    ready messages, consumers, rates), asked with the AMQP URL's credentials. Raises
+    ManagementUnavailable when the API does not answer or refuses."""
     url = management_url.rstrip("/") + "/api/queues?columns=name,vhost,messages_ready," \
         "consumers,message_stats"
     amqp = urllib.parse.urlsplit(split_urls(amqp_url)[0])
@@ -321,10 +325,13 @@ def management_queues(management_url: str, amqp_url: str) -> list[dict[str, Any]
     password = urllib.parse.unquote(amqp.password or "guest")
     request.add_header("Authorization",
                        "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-    with urllib.request.urlopen(request, timeout=3) as response:
-        rows = json.load(response)
+    try:
+        with urllib.request.urlopen(request, timeout=3) as response:
+            rows = json.load(response)
+    except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+        raise ManagementUnavailable(str(getattr(exc, "reason", exc))) from None
     if not isinstance(rows, list):
-        raise ValueError("the management API did not answer with a list of queues")
+        raise ManagementUnavailable("the management API did not answer with a list of queues")
     return [row for row in rows if isinstance(row, dict) and row.get("vhost", "/") == vhost]
 
 
