@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import tracing, wire
@@ -218,12 +218,19 @@ class Client:
 
     def _subscribe(self, session: str | None) -> _Subscription:
         sub = _Subscription(session)
-        keep: deque[wire.Notice] = deque(maxlen=self._backlog.maxlen)
-        for notice in self._backlog:
-            (sub.queue.put_nowait(notice) if sub.wants(notice) else keep.append(notice))
-        self._backlog = keep
+        for notice in self._take_backlog(sub.wants):
+            sub.queue.put_nowait(notice)
         self._subs.append(sub)
         return sub
+
+    def _take_backlog(self, wants: Callable[[wire.Notice], bool]) -> list[wire.Notice]:
+        """Remove and return the backlog's notices that ``wants`` picks, oldest first."""
+        taken: list[wire.Notice] = []
+        kept: deque[wire.Notice] = deque(maxlen=self._backlog.maxlen)
+        for notice in self._backlog:
+            (taken if wants(notice) else kept).append(notice)
+        self._backlog = kept
+        return taken
 
     def _unsubscribe(self, sub: _Subscription) -> None:
         with contextlib.suppress(ValueError):
@@ -295,12 +302,7 @@ class Client:
         """Take the notices that arrived while no subscriber wanted them (of ``session``, or
         all), oldest first: notices that waited in the reply queue for this frontend, or of
         another chain than a :meth:`conversation`'s."""
-        taken: list[wire.Notice] = []
-        kept: deque[wire.Notice] = deque(maxlen=self._backlog.maxlen)
-        for notice in self._backlog:
-            (taken if session is None or notice.session == session else kept).append(notice)
-        self._backlog = kept
-        return taken
+        return self._take_backlog(lambda n: session is None or n.session == session)
 
 
 class NoticeIterator:
