@@ -9,12 +9,13 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import aio_pika
 import aiormq
 import aiormq.abc
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
 from aiormq import spec
 from pamqp.header import ContentHeader
 
@@ -49,11 +50,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 class AmqpDelivery:
-    """A consumed message; ack/reject are idempotent and survive a closed channel."""
+    """A consumed message; ack/reject are idempotent and survive a closed channel.
+
+    Made straight from aiormq's delivered message (aio-pika's message object, and the task
+    it runs each callback in, cost more per delivery than the rest of taking it)."""
 
     __slots__ = ("_message", "_settled")
 
-    def __init__(self, message: AbstractIncomingMessage) -> None:
+    def __init__(self, message: aiormq.abc.DeliveredMessage) -> None:
         self._message = message
         self._settled = False
 
@@ -63,15 +67,19 @@ class AmqpDelivery:
 
     @property
     def message_id(self) -> str | None:
-        return self._message.message_id
+        return self._message.header.properties.message_id
 
     @property
     def redelivered(self) -> bool:
-        return bool(self._message.redelivered)
+        return bool(cast(spec.Basic.Deliver, self._message.delivery).redelivered)
+
+    @property
+    def _tag(self) -> int:
+        return cast(int, cast(spec.Basic.Deliver, self._message.delivery).delivery_tag)
 
     @property
     def headers(self) -> dict[str, Any]:
-        return dict(self._message.headers or {})
+        return dict(self._message.header.properties.headers or {})
 
     @property
     def settled(self) -> bool:
@@ -82,11 +90,9 @@ class AmqpDelivery:
             return
         self._settled = True
         try:
-            # Straight to the channel, without waiting for the frame to be flushed: the
-            # writer sends it with the other frames of this loop turn.
-            tag = self._message.delivery_tag
-            if tag is not None:
-                await self._message.channel.basic_ack(tag, wait=False)
+            # Without waiting for the frame to be flushed: the writer sends it with the
+            # other frames of this loop turn.
+            await self._message.channel.basic_ack(self._tag, wait=False)
         except _CLOSED_ERRORS as exc:
             # The channel it came on is gone: the broker redelivers it, which is safe.
             log.debug("event=ack_lost message_id=%s reason=%s", self.message_id, _one_line(exc))
@@ -96,7 +102,8 @@ class AmqpDelivery:
             return
         self._settled = True
         try:
-            await self._message.reject(requeue=requeue)
+            await self._message.channel.basic_reject(self._tag,
+                                                     requeue=requeue)
         except _CLOSED_ERRORS as exc:
             log.debug("event=reject_lost message_id=%s reason=%s", self.message_id,
                       _one_line(exc))
@@ -104,9 +111,10 @@ class AmqpDelivery:
 
 @dataclass
 class _Consumer:
-    channel: aio_pika.abc.AbstractChannel
-    queue: AbstractQueue
-    tag: str
+    channel: aio_pika.abc.AbstractRobustChannel
+    restart: Callable[..., Any]
+    """Consumes again on the channel aio-pika reopened after a reconnect."""
+    tag: str = ""
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -414,22 +422,10 @@ class AmqpBroker:
             else:
                 frames.append((m, properties))
             verdicts.append(verdict)
-        # Frame order: each basic_publish takes the aiormq channel lock (FIFO) before it
-        # suspends, and the tasks start in creation order, so the frames reach the socket
-        # in list order while all confirms are awaited together. wait=False: the lock is not
-        # held until the frame is flushed (the confirm is what counts), so the publishes of
-        # concurrent steps share the socket writes of one loop turn.
-        # Each in a task of its own, gathered: aiormq cancels a publish's confirmation when
-        # its channel closes, and that must come back as an outcome, not cancel the caller.
-        tasks = [asyncio.ensure_future(channel.basic_publish(
-            m.body, exchange=m.exchange, routing_key=m.queue, mandatory=True,
-            properties=properties, wait=False)) for m, properties in frames]
         try:
-            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        except asyncio.CancelledError:
-            for task in tasks:
-                task.cancel()
-            raise
+            outcomes = await _send_confirmed(channel, frames)
+        except _CLOSED_ERRORS as exc:
+            raise PublishFailed(f"channel unavailable: {_one_line(exc)}") from None
         if any(isinstance(o, aiormq.exceptions.DeliveryError) for o in outcomes):
             await self._renew_channel(publishing)
         sent = iter(zip(frames, outcomes, strict=True))
@@ -474,15 +470,15 @@ class AmqpBroker:
         channel = await self._conn().channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
         try:
-            declared = await channel.declare_queue(queue, passive=True)
+            await channel.declare_queue(queue, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             with contextlib.suppress(Exception):
                 await channel.close()
             raise ConfigError(f"cannot consume {queue!r}: no such queue (declare it first)")\
                 from None
-        consumer = _Consumer(channel=channel, queue=declared, tag="")
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
+        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+            # aiormq runs each delivery in a task of its own: this one.
             task = asyncio.current_task()
             if task is not None:
                 consumer.inflight.add(task)
@@ -497,7 +493,23 @@ class AmqpBroker:
                 if task is not None:
                     consumer.inflight.discard(task)
 
-        consumer.tag = await declared.consume(on_message, no_ack=False)
+        async def start(*_: Any) -> None:
+            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+            ok = await underlay.basic_consume(queue, on_message, no_ack=False)
+            consumer.tag = str(ok.consumer_tag)
+
+        async def restart(*_: Any) -> None:
+            try:
+                await start()
+            except Exception as exc:  # the robust channel reopens again after a new loss
+                log.warning("event=consume_restore_failed queue=%s reason=%s", queue,
+                            _one_line(exc))
+
+        consumer = _Consumer(channel=channel, restart=restart)
+        await start()
+        # The robust channel restores its prefetch and reopens itself after a reconnect;
+        # the consumer, made on the aiormq channel below it, is restarted here.
+        channel.reopen_callbacks.add(restart)
         self._consumers[queue] = consumer
 
     async def cancel(self, queue: str, *, drain: float = 8.0) -> None:
@@ -505,13 +517,77 @@ class AmqpBroker:
         consumer = self._consumers.pop(queue, None)
         if consumer is None:
             return
+        consumer.channel.reopen_callbacks.discard(consumer.restart)
         with contextlib.suppress(*_CLOSED_ERRORS):
-            await consumer.queue.cancel(consumer.tag)
+            underlay = cast(aiormq.Channel, await consumer.channel.get_underlay_channel())
+            await underlay.basic_cancel(consumer.tag)
         if consumer.inflight and drain > 0:
             await asyncio.wait(set(consumer.inflight), timeout=drain)
         # Closing the channel returns its unacknowledged deliveries to the queue.
         with contextlib.suppress(Exception):
             await consumer.channel.close()
+
+
+async def _send_confirmed(channel: aiormq.Channel,
+                          frames: Sequence[tuple[Outgoing, spec.Basic.Properties]]) -> list[object]:
+    """Publish ``frames`` on ``channel`` in list order, in one write, and wait for all their
+    confirms. Per message: the broker's ack, the returned message (no queue took it), or the
+    exception it failed with (one that cannot be encoded is not sent).
+
+    This is aiormq's ``basic_publish`` bookkeeping (delivery tag, confirmation future, the
+    message id a return is matched by) done once for the whole list, under the channel lock
+    held without a suspension, instead of per message with its own task, timeout, lock
+    round and write-queue put: the publish path costs the router most per turn.
+    """
+    if channel.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+    outcomes: list[object] = [None] * len(frames)
+    waiting: list[tuple[int, asyncio.Future[Any]]] = []
+    payloads: list[bytes] = []
+    async with channel.lock:
+        for index, (message, properties) in enumerate(frames):
+            try:
+                payload = aiormq.abc.ChannelFrame.marshall(channel.number, [
+                    spec.Basic.Publish(exchange=message.exchange, routing_key=message.queue,
+                                       mandatory=True),
+                    ContentHeader(properties=properties, body_size=len(message.body)),
+                    *channel._split_body(message.body)]).payload
+            except (ValueError, TypeError, struct.error) as exc:
+                outcomes[index] = exc
+                continue
+            channel.delivery_tag += 1
+            tag = channel.delivery_tag
+            confirmation = channel.create_future()
+            channel.confirmations[tag] = confirmation
+            channel.message_id_delivery_tag[message.message_id] = tag
+            confirmation.add_done_callback(
+                partial(_forget, channel.message_id_delivery_tag, message.message_id, tag))
+            payloads.append(payload)
+            waiting.append((index, confirmation))
+        if payloads:
+            try:
+                await channel.write_queue.put(aiormq.abc.ChannelFrame(
+                    payload=b"".join(payloads), should_close=False))
+            except BaseException:
+                # Not sent (cancelled while the write queue was full): give the delivery
+                # tags back, or every later confirm would be matched to the wrong publish.
+                channel.delivery_tag -= len(waiting)
+                for _, confirmation in waiting:
+                    confirmation.cancel()
+                for tag in range(channel.delivery_tag + 1,
+                                 channel.delivery_tag + len(waiting) + 1):
+                    channel.confirmations.pop(tag, None)
+                raise
+    results = await asyncio.gather(*(f for _, f in waiting), return_exceptions=True)
+    for (index, _), result in zip(waiting, results, strict=True):
+        outcomes[index] = result
+    return outcomes
+
+
+def _forget(ids: dict[str, int], message_id: str, tag: int, _: object) -> None:
+    """Drop a settled publish's message id (aiormq matches a returned message by it)."""
+    if ids.get(message_id) == tag:
+        del ids[message_id]
 
 
 def _published(message: Outgoing, outcome: object) -> Published:
