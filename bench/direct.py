@@ -3,9 +3,9 @@
 The requester (this process) publishes a dispatch-sized request, persistent and confirmed, to
 a durable queue of the same type as a service queue; the responder (a subprocess,
 ``python -m bench.direct``) decodes it, publishes a reply-sized answer to the requester's
-durable reply queue, persistent and confirmed, and only then acknowledges: the same
-publish-then-ack a CloudBunch worker does. So each round trip is two persistent, confirmed
-publishes, against four for a routed turn.
+durable reply queue (of that type too, like a Client's generated one), persistent and
+confirmed, and only then acknowledges: the same publish-then-ack a CloudBunch worker does.
+So each round trip is two persistent, confirmed publishes, against four for a routed turn.
 """
 
 from __future__ import annotations
@@ -69,13 +69,14 @@ class Requester:
         self._channel = await self._conn.channel(publisher_confirms=True)
         setup = await self._conn.channel()
         # The same declarations as the routed path: the request queue like a service queue,
-        # the reply queue like a frontend's (durable, no queue-type argument).
-        await setup.declare_queue(self.request_queue, durable=True,
-                                  arguments={"x-queue-type": self.queue_type})
+        # the reply queue like the one a frontend's Client generates (durable, of the queue
+        # type in use: quorum by default), so that a hop costs the broker the same in both.
+        kind = {"x-queue-type": self.queue_type}
+        await setup.declare_queue(self.request_queue, durable=True, arguments=kind)
         await setup.close()
         consume = await self._conn.channel()
         await consume.set_qos(prefetch_count=256)
-        replies = await consume.declare_queue(self.reply_queue, durable=True)
+        replies = await consume.declare_queue(self.reply_queue, durable=True, arguments=kind)
         await replies.consume(self._on_answer)
 
     async def _on_answer(self, message: AbstractIncomingMessage) -> None:
