@@ -49,6 +49,7 @@ from redis.exceptions import (
     NoScriptError,
     RedisClusterException,
     RedisError,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -243,12 +244,9 @@ class _Pipeliner:
     async def _flush(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
-            pipe: Any = self._redis.pipeline(transaction=False)
-            for commands, _ in batch:
-                for command in commands:
-                    pipe.execute_command(*command)
             try:
-                replies = await pipe.execute(raise_on_error=False)
+                replies = await self._exchange(
+                    [command for commands, _ in batch for command in commands])
             except BaseException as error:
                 for _, future in batch:
                     if not future.done():
@@ -261,6 +259,33 @@ class _Pipeliner:
                 if not future.done():
                     future.set_result(replies[start:start + len(commands)])
                 start += len(commands)
+
+    async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write on a pooled connection and read their replies (an
+        error reply as its exception object). On a lost connection or a timeout, the whole
+        batch is sent again on a new connection, with the client's retry policy, as
+        redis-py's own pipeline does: every command the steps send is conditional or
+        idempotent. Straight on the connection: redis-py's pipeline object adds, per batch,
+        a command stack, response callbacks and its own instrumentation."""
+        pool = self._redis.connection_pool
+        connection: Any = await pool.get_connection()
+        try:
+            return await connection.retry.call_with_retry(
+                lambda: _send_and_read(connection, commands),
+                lambda _error: connection.disconnect())
+        finally:
+            await pool.release(connection)
+
+
+async def _send_and_read(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    await connection.send_packed_command(connection.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await connection.read_response())
+        except ResponseError as error:  # read: the next reply is intact
+            replies.append(error)
+    return replies
 
 
 WAIT_OPTIONS = ("wait_replicas", "wait_timeout")

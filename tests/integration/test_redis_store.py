@@ -195,19 +195,14 @@ async def test_concurrent_steps_share_pipelines(store: RedisStore,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Group commit: the commands of 50 concurrent steps go out in a few pipelines."""
     executed = []
-    redis = store._redis
-    original = redis.pipeline
+    pipeliner = store._pipeliner
+    assert pipeliner is not None
+    exchange = pipeliner._exchange
 
-    def counting(*args: object, **kwargs: object) -> object:
-        pipe = original(*args, **kwargs)  # type: ignore[arg-type]
-        execute = pipe.execute
-
-        async def execute_counted(*a: object, **k: object) -> object:
-            executed.append(len(pipe.command_stack))
-            return await execute(*a, **k)  # type: ignore[arg-type]
-        pipe.execute = execute_counted  # type: ignore[method-assign]
-        return pipe
-    monkeypatch.setattr(redis, "pipeline", counting)
+    async def counting(commands: list[tuple[object, ...]]) -> list[object]:
+        executed.append(len(commands))
+        return await exchange(commands)
+    monkeypatch.setattr(pipeliner, "_exchange", counting)
     later = int(time.time() * 1000) + FAR
     applied = await asyncio.gather(*(store.commit(f"s{i}", 0, b"r", append=[b"e"],
                                                   expire_at_ms=later, hint_ms=later)
