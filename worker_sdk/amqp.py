@@ -19,7 +19,7 @@ from aio_pika.abc import AbstractRobustConnection
 from aiormq import spec
 from pamqp.header import ContentHeader
 
-from . import wire
+from . import amqp_frames, wire
 from .amqp_connect import (
     CONNECT_TIMEOUT,
     FailoverConnection,
@@ -90,9 +90,12 @@ class AmqpDelivery:
             return
         self._settled = True
         try:
-            # Without waiting for the frame to be flushed: the writer sends it with the
-            # other frames of this loop turn.
-            await self._message.channel.basic_ack(self._tag, wait=False)
+            # Straight to the connection's writer (which sends it with the other frames of
+            # this loop turn), encoded here: aiormq's basic_ack marshals it through pamqp.
+            channel = cast(aiormq.Channel, self._message.channel)
+            if channel.is_closed:
+                raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+            await _write(channel, amqp_frames.ack(channel.number, self._tag))
         except _CLOSED_ERRORS as exc:
             # The channel it came on is gone: the broker redelivers it, which is safe.
             log.debug("event=ack_lost message_id=%s reason=%s", self.message_id, _one_line(exc))
@@ -408,19 +411,31 @@ class AmqpBroker:
         # them closes the channel or the whole connection, and a retry would do it again.
         max_content = int(getattr(channel, "max_content_size", 131_064))
         verdicts: list[Refused | None] = []
-        frames: list[tuple[Outgoing, spec.Basic.Properties]] = []
+        frames: list[tuple[Outgoing, bytes | spec.Basic.Properties]] = []
         for m in messages:
-            properties = spec.Basic.Properties(
-                content_type=wire.CONTENT_TYPE, delivery_mode=2, message_id=m.message_id,
-                headers=dict(m.headers) or None)
             verdict = refusal(m)
+            encoded: bytes | spec.Basic.Properties | None = None
             if verdict is None:
-                verdict = _frame_refusal(properties, len(m.body), max_content)
+                fast = amqp_frames.publish(
+                    channel.number, m.exchange, m.queue, m.body, message_id=m.message_id,
+                    content_type=wire.CONTENT_TYPE, headers=m.headers,
+                    frame_max=max_content + 8)
+                if fast is None:  # a shape left to pamqp
+                    encoded = spec.Basic.Properties(
+                        content_type=wire.CONTENT_TYPE, delivery_mode=2,
+                        message_id=m.message_id, headers=dict(m.headers) or None)
+                    verdict = _frame_refusal(encoded, len(m.body), max_content)
+                else:
+                    encoded, header_size = fast
+                    if header_size > max_content:
+                        verdict = Refused(f"its headers take {header_size} bytes; one frame "
+                                          f"holds {max_content}")
             if verdict is not None:
                 log.warning("event=publish_refused queue=%s exchange=%s reason=%s",
                             m.queue[:80], m.exchange, verdict.reason)
             else:
-                frames.append((m, properties))
+                assert encoded is not None
+                frames.append((m, encoded))
             verdicts.append(verdict)
         try:
             outcomes = await _send_confirmed(channel, frames)
@@ -528,8 +543,9 @@ class AmqpBroker:
             await consumer.channel.close()
 
 
-async def _send_confirmed(channel: aiormq.Channel,
-                          frames: Sequence[tuple[Outgoing, spec.Basic.Properties]]) -> list[object]:
+async def _send_confirmed(
+        channel: aiormq.Channel,
+        frames: Sequence[tuple[Outgoing, bytes | spec.Basic.Properties]]) -> list[object]:
     """Publish ``frames`` on ``channel`` in list order, in one write, and wait for all their
     confirms. Per message: the broker's ack, the returned message (no queue took it), or the
     exception it failed with (one that cannot be encoded is not sent).
@@ -545,16 +561,19 @@ async def _send_confirmed(channel: aiormq.Channel,
     waiting: list[tuple[int, asyncio.Future[Any]]] = []
     payloads: list[bytes] = []
     async with channel.lock:
-        for index, (message, properties) in enumerate(frames):
-            try:
-                payload = aiormq.abc.ChannelFrame.marshall(channel.number, [
-                    spec.Basic.Publish(exchange=message.exchange, routing_key=message.queue,
-                                       mandatory=True),
-                    ContentHeader(properties=properties, body_size=len(message.body)),
-                    *channel._split_body(message.body)]).payload
-            except (ValueError, TypeError, struct.error) as exc:
-                outcomes[index] = exc
-                continue
+        for index, (message, encoded) in enumerate(frames):
+            if isinstance(encoded, bytes):
+                payload = encoded  # worker_sdk.amqp_frames made them
+            else:
+                try:
+                    payload = aiormq.abc.ChannelFrame.marshall(channel.number, [
+                        spec.Basic.Publish(exchange=message.exchange,
+                                           routing_key=message.queue, mandatory=True),
+                        ContentHeader(properties=encoded, body_size=len(message.body)),
+                        *channel._split_body(message.body)]).payload
+                except (ValueError, TypeError, struct.error) as exc:
+                    outcomes[index] = exc
+                    continue
             channel.delivery_tag += 1
             tag = channel.delivery_tag
             confirmation = channel.create_future()
@@ -566,8 +585,7 @@ async def _send_confirmed(channel: aiormq.Channel,
             waiting.append((index, confirmation))
         if payloads:
             try:
-                await channel.write_queue.put(aiormq.abc.ChannelFrame(
-                    payload=b"".join(payloads), should_close=False))
+                await _write(channel, b"".join(payloads))
             except BaseException:
                 # Not sent (cancelled while the write queue was full): give the delivery
                 # tags back, or every later confirm would be matched to the wrong publish.
@@ -582,6 +600,15 @@ async def _send_confirmed(channel: aiormq.Channel,
     for (index, _), result in zip(waiting, results, strict=True):
         outcomes[index] = result
     return outcomes
+
+
+async def _write(channel: aiormq.Channel, payload: bytes) -> None:
+    """Hand encoded frames to the connection's writer, in order with the channel's others."""
+    frame = aiormq.abc.ChannelFrame(payload=payload, should_close=False)
+    try:
+        channel.write_queue.put_nowait(frame)
+    except asyncio.QueueFull:
+        await channel.write_queue.put(frame)
 
 
 def _forget(ids: dict[str, int], message_id: str, tag: int, _: object) -> None:
