@@ -7,10 +7,10 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aio_pika
 import aiormq
@@ -33,6 +33,8 @@ from .errors import BrokerUnavailable, ConfigError, PublishFailed
 from .urls import redact
 
 __all__ = ["CONNECT_TIMEOUT", "AmqpBroker", "AmqpDelivery", "redact"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -281,10 +283,12 @@ class AmqpBroker:
 
     async def _declare(self, queue: str, *, durable: bool,
                        arguments: dict[str, Any] | None) -> None:
-        try:
+        async def attempt() -> None:
             async with self._temp_channel() as channel:
                 await channel.declare_queue(queue, durable=durable, exclusive=False,
                                             auto_delete=False, arguments=arguments)
+        try:
+            await self._set_up(f"declare {queue!r}", attempt)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise ConfigError(
                 f"queue {queue!r} already exists with other settings ({_one_line(exc)}); "
@@ -479,18 +483,47 @@ class AmqpBroker:
     # ------------------------------------------------------------------ consume
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> None:
-        """Consume on a channel of its own (its own prefetch), restored after reconnects."""
+        """Consume on a channel of its own (its own prefetch), restored after reconnects.
+
+        A connection lost while the consumer is being set up (a broker restart as a worker
+        starts) is waited out, up to ``give_up_after`` seconds, and the setup made again.
+        """
         if queue in self._consumers:
             raise ConfigError(f"already consuming {queue!r} on this connection")
+        self._consumers[queue] = await self._set_up(
+            f"consume {queue!r}", lambda: self._start_consumer(queue, handler, prefetch))
+
+    async def _set_up(self, what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """Run a setup step (a declare, a bind, starting a consumer) again when the connection
+        is lost under it, until it is back, for up to ``give_up_after`` seconds."""
+        deadline = time.monotonic() + self.give_up_after
+        while True:
+            try:
+                return await attempt()
+            except (ConfigError, BrokerUnavailable, aiormq.exceptions.ChannelClosed):
+                raise  # the broker's answer to this request, not a lost connection
+            except _CLOSED_ERRORS as exc:
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(f"cannot {what}: the connection keeps failing "
+                                            f"({_one_line(exc)})") from None
+                log.warning("event=setup_interrupted what=%s reason=%s; trying again once the "
+                            "connection is back", what, _one_line(exc))
+                await asyncio.sleep(0.2)
+
+    async def _start_consumer(self, queue: str, handler: Handler, prefetch: int) -> _Consumer:
         channel = await self._conn().channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=prefetch)
         try:
+            await channel.set_qos(prefetch_count=prefetch)
             await channel.declare_queue(queue, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             with contextlib.suppress(Exception):
                 await channel.close()
             raise ConfigError(f"cannot consume {queue!r}: no such queue (declare it first)")\
                 from None
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
 
         async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
             # aiormq runs each delivery in a task of its own: this one.
@@ -521,11 +554,16 @@ class AmqpBroker:
                             _one_line(exc))
 
         consumer = _Consumer(channel=channel, restart=restart)
-        await start()
+        try:
+            await start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
         # The robust channel restores its prefetch and reopens itself after a reconnect;
         # the consumer, made on the aiormq channel below it, is restarted here.
         channel.reopen_callbacks.add(restart)
-        self._consumers[queue] = consumer
+        return consumer
 
     async def cancel(self, queue: str, *, drain: float = 8.0) -> None:
         """Stop consuming; wait up to ``drain`` s for running handlers, then hand back the rest."""

@@ -362,3 +362,31 @@ async def test_concurrent_publishes_share_socket_writes(broker: AmqpBroker,
     assert writer.frames - frames >= 50
     assert writer.sent - sent <= 25, f"{writer.sent - sent} socket writes for 50 publishes"
     await eventually(lambda: _count(broker, queue, 51))
+
+
+async def test_a_connection_lost_while_a_consumer_starts_is_waited_out(
+        broker: AmqpBroker, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker whose connection is cut as it starts consuming (a broker restart) does not
+    fail: the setup is made again once the connection is back, and messages flow."""
+    queue = f"{namespace}.q"
+    await broker.declare(queue)
+    original = aiormq.Channel.basic_consume
+    calls = 0
+
+    async def cut_once(self: aiormq.Channel, *args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED - test")
+        return await original(self, *args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(aiormq.Channel, "basic_consume", cut_once)
+    seen: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append(delivery.body)
+        await delivery.ack()
+
+    await broker.consume(queue, handler, prefetch=4)
+    assert calls == 2
+    await broker.publish([out(queue, "after the cut")])
+    await eventually(lambda: _true(seen == [b"after the cut"]))
