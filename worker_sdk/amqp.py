@@ -95,8 +95,6 @@ class AmqpDelivery:
             # Straight to the connection's writer (which sends it with the other frames of
             # this loop turn), encoded here: aiormq's basic_ack marshals it through pamqp.
             channel = cast(aiormq.Channel, self._message.channel)
-            if channel.is_closed:
-                raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
             await _write(channel, amqp_frames.ack(channel.number, self._tag))
         except _CLOSED_ERRORS as exc:
             # The channel it came on is gone: the broker redelivers it, which is safe.
@@ -107,8 +105,7 @@ class AmqpDelivery:
             return
         self._settled = True
         try:
-            await self._message.channel.basic_reject(self._tag,
-                                                     requeue=requeue)
+            await self._message.channel.basic_reject(self._tag, requeue=requeue)
         except _CLOSED_ERRORS as exc:
             log.debug("event=reject_lost message_id=%s reason=%s", self.message_id,
                       _one_line(exc))
@@ -423,7 +420,7 @@ class AmqpBroker:
                 fast = amqp_frames.publish(
                     channel.number, m.exchange, m.queue, m.body, message_id=m.message_id,
                     content_type=wire.CONTENT_TYPE, headers=m.headers,
-                    frame_max=max_content + 8)
+                    max_content=max_content)
                 if fast is None:  # a shape left to pamqp
                     encoded = spec.Basic.Properties(
                         content_type=wire.CONTENT_TYPE, delivery_mode=2,
@@ -431,9 +428,7 @@ class AmqpBroker:
                     verdict = _frame_refusal(encoded, len(m.body), max_content)
                 else:
                     encoded, header_size = fast
-                    if header_size > max_content:
-                        verdict = Refused(f"its headers take {header_size} bytes; one frame "
-                                          f"holds {max_content}")
+                    verdict = _header_refusal(header_size, max_content)
             if verdict is not None:
                 log.warning("event=publish_refused queue=%s exchange=%s reason=%s",
                             m.queue[:80], m.exchange, verdict.reason)
@@ -512,18 +507,6 @@ class AmqpBroker:
 
     async def _start_consumer(self, queue: str, handler: Handler, prefetch: int) -> _Consumer:
         channel = await self._conn().channel(publisher_confirms=False)
-        try:
-            await channel.set_qos(prefetch_count=prefetch)
-            await channel.declare_queue(queue, passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            with contextlib.suppress(Exception):
-                await channel.close()
-            raise ConfigError(f"cannot consume {queue!r}: no such queue (declare it first)")\
-                from None
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await channel.close()
-            raise
 
         async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
             # aiormq runs each delivery in a task of its own: this one.
@@ -555,10 +538,15 @@ class AmqpBroker:
 
         consumer = _Consumer(channel=channel, restart=restart)
         try:
+            await channel.set_qos(prefetch_count=prefetch)
+            await channel.declare_queue(queue, passive=True)
             await start()
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(Exception):
                 await channel.close()
+            if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+                raise ConfigError(f"cannot consume {queue!r}: no such queue (declare it "
+                                  "first)") from None
             raise
         # The robust channel restores its prefetch and reopens itself after a reconnect;
         # the consumer, made on the aiormq channel below it, is restarted here.
@@ -593,8 +581,6 @@ async def _send_confirmed(
     held without a suspension, instead of per message with its own task, timeout, lock
     round and write-queue put: the publish path costs the router most per turn.
     """
-    if channel.is_closed:
-        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
     outcomes: list[object] = [None] * len(frames)
     waiting: list[tuple[int, asyncio.Future[Any]]] = []
     payloads: list[bytes] = []
@@ -625,8 +611,9 @@ async def _send_confirmed(
             try:
                 await _write(channel, b"".join(payloads))
             except BaseException:
-                # Not sent (cancelled while the write queue was full): give the delivery
-                # tags back, or every later confirm would be matched to the wrong publish.
+                # Not sent (the channel closed, or cancelled while the write queue was full):
+                # give the delivery tags back, or every later confirm would be matched to the
+                # wrong publish.
                 channel.delivery_tag -= len(waiting)
                 for _, confirmation in waiting:
                     confirmation.cancel()
@@ -641,7 +628,10 @@ async def _send_confirmed(
 
 
 async def _write(channel: aiormq.Channel, payload: bytes) -> None:
-    """Hand encoded frames to the connection's writer, in order with the channel's others."""
+    """Hand encoded frames to the connection's writer, in order with the channel's others;
+    ChannelInvalidStateError if the channel is closed (as aiormq's own methods raise)."""
+    if channel.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
     frame = aiormq.abc.ChannelFrame(payload=payload, should_close=False)
     try:
         channel.write_queue.put_nowait(frame)
@@ -692,6 +682,11 @@ def _frame_refusal(properties: spec.Basic.Properties, body_size: int,
         size = len(ContentHeader(body_size=body_size, properties=properties).marshal())
     except (ValueError, TypeError, struct.error) as exc:
         return Refused(f"its properties cannot be encoded: {_one_line(exc)}")
+    return _header_refusal(size, max_content)
+
+
+def _header_refusal(size: int, max_content: int) -> Refused | None:
+    """A content header of ``size`` bytes must fit in one frame's ``max_content``."""
     if size > max_content:
         return Refused(f"its headers take {size} bytes; one frame holds {max_content}")
     return None

@@ -63,11 +63,12 @@ def _table(headers: Mapping[str, object]) -> bytes | None:
 
 def publish(channel: int, exchange: str, routing_key: str, body: bytes, *,
             message_id: str, content_type: str, headers: Mapping[str, object],
-            frame_max: int) -> tuple[bytes, int] | None:
+            max_content: int) -> tuple[bytes, int] | None:
     """The frames of a persistent, mandatory ``basic.publish`` of ``body``, and the size of
     its content header frame's payload (a header must fit in one frame); None when this
-    message is not of the shape encoded here. ``frame_max`` is the connection's frame size:
-    a body larger than a frame holds is split as the client library splits it."""
+    message is not of the shape encoded here. ``max_content`` is what one frame of the
+    connection holds (its frame size less 8 bytes of framing): a longer body is split as the
+    client library splits it."""
     if not message_id or not content_type:
         return None  # pamqp leaves an empty property out
     if not _EXCHANGE_NAME.fullmatch(exchange):
@@ -90,12 +91,11 @@ def publish(channel: int, exchange: str, routing_key: str, body: bytes, *,
                        b"\x02", id_b))  # delivery mode 2: persistent
     frames = [_FRAME_HEAD.pack(_METHOD, channel, len(method)), method, FRAME_END,
               _FRAME_HEAD.pack(_HEADER, channel, len(header)), header, FRAME_END]
-    room = frame_max - 8
     if body:
-        if len(body) < room:
+        if len(body) < max_content:
             frames += (_FRAME_HEAD.pack(_BODY, channel, len(body)), body, FRAME_END)
         else:
-            for start in range(0, len(body), room):
-                chunk = body[start:start + room]
+            for start in range(0, len(body), max_content):
+                chunk = body[start:start + max_content]
                 frames += (_FRAME_HEAD.pack(_BODY, channel, len(chunk)), chunk, FRAME_END)
     return b"".join(frames), len(header)
