@@ -49,12 +49,12 @@ from redis.exceptions import (
     NoScriptError,
     RedisClusterException,
     RedisError,
-    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from router.redis_batch import send_and_read
 from worker_sdk.errors import ConfigError
 from worker_sdk.settings import check_namespace
 from worker_sdk.urls import redact
@@ -271,21 +271,10 @@ class _Pipeliner:
         connection: Any = await pool.get_connection()
         try:
             return await connection.retry.call_with_retry(
-                lambda: _send_and_read(connection, commands),
+                lambda: send_and_read(connection, commands),
                 lambda _error: connection.disconnect())
         finally:
             await pool.release(connection)
-
-
-async def _send_and_read(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    await connection.send_packed_command(connection.pack_commands(commands))
-    replies: list[Any] = []
-    for _ in commands:
-        try:
-            replies.append(await connection.read_response())
-        except ResponseError as error:  # read: the next reply is intact
-            replies.append(error)
-    return replies
 
 
 WAIT_OPTIONS = ("wait_replicas", "wait_timeout")
