@@ -21,6 +21,7 @@ import aio_pika
 import aiormq
 from yarl import URL
 
+from . import amqp_reader
 from .errors import BrokerUnavailable, ConfigError
 from .urls import redact
 
@@ -179,7 +180,8 @@ class _CoalescingWriter:
 
 
 class _CoalescingTransport(aiormq.TransportFactory):
-    """aiormq's TCP or TLS transport (as the URL says), its writer coalescing frames."""
+    """aiormq's TCP or TLS transport (as the URL says), its writer coalescing frames; the
+    connection reads its frames in bulk (:mod:`worker_sdk.amqp_reader`)."""
 
     writer: _CoalescingWriter | None = None
     """The writer of the latest connection made."""
@@ -189,6 +191,7 @@ class _CoalescingTransport(aiormq.TransportFactory):
             aiormq.connection.TLSTransportFactory() if url.scheme == "amqps"
             else aiormq.connection.TCPTransportFactory())
         reader, writer = await factory.create(url, **kwargs)
+        amqp_reader.install()  # aiormq builds the connection's frame receiver next
         self.writer = _CoalescingWriter(writer)
         return reader, self.writer
 

@@ -12,6 +12,7 @@ import aiormq
 import pytest
 
 from tests.unit.test_memory_broker import BrokerContract, eventually, out
+from worker_sdk import amqp_reader
 from worker_sdk.amqp import AmqpBroker
 from worker_sdk.broker import Delivery, Outgoing, Refused
 from worker_sdk.errors import BrokerUnavailable, PublishFailed
@@ -362,6 +363,33 @@ async def test_concurrent_publishes_share_socket_writes(broker: AmqpBroker,
     assert writer.frames - frames >= 50
     assert writer.sent - sent <= 25, f"{writer.sent - sent} socket writes for 50 publishes"
     await eventually(lambda: _count(broker, queue, 51))
+
+
+async def test_frames_are_read_in_bulk(broker: AmqpBroker, namespace: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker's connections read with worker_sdk.amqp_reader: one socket read hands
+    aiormq many frames (50 deliveries are 150 frames, plus the confirms)."""
+    assert aiormq.connection.FrameReceiver is amqp_reader.BufferedFrameReceiver
+    reads: list[int] = []
+    decode = amqp_reader.decode
+
+    def counting(data: bytes, start: int) -> tuple[list[amqp_reader.Frame], int]:
+        frames, at = decode(data, start)
+        reads.append(len(frames))
+        return frames, at
+    monkeypatch.setattr(amqp_reader, "decode", counting)
+    queue = f"{namespace}.q"
+    await broker.declare(queue)
+    got: list[Delivery] = []
+
+    async def handler(delivery: Delivery) -> None:
+        got.append(delivery)
+        await delivery.ack()
+    await broker.publish([out(queue, i) for i in range(50)])
+    await broker.consume(queue, handler, prefetch=100)
+    await eventually(lambda: len(got) == 50)
+    assert sum(reads) >= 150
+    assert len(reads) <= sum(reads) / 4, f"{len(reads)} socket reads for {sum(reads)} frames"
 
 
 async def test_a_connection_lost_while_a_consumer_starts_is_waited_out(
