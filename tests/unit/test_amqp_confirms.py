@@ -1,0 +1,76 @@
+"""The wave publish's confirms (worker_sdk.amqp._send_confirmed) on a stand-in channel.
+
+What RabbitMQ cannot be made to do on cue: a confirmation cancelled by its closing channel
+must be that message's outcome, while the caller's own cancellation (a step cancelled, a
+publish timeout) must still cancel the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiormq import spec
+
+from worker_sdk.amqp import _send_confirmed
+from worker_sdk.broker import Outgoing
+
+
+class StandInChannel:
+    """The aiormq.Channel attributes the wave publish uses, and the confirms it awaits."""
+
+    number = 1
+    is_closed = False
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.delivery_tag = 0
+        self.confirmations: dict[int, asyncio.Future[Any]] = {}
+        self.message_id_delivery_tag: dict[str, int] = {}
+        self.write_queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+
+def _frames(n: int) -> list[tuple[Outgoing, bytes | spec.Basic.Properties]]:
+    return [(Outgoing("q", b"x", f"m{i}", {}), b"frame") for i in range(n)]
+
+
+async def _sent(channel: StandInChannel, n: int) -> None:
+    while len(channel.confirmations) < n:
+        await asyncio.sleep(0)
+
+
+async def test_each_confirm_is_its_message_s_outcome_even_a_cancelled_one() -> None:
+    channel = StandInChannel()
+    task = asyncio.create_task(_send_confirmed(channel, _frames(3)))  # type: ignore[arg-type]
+    await _sent(channel, 3)
+    ack = spec.Basic.Ack(delivery_tag=1)
+    channel.confirmations[1].set_result(ack)
+    channel.confirmations[2].cancel()  # the channel closed under it
+    channel.confirmations[3].set_exception(ConnectionError("lost"))
+    outcomes = await task
+    assert outcomes[0] is ack
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    assert isinstance(outcomes[2], ConnectionError)
+    assert channel.write_queue.qsize() == 1  # the three publishes went out in one write
+
+
+async def test_the_caller_s_cancellation_is_not_swallowed() -> None:
+    channel = StandInChannel()
+    task = asyncio.create_task(_send_confirmed(channel, _frames(2)))  # type: ignore[arg-type]
+    await _sent(channel, 2)
+    channel.confirmations[1].set_result(spec.Basic.Ack(delivery_tag=1))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_publish_timeout_is_a_timeout() -> None:
+    channel = StandInChannel()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await _send_confirmed(channel, _frames(2))  # type: ignore[arg-type]
