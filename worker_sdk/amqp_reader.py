@@ -5,9 +5,10 @@ then has pamqp decode it field by field. A routed delivery is three frames (``ba
 content header, body) and every publish is confirmed by a ``basic.ack``, so that is most of
 what a party reads. :class:`BufferedFrameReceiver` reads what the socket has (up to
 :data:`READ_SIZE`), cuts as many whole frames out of it as are there, and decodes
-``basic.deliver``, ``basic.ack`` and body frames with :mod:`struct`; every other frame (and
-any the fast path cannot decode exactly as pamqp would) goes to pamqp, so the frames aiormq
-gets are the ones pamqp would have made. ``tests/unit/test_amqp_reader.py`` checks that on
+``basic.deliver``, ``basic.ack``, content headers (string, octet and flat string-table
+properties) and body frames with :mod:`struct`; every other frame (and any the fast path
+cannot decode exactly as pamqp would) goes to pamqp, so the frames aiormq gets are the ones
+pamqp would have made. ``tests/unit/test_amqp_reader.py`` checks that on
 generated frames and on frames cut at every byte.
 
 :func:`install` makes aiormq use it for every connection of the process.
@@ -26,6 +27,7 @@ from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSy
 from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.exceptions import PAMQPException
+from pamqp.header import ContentHeader
 
 READ_SIZE = 256 * 1024
 """Bytes asked of the socket at once (what is there is returned, up to this)."""
@@ -33,8 +35,10 @@ READ_SIZE = 256 * 1024
 _HEAD = struct.Struct(">BHI")
 _METHOD_ID = struct.Struct(">I")
 _TAG_AND_BITS = struct.Struct(">qB")  # pamqp reads a long-long as signed
+_HEADER_HEAD = struct.Struct(">HHQH")  # class, weight, body size, property flags
+_LONG = struct.Struct(">I")
 _FRAME_END = 0xCE
-_METHOD, _BODY = 1, 3
+_METHOD, _HEADER, _BODY = 1, 2, 3
 _DELIVER = 0x003C003C
 _ACK = 0x003C0050
 
@@ -77,6 +81,70 @@ def _ack(payload: bytes) -> spec.Basic.Ack | None:
     return spec.Basic.Ack(delivery_tag, bool(bits & 1))
 
 
+_PROPERTIES = [(flag, name, getattr(spec.Basic.Properties, "_" + name))
+               for name, flag in spec.Basic.Properties.flags.items()]
+"""(flag, name, AMQP type) of each basic property, in the order they are encoded."""
+
+_Properties = spec.Basic.Properties
+
+
+def _table(data: bytes, at: int) -> tuple[dict[str, object], int]:
+    """A field table of long-string values (what CloudBunch sends); IndexError for any
+    other value type, so the frame goes to pamqp."""
+    size = _LONG.unpack_from(data, at)[0]
+    at += 4
+    end = at + size
+    if end > len(data):
+        raise IndexError("field table past the frame's end")
+    table: dict[str, object] = {}
+    while at < end:
+        key, at = _short(data, at)
+        if at >= end or data[at] != 0x53:  # 'S'
+            raise IndexError("a field value other than a long string")
+        length = _LONG.unpack_from(data, at + 1)[0]
+        raw = data[at + 5:at + 5 + length]
+        at += 5 + length
+        if at > end:
+            raise IndexError("field value past the table's end")
+        try:
+            table[key] = raw.decode()
+        except UnicodeDecodeError:
+            table[key] = raw  # as pamqp does
+    return table, at
+
+
+def _header(payload: bytes) -> ContentHeader | None:
+    """A content header from its frame's payload, or None for what only pamqp decodes (a
+    timestamp, a second flag word, a table value that is not a string)."""
+    try:
+        class_id, weight, body_size, flags = _HEADER_HEAD.unpack_from(payload, 0)
+        if flags & 1:
+            return None
+        properties = _Properties.__new__(_Properties)
+        for _, name, _ in _PROPERTIES:
+            setattr(properties, name, None)
+        properties.cluster_id = ""
+        at = _HEADER_HEAD.size
+        value: object
+        for flag, name, kind in _PROPERTIES:
+            if not flags & flag:
+                continue
+            if kind == "shortstr":
+                value, at = _short(payload, at)
+            elif kind == "octet":
+                value, at = payload[at], at + 1
+            elif kind == "table":
+                value, at = _table(payload, at)
+            else:
+                return None
+            setattr(properties, name, value)
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None
+    header = ContentHeader(weight, body_size, properties)
+    header.class_id = class_id
+    return header
+
+
 def decode(data: bytes, start: int) -> tuple[list[Frame], int]:
     """The whole frames in ``data`` from ``start`` on, and where the first incomplete one
     begins. Raises InvalidFrameError for bytes that are not a frame."""
@@ -97,6 +165,8 @@ def decode(data: bytes, start: int) -> tuple[list[Frame], int]:
         value: Any = None
         if kind == _BODY and size:
             value = ContentBody(data[at + 7:stop - 1])
+        elif kind == _HEADER and size:
+            value = _header(data[at + 7:stop - 1])
         elif kind == _METHOD and size >= 4:
             method = _METHOD_ID.unpack_from(data, at + 7)[0]
             if method == _DELIVER:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from datetime import datetime
 from typing import Any
 
 import pamqp.frame
@@ -16,7 +17,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
-from worker_sdk.amqp_reader import BufferedFrameReceiver, decode
+from worker_sdk.amqp_reader import BufferedFrameReceiver, _header, decode
 
 short = st.text(max_size=20).filter(lambda s: len(s.encode()) <= 255)
 long_short = st.text(min_size=120, max_size=200).filter(lambda s: len(s.encode()) <= 255)
@@ -33,10 +34,19 @@ frame_objects = st.one_of(
     st.builds(spec.Basic.Return, reply_code=st.integers(300, 599), reply_text=short,
               exchange=st.just("x"), routing_key=short),
     st.builds(ContentBody, st.binary(min_size=1, max_size=300)),
-    st.builds(lambda size, message_id: ContentHeader(
-        body_size=size, properties=spec.Basic.Properties(message_id=message_id,
-                                                          headers={"a": "b"})),
-        st.integers(0, 2**40), short),
+    st.builds(ContentHeader, body_size=st.integers(0, 2**40), properties=st.builds(
+        spec.Basic.Properties,
+        content_type=st.none() | short, content_encoding=st.none() | short,
+        headers=st.none() | st.dictionaries(short, st.text(max_size=30) | st.binary(
+            max_size=8).map(bytearray) | st.integers(-5, 5) | st.booleans(), max_size=4),
+        delivery_mode=st.none() | st.integers(1, 2), priority=st.none() | st.integers(0, 9),
+        correlation_id=st.none() | short, reply_to=st.none() | short,
+        expiration=st.none() | st.from_regex(r"[0-9]{1,6}", fullmatch=True),
+        message_id=st.none() | short, message_type=st.none() | short,
+        user_id=st.none() | short, app_id=st.none() | short,
+        timestamp=st.none() | st.datetimes(min_value=datetime(2000, 1, 1),
+                                           max_value=datetime(2100, 1, 1)).map(
+            lambda d: d.replace(microsecond=0)))),
     st.builds(Heartbeat),
     st.builds(spec.Channel.Close, reply_code=st.integers(200, 599), reply_text=short,
               class_id=st.integers(0, 90), method_id=st.integers(0, 90)),
@@ -63,6 +73,8 @@ def _same(ours: list[tuple[int, int, Any]], theirs: list[tuple[int, int, Any]]) 
         slots = getattr(value, "__slots__", ())
         assert {s: getattr(value, s, None) for s in slots} == \
             {s: getattr(value2, s, None) for s in slots}
+        if isinstance(value, ContentHeader):
+            assert vars(value) == vars(value2)
 
 
 @settings(max_examples=300, deadline=None)
@@ -130,3 +142,21 @@ async def test_a_connection_closed_inside_a_frame_is_a_connection_error() -> Non
     receiver = await _receiver([data[:-2]])
     with pytest.raises(AMQPConnectionError, match="unexpectedly closed"):
         await receiver.get_frame()
+
+
+def test_the_headers_cloudbunch_sends_take_the_fast_path() -> None:
+    properties = spec.Basic.Properties(content_type="application/msgpack", delivery_mode=2,
+                                       message_id="m1", headers={"x-session": "s1"})
+    data = _marshal(3, ContentHeader(body_size=10, properties=properties))
+    assert _header(data[7:-1]) is not None
+    _same(decode(data, 0)[0], _pamqp_frames(data))
+
+
+def test_a_string_header_that_is_not_utf8_stays_bytes_as_pamqp_has_it() -> None:
+    table = b"\x01kS" + struct.pack(">I", 2) + b"\xff\xfe"
+    payload = (struct.pack(">HHQH", 60, 0, 0, 1 << 13) + struct.pack(">I", len(table))
+               + table)
+    data = struct.pack(">BHI", 2, 1, len(payload)) + payload + b"\xce"
+    decoded = decode(data, 0)[0]
+    _same(decoded, _pamqp_frames(data))
+    assert decoded[0][2].properties.headers == {"k": b"\xff\xfe"}
