@@ -7,6 +7,7 @@ import contextlib
 import logging
 import struct
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -577,54 +578,128 @@ async def _send_confirmed(
     exception it failed with (one that cannot be encoded is not sent).
 
     This is aiormq's ``basic_publish`` bookkeeping (delivery tag, confirmation future, the
-    message id a return is matched by) done once for the whole list, under the channel lock
-    held without a suspension, instead of per message with its own task, timeout, lock
-    round and write-queue put: the publish path costs the router most per turn.
+    message id a return is matched by) done once for the whole list, instead of per message
+    with its own task, timeout, lock round and write-queue put: the publish path costs the
+    router most per turn. It runs without a suspension between the first delivery tag and
+    the write, so when nobody holds the channel lock and the write queue has room it does
+    not take the lock (an asyncio context manager per publish); otherwise it waits for it.
     """
+    if not channel.write_queue.full() and not _channel_lock(channel).locked():
+        if channel.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+        outcomes, waiting, payload = _stage(channel, frames)
+        if waiting:
+            channel.write_queue.put_nowait(
+                aiormq.abc.ChannelFrame(payload=payload, should_close=False))
+    else:
+        async with channel.lock:
+            outcomes, waiting, payload = _stage(channel, frames)
+            if waiting:
+                try:
+                    await _write(channel, payload)
+                except BaseException:
+                    # Not sent (the channel closed, or cancelled while the write queue was
+                    # full): give the delivery tags back, or every later confirm would be
+                    # matched to the wrong publish.
+                    channel.delivery_tag -= len(waiting)
+                    for _, confirmation in waiting:
+                        confirmation.cancel()
+                    for tag in range(channel.delivery_tag + 1,
+                                     channel.delivery_tag + len(waiting) + 1):
+                        channel.confirmations.pop(tag, None)
+                    raise
+    # One await per confirm rather than a gather (a future and a callback per confirm): a
+    # confirm that failed, or was cancelled or rejected by its closing channel, is that
+    # message's outcome; only this task's own cancellation is raised.
+    task = asyncio.current_task()
+    for index, confirmation in waiting:
+        try:
+            outcomes[index] = await confirmation
+        except asyncio.CancelledError as exc:
+            if task is not None and task.cancelling():
+                raise
+            outcomes[index] = exc
+        except Exception as exc:
+            outcomes[index] = exc
+    return outcomes
+
+
+def _stage(channel: aiormq.Channel,
+           frames: Sequence[tuple[Outgoing, bytes | spec.Basic.Properties]],
+           ) -> tuple[list[object], list[tuple[int, asyncio.Future[Any]]], bytes]:
+    """Give each message a delivery tag and a confirmation future: the outcomes so far (an
+    encoding error), the confirms to wait for by index, and the frames to write."""
     outcomes: list[object] = [None] * len(frames)
     waiting: list[tuple[int, asyncio.Future[Any]]] = []
     payloads: list[bytes] = []
-    async with channel.lock:
-        for index, (message, encoded) in enumerate(frames):
-            if isinstance(encoded, bytes):
-                payload = encoded  # worker_sdk.amqp_frames made them
-            else:
-                try:
-                    payload = aiormq.abc.ChannelFrame.marshall(channel.number, [
-                        spec.Basic.Publish(exchange=message.exchange,
-                                           routing_key=message.queue, mandatory=True),
-                        ContentHeader(properties=encoded, body_size=len(message.body)),
-                        *channel._split_body(message.body)]).payload
-                except (ValueError, TypeError, struct.error) as exc:
-                    outcomes[index] = exc
-                    continue
-            channel.delivery_tag += 1
-            tag = channel.delivery_tag
-            confirmation = channel.create_future()
-            channel.confirmations[tag] = confirmation
-            channel.message_id_delivery_tag[message.message_id] = tag
-            confirmation.add_done_callback(
-                partial(_forget, channel.message_id_delivery_tag, message.message_id, tag))
-            payloads.append(payload)
-            waiting.append((index, confirmation))
-        if payloads:
+    pending = _pending(channel)
+    loop = channel.loop
+    for index, (message, encoded) in enumerate(frames):
+        if isinstance(encoded, bytes):
+            payload = encoded  # worker_sdk.amqp_frames made them
+        else:
             try:
-                await _write(channel, b"".join(payloads))
-            except BaseException:
-                # Not sent (the channel closed, or cancelled while the write queue was full):
-                # give the delivery tags back, or every later confirm would be matched to the
-                # wrong publish.
-                channel.delivery_tag -= len(waiting)
-                for _, confirmation in waiting:
-                    confirmation.cancel()
-                for tag in range(channel.delivery_tag + 1,
-                                 channel.delivery_tag + len(waiting) + 1):
-                    channel.confirmations.pop(tag, None)
-                raise
-    results = await asyncio.gather(*(f for _, f in waiting), return_exceptions=True)
-    for (index, _), result in zip(waiting, results, strict=True):
-        outcomes[index] = result
-    return outcomes
+                payload = aiormq.abc.ChannelFrame.marshall(channel.number, [
+                    spec.Basic.Publish(exchange=message.exchange,
+                                       routing_key=message.queue, mandatory=True),
+                    ContentHeader(properties=encoded, body_size=len(message.body)),
+                    *channel._split_body(message.body)]).payload
+            except (ValueError, TypeError, struct.error) as exc:
+                outcomes[index] = exc
+                continue
+        channel.delivery_tag += 1
+        tag = channel.delivery_tag
+        confirmation: asyncio.Future[Any] = loop.create_future()
+        pending.add(confirmation)
+        channel.confirmations[tag] = confirmation
+        channel.message_id_delivery_tag[message.message_id] = tag
+        confirmation.add_done_callback(partial(
+            _settled, pending, channel.message_id_delivery_tag, message.message_id, tag))
+        payloads.append(payload)
+        waiting.append((index, confirmation))
+    return outcomes, waiting, b"".join(payloads)
+
+
+def _channel_lock(channel: aiormq.Channel) -> asyncio.Lock:
+    """The lock behind aiormq's ``Channel.lock`` context manager."""
+    return cast(asyncio.Lock, channel._Channel__lock)  # type: ignore[attr-defined]
+
+
+_PENDING: weakref.WeakKeyDictionary[aiormq.Channel, set[asyncio.Future[Any]]] = \
+    weakref.WeakKeyDictionary()
+"""The confirmation futures each channel owes, failed together when it closes."""
+
+
+def _pending(channel: aiormq.Channel) -> set[asyncio.Future[Any]]:
+    """The channel's unsettled confirmations. aiormq registers each future it makes in the
+    channel's and the connection's future stores (two closures and callbacks per publish)
+    so that a closing channel rejects them; here one guard future per channel is registered
+    instead, and its rejection is passed on to every confirmation still pending."""
+    pending = _PENDING.get(channel)
+    if pending is None:
+        pending = _PENDING[channel] = set()
+        guard = channel.create_future()
+        guard.add_done_callback(partial(_reject_pending, pending))
+    return pending
+
+
+def _reject_pending(pending: set[asyncio.Future[Any]], guard: asyncio.Future[Any]) -> None:
+    error = asyncio.CancelledError() if guard.cancelled() else guard.exception()
+    for confirmation in list(pending):
+        if not confirmation.done():
+            confirmation.set_exception(error or aiormq.exceptions.ChannelInvalidStateError(
+                "channel closed"))
+    pending.clear()
+
+
+def _settled(pending: set[asyncio.Future[Any]], ids: dict[str, int], message_id: str,
+             tag: int, confirmation: asyncio.Future[Any]) -> None:
+    """A confirmation is settled: forget it, and the message id a return is matched by."""
+    pending.discard(confirmation)
+    if ids.get(message_id) == tag:
+        del ids[message_id]
+    if not confirmation.cancelled():
+        confirmation.exception()  # retrieved: a publish nobody awaits any more logs nothing
 
 
 async def _write(channel: aiormq.Channel, payload: bytes) -> None:
@@ -637,12 +712,6 @@ async def _write(channel: aiormq.Channel, payload: bytes) -> None:
         channel.write_queue.put_nowait(frame)
     except asyncio.QueueFull:
         await channel.write_queue.put(frame)
-
-
-def _forget(ids: dict[str, int], message_id: str, tag: int, _: object) -> None:
-    """Drop a settled publish's message id (aiormq matches a returned message by it)."""
-    if ids.get(message_id) == tag:
-        del ids[message_id]
 
 
 def _published(message: Outgoing, outcome: object) -> Published:

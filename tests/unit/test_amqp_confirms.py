@@ -8,6 +8,8 @@ publish timeout) must still cancel the caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,14 +26,32 @@ class StandInChannel:
     is_closed = False
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
+        self.loop = asyncio.get_running_loop()
+        self._Channel__lock = asyncio.Lock()
         self.delivery_tag = 0
         self.confirmations: dict[int, asyncio.Future[Any]] = {}
         self.message_id_delivery_tag: dict[str, int] = {}
         self.write_queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.store: list[asyncio.Future[Any]] = []
+
+    @property
+    @contextlib.asynccontextmanager
+    async def lock(self) -> AsyncIterator[None]:
+        async with self._Channel__lock:
+            yield
 
     def create_future(self) -> asyncio.Future[Any]:
-        return asyncio.get_running_loop().create_future()
+        """As aiormq's: a future its close rejects."""
+        future = self.loop.create_future()
+        self.store.append(future)
+        return future
+
+    def close(self, exc: BaseException) -> None:
+        """As aiormq's close: every future of its store gets the exception."""
+        self.is_closed = True
+        for future in self.store:
+            if not future.done():
+                future.set_exception(exc)
 
 
 def _frames(n: int) -> list[tuple[Outgoing, bytes | spec.Basic.Properties]]:
@@ -74,3 +94,31 @@ async def test_a_publish_timeout_is_a_timeout() -> None:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
             await _send_confirmed(channel, _frames(2))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reason", [asyncio.CancelledError(), ConnectionError("closed")])
+async def test_a_closing_channel_fails_its_pending_confirms_as_outcomes(
+        reason: BaseException) -> None:
+    """aiormq closes a channel with CancelledError by default: for a publish waiting on it,
+    that is the message's outcome (PublishFailed above), never the step's cancellation."""
+    channel = StandInChannel()
+    task = asyncio.create_task(_send_confirmed(channel, _frames(2)))  # type: ignore[arg-type]
+    await _sent(channel, 2)
+    channel.confirmations[1].set_result(spec.Basic.Ack(delivery_tag=1))
+    channel.close(reason)
+    outcomes = await task
+    assert isinstance(outcomes[0], spec.Basic.Ack)
+    assert type(outcomes[1]) is type(reason)
+    assert channel.message_id_delivery_tag == {}
+
+
+async def test_a_publish_waits_for_the_lock_while_another_holds_it() -> None:
+    channel = StandInChannel()
+    async with channel.lock:
+        task = asyncio.create_task(
+            _send_confirmed(channel, _frames(1)))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        assert channel.write_queue.qsize() == 0 and channel.delivery_tag == 0
+    await _sent(channel, 1)
+    channel.confirmations[1].set_result(spec.Basic.Ack(delivery_tag=1))
+    assert isinstance((await task)[0], spec.Basic.Ack)
