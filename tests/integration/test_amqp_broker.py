@@ -392,6 +392,49 @@ async def test_frames_are_read_in_bulk(broker: AmqpBroker, namespace: str,
     assert len(reads) <= sum(reads) / 4, f"{len(reads)} socket reads for {sum(reads)} frames"
 
 
+async def test_a_body_of_many_frames_arrives_whole(broker: AmqpBroker, namespace: str) -> None:
+    """Bodies bigger than a frame come in several body frames, read in bulk and joined
+    (and an empty body in none)."""
+    queue = f"{namespace}.q"
+    await broker.declare(queue)
+    bodies = [secrets.token_bytes(300_000), b"", b"x"]
+    got: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> None:
+        got.append(delivery.body)
+        await delivery.ack()
+    await broker.publish([Outgoing(queue, body, f"m{i}", {}) for i, body in enumerate(bodies)])
+    await broker.consume(queue, handler, prefetch=10)
+    await eventually(lambda: len(got) == 3)
+    assert got == bodies
+
+
+async def test_closing_a_consumer_s_channel_cancels_its_running_handlers(
+        broker: AmqpBroker, namespace: str) -> None:
+    """As aiormq does for its consumer tasks: a handler still running when its channel
+    closes is cancelled (its delivery, unacknowledged, is the broker's to deliver again)."""
+    queue = f"{namespace}.q"
+    await broker.declare(queue)
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+    await broker.publish([out(queue, 1)])
+    await broker.consume(queue, handler, prefetch=1)
+    await asyncio.wait_for(started.wait(), 10)
+    consumer = broker._consumers[queue]
+    underlay = await consumer.channel.get_underlay_channel()
+    await underlay.close()
+    await asyncio.wait_for(cancelled.wait(), 5)
+    await eventually(lambda: not consumer.inflight)
+
+
 async def test_a_connection_lost_while_a_consumer_starts_is_waited_out(
         broker: AmqpBroker, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker whose connection is cut as it starts consuming (a broker restart) does not
