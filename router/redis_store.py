@@ -34,7 +34,7 @@ import os
 import zlib
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -210,8 +210,10 @@ def _evalsha(script: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any
     return ("EVALSHA", _SHA_OF[script], len(keys), *keys, *args)
 
 
-PIPELINES = 4
-"""Pipelines in flight at once to one server (each on its own pooled connection)."""
+PIPELINES = 1
+"""Pipelines in flight at once to one server (each on its own pooled connection). One: while
+a batch is out, the next one fills, so batches grow with the load and each costs one write
+and one read on both sides (docs/benchmarks.md has the measurements against four)."""
 
 
 class _Pipeliner:
@@ -238,27 +240,33 @@ class _Pipeliner:
         if len(self._flushers) < PIPELINES:
             flusher = loop.create_task(self._flush(), name="cloudbunch-redis-pipeline")
             self._flushers.add(flusher)
-            flusher.add_done_callback(self._flushers.discard)
         return await future
 
     async def _flush(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            try:
-                replies = await self._exchange(
-                    [command for commands, _ in batch for command in commands])
-            except BaseException as error:
-                for _, future in batch:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    replies = await self._exchange(
+                        [command for commands, _ in batch for command in commands])
+                except BaseException as error:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    if isinstance(error, asyncio.CancelledError):
+                        raise
+                    continue
+                start = 0
+                for commands, future in batch:
                     if not future.done():
-                        future.set_exception(error)
-                if isinstance(error, asyncio.CancelledError):
-                    raise
-                continue
-            start = 0
-            for commands, future in batch:
-                if not future.done():
-                    future.set_result(replies[start:start + len(commands)])
-                start += len(commands)
+                        future.set_result(replies[start:start + len(commands)])
+                    start += len(commands)
+        finally:
+            # Leave the count the moment nothing is waiting, not in a done callback a loop
+            # turn later: a caller woken by the results above may queue its next commands
+            # first, and would wait for a flusher that no longer runs (with every pipeline
+            # slot held by finished flushers, until some other step came along).
+            self._flushers.discard(cast("asyncio.Task[None]", asyncio.current_task()))
 
     async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send ``commands`` in one write on a pooled connection and read their replies (an

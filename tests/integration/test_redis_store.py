@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
+from router import redis_store
 from router.redis_store import RedisStore
 from router.store import DEDUP_MEMORY, DEFAULT_REDIS_URL, StoreUnavailable
 from tests.store_contract import FAR, StoreContract
@@ -189,6 +190,29 @@ async def test_a_refused_login_is_not_retried() -> None:
     finally:
         await admin._redis.execute_command("ACL", "DELUSER", user)
         await admin.close()
+
+
+@pytest.mark.parametrize("pipelines", [1, 4])
+async def test_a_step_s_next_command_never_waits_for_a_finished_pipeline(
+        store: RedisStore, monkeypatch: pytest.MonkeyPatch, pipelines: int) -> None:
+    """A step woken by its commit's replies sends its next command at once. The flusher that
+    woke it must not still count as running: with every pipeline slot held by finished
+    flushers, that command waited for some other step to come along (forever, alone)."""
+    monkeypatch.setattr(redis_store, "PIPELINES", pipelines)
+    later = int(time.time() * 1000) + FAR
+
+    async def steps() -> None:
+        for version in range(5):
+            assert await store.commit("s", version, b"r", append=[b"e"], expire_at_ms=later)
+            await store.discard("s", [b"e"])
+
+    async def busy() -> None:  # the other pipelines: finishing while the step runs
+        for i in range(20):
+            await store.commit(f"o{i}", 0, b"r", expire_at_ms=later)
+
+    await asyncio.wait_for(asyncio.gather(steps(), *(busy() for _ in range(pipelines - 1))),
+                           10)
+    assert (await store.load("s")).version == 5
 
 
 async def test_concurrent_steps_share_pipelines(store: RedisStore,
