@@ -665,21 +665,26 @@ def _channel_lock(channel: aiormq.Channel) -> asyncio.Lock:
     return cast(asyncio.Lock, channel._Channel__lock)  # type: ignore[attr-defined]
 
 
-_PENDING: weakref.WeakKeyDictionary[aiormq.Channel, set[asyncio.Future[Any]]] = \
+_PENDING: weakref.WeakKeyDictionary[
+    aiormq.Channel, tuple[set[asyncio.Future[Any]], asyncio.Future[Any]]] = \
     weakref.WeakKeyDictionary()
-"""The confirmation futures each channel owes, failed together when it closes."""
+"""Per channel: the confirmation futures it owes, and the guard whose rejection fails them."""
 
 
 def _pending(channel: aiormq.Channel) -> set[asyncio.Future[Any]]:
     """The channel's unsettled confirmations. aiormq registers each future it makes in the
     channel's and the connection's future stores (two closures and callbacks per publish)
     so that a closing channel rejects them; here one guard future per channel is registered
-    instead, and its rejection is passed on to every confirmation still pending."""
-    pending = _PENDING.get(channel)
-    if pending is None:
-        pending = _PENDING[channel] = set()
+    instead, and its rejection is passed on to every confirmation still pending. Once the
+    guard is rejected the channel takes no more publishes (ChannelInvalidStateError)."""
+    entry = _PENDING.get(channel)
+    if entry is None:
         guard = channel.create_future()
-        guard.add_done_callback(partial(_reject_pending, pending))
+        entry = _PENDING[channel] = (set(), guard)
+        guard.add_done_callback(partial(_reject_pending, entry[0]))
+    pending, guard = entry
+    if guard.done():
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
     return pending
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiormq import spec
+from aiormq.exceptions import ChannelInvalidStateError
 
 from worker_sdk.amqp import _send_confirmed
 from worker_sdk.broker import Outgoing
@@ -122,3 +123,17 @@ async def test_a_publish_waits_for_the_lock_while_another_holds_it() -> None:
     await _sent(channel, 1)
     channel.confirmations[1].set_result(spec.Basic.Ack(delivery_tag=1))
     assert isinstance((await task)[0], spec.Basic.Ack)
+
+
+async def test_a_channel_whose_close_rejected_its_confirms_takes_no_more_publishes() -> None:
+    """Between aiormq rejecting a closing channel's futures and the channel reading as
+    closed, a publish must not stage a confirmation nothing would ever settle."""
+    channel = StandInChannel()
+    first = asyncio.create_task(_send_confirmed(channel, _frames(1)))  # type: ignore[arg-type]
+    await _sent(channel, 1)
+    channel.close(ConnectionError("closed"))
+    channel.is_closed = False  # not yet marked closed
+    assert isinstance((await first)[0], ConnectionError)
+    with pytest.raises(ChannelInvalidStateError):
+        await asyncio.wait_for(
+            _send_confirmed(channel, _frames(1)), 2)  # type: ignore[arg-type]
