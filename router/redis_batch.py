@@ -1,8 +1,8 @@
 """One batch of commands on a pooled redis-py connection: one write, then its replies.
 
 The group commit (:class:`router.redis_store._Pipeliner`) sends every batch through
-:func:`send_and_read`. With hiredis installed (the ``fast`` extra) and RESP2, the batch is
-packed by hiredis in C, written as one buffer, and its replies are taken from hiredis's
+:func:`send_and_read`. With hiredis installed (the ``fast`` extra), on RESP2 or RESP3, the
+batch is packed by hiredis in C, written as one buffer, and its replies are taken from hiredis's
 reader under one timeout for the whole batch: redis-py's own path packs in Python, writes a
 list of chunks, and arms a timeout and runs its checks for every reply. A RESP3 push message
 between the replies goes to the parser's push handler, as redis-py does. Without hiredis,

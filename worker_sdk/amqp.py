@@ -584,30 +584,11 @@ async def _send_confirmed(
     the write, so when nobody holds the channel lock and the write queue has room it does
     not take the lock (an asyncio context manager per publish); otherwise it waits for it.
     """
-    if not channel.write_queue.full() and not _channel_lock(channel).locked():
-        if channel.is_closed:
-            raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
-        outcomes, waiting, payload = _stage(channel, frames)
-        if waiting:
-            channel.write_queue.put_nowait(
-                aiormq.abc.ChannelFrame(payload=payload, should_close=False))
-    else:
+    if channel.write_queue.full() or _channel_lock(channel).locked():
         async with channel.lock:
-            outcomes, waiting, payload = _stage(channel, frames)
-            if waiting:
-                try:
-                    await _write(channel, payload)
-                except BaseException:
-                    # Not sent (the channel closed, or cancelled while the write queue was
-                    # full): give the delivery tags back, or every later confirm would be
-                    # matched to the wrong publish.
-                    channel.delivery_tag -= len(waiting)
-                    for _, confirmation in waiting:
-                        confirmation.cancel()
-                    for tag in range(channel.delivery_tag + 1,
-                                     channel.delivery_tag + len(waiting) + 1):
-                        channel.confirmations.pop(tag, None)
-                    raise
+            outcomes, waiting = await _stage_and_write(channel, frames)
+    else:
+        outcomes, waiting = await _stage_and_write(channel, frames)
     # One await per confirm rather than a gather (a future and a callback per confirm): a
     # confirm that failed, or was cancelled or rejected by its closing channel, is that
     # message's outcome; only this task's own cancellation is raised.
@@ -622,6 +603,30 @@ async def _send_confirmed(
         except Exception as exc:
             outcomes[index] = exc
     return outcomes
+
+
+async def _stage_and_write(
+        channel: aiormq.Channel,
+        frames: Sequence[tuple[Outgoing, bytes | spec.Basic.Properties]],
+        ) -> tuple[list[object], list[tuple[int, asyncio.Future[Any]]]]:
+    """:func:`_stage` the messages and hand their frames to the writer; what it returns but
+    the frames. Suspends only when the write queue is full."""
+    outcomes, waiting, payload = _stage(channel, frames)
+    if waiting:
+        try:
+            await _write(channel, payload)
+        except BaseException:
+            # Not sent (the channel closed, or cancelled while the write queue was full):
+            # give the delivery tags back, or every later confirm would be matched to the
+            # wrong publish.
+            channel.delivery_tag -= len(waiting)
+            for _, confirmation in waiting:
+                confirmation.cancel()
+            for tag in range(channel.delivery_tag + 1,
+                             channel.delivery_tag + len(waiting) + 1):
+                channel.confirmations.pop(tag, None)
+            raise
+    return outcomes, waiting
 
 
 def _stage(channel: aiormq.Channel,

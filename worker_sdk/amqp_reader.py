@@ -59,7 +59,7 @@ def _deliver(payload: bytes) -> spec.Basic.Deliver | None:
     try:
         consumer_tag, at = _short(payload, 0)
         delivery_tag, bits = _TAG_AND_BITS.unpack_from(payload, at)
-        exchange, at = _short(payload, at + 9)
+        exchange, at = _short(payload, at + _TAG_AND_BITS.size)
         routing_key, at = _short(payload, at)
     except (IndexError, struct.error, UnicodeDecodeError):
         return None
