@@ -30,6 +30,7 @@ from .config import RouterConfig
 from .core import ClientArrived, Event, Outcome
 from .ingest import DeadLetter, DeadReason
 from .outbox import Outbox
+from .partitions import PartitionQueue, Partitions, partition_queues
 from .scanner import Scanner
 from .stepper import Stepper
 from .store import SessionStore, Snapshot, StoreUnavailable
@@ -73,7 +74,11 @@ class Router:
         self.ingress, self.replies, self.dead = names["ingress"], names["replies"], names["dead"]
         self.stats: Counter[str] = Counter()
         self.outbox = Outbox(broker, store, self.dead, self.stats, metrics=metrics,
-                             namespace=config.namespace)
+                             namespace=config.namespace, partitions=config.partitions)
+        self.partitions = (Partitions(config.partitions, new_id(), store, broker,
+                                      stats=self.stats, clock=clock)
+                           if config.partitions else None)
+        """The partitioned ingress (``--partitions``), or None: the shared queues only."""
         self.stepper = Stepper(store, self.outbox, self.cfg, clock=clock, ids=ids,
                                stats=self.stats, cache_age=min(5.0, config.session_ttl / 4),
                                history_max=config.history, metrics=metrics)
@@ -109,16 +114,49 @@ class Router:
                                                  name="cloudbunch-scanner")
         for queue, handler in ((self.ingress, self.on_ingress), (self.replies, self.on_reply)):
             await self.broker.consume(queue, self._guard(handler, queue), prefetch=64)
+        if self.partitions is not None:
+            await self._start_partitions(self.partitions, exchanges)
         self._consuming = True
         log.info("event=router_started namespace=%s root=%s", self.config.namespace,
                  self.config.root)
+
+    async def _start_partitions(self, partitions: Partitions,
+                                exchanges: dict[str, str]) -> None:
+        """Declare, bind and consume every partition's queues (single active consumer)."""
+        await partitions.start()
+        queues = partition_queues(self.config.namespace, partitions.count)
+        # Named in the store, so that `cloudbunch purge` finds them.
+        await self.store.note_queues([q.name for q in queues])
+        for queue in queues:
+            await self.broker.declare_own(queue.name, single_active=True, replicated=True)
+            await self.broker.bind(exchanges[queue.kind], queue.key, queue.name)
+        for queue in partition_queues(self.config.namespace, partitions.count):
+            handler = self.on_ingress if queue.kind == "ingress" else self.on_reply
+            await partitions.consume(queue, self._guard(self._partition(handler, queue),
+                                                        queue.name, queue.kind), prefetch=64)
+
+    def _partition(self, handler: Callable[..., Any],
+                   queue: PartitionQueue) -> Callable[[Delivery], Any]:
+        """``handler`` for a partition's queue: then hand the queue to its owner if need be."""
+        partitions = self.partitions
+        assert partitions is not None
+
+        async def on_partition(delivery: Delivery) -> None:
+            await handler(delivery, queue.name)
+            partitions.delivered(queue)
+        return on_partition
 
     async def stop(self, grace: float = 7.0) -> None:
         """Stop consuming, let in-flight steps finish (up to ``grace`` s), stop the scanner."""
         self._stopping.set()
         self._consuming = False
-        await asyncio.gather(*(self.broker.cancel(q, drain=grace)
-                               for q in (self.ingress, self.replies)), return_exceptions=True)
+        queues = [self.ingress, self.replies]
+        if self.partitions is not None:
+            await self.partitions.stop()
+            queues += [q.name for q in partition_queues(self.config.namespace,
+                                                        self.partitions.count)]
+        await asyncio.gather(*(self.broker.cancel(q, drain=grace) for q in queues),
+                             return_exceptions=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), 0.5)
         if self._scanning is not None:
@@ -148,9 +186,10 @@ class Router:
 
     # ------------------------------------------------------------------ consumers
 
-    async def on_ingress(self, delivery: Delivery) -> None:
-        """One client message from ``NS.ingress``."""
-        got = ingest.client_message(delivery.body, self.config.max_body, self.ingress,
+    async def on_ingress(self, delivery: Delivery, queue: str | None = None) -> None:
+        """One client message from ``NS.ingress`` (or ``queue``, a partition's)."""
+        queue = queue or self.ingress
+        got = ingest.client_message(delivery.body, self.config.max_body, queue,
                                     wire.trace_context(delivery.headers))
         if isinstance(got, DeadLetter):
             await self.outbox.dead_letter(got)
@@ -158,8 +197,8 @@ class Router:
             message = got
             # The step's span: a consumer of the client message, child of the sender's span.
             with tracing.start_span(
-                    f"process {self.ingress}", "consumer", delivery.headers,
-                    tracing.messaging("process", self.ingress, message_id=message.id,
+                    f"process {queue}", "consumer", delivery.headers,
+                    tracing.messaging("process", queue, message_id=message.id,
                                       routing_key=wire.INGRESS_KEY, session=message.session)):
                 out = await self.run_step(message.session,
                                           lambda snap: ClientArrived(message, snap.seen),
@@ -169,17 +208,18 @@ class Router:
             self.stats["client_messages"] += 1
         await delivery.ack()
 
-    async def on_reply(self, delivery: Delivery) -> None:
-        """One service reply from ``NS.replies``."""
-        got = ingest.reply(delivery.body, self.config.max_body, self.replies)
+    async def on_reply(self, delivery: Delivery, queue: str | None = None) -> None:
+        """One service reply from ``NS.replies`` (or ``queue``, a partition's)."""
+        queue = queue or self.replies
+        got = ingest.reply(delivery.body, self.config.max_body, queue)
         if isinstance(got, DeadLetter):
             await self.outbox.dead_letter(got)
         else:
             event = got.event
             # The step's span: a consumer of the reply, child of the reply's span.
             with tracing.start_span(
-                    f"process {self.replies}", "consumer", delivery.headers,
-                    tracing.messaging("process", self.replies, message_id=delivery.message_id,
+                    f"process {queue}", "consumer", delivery.headers,
+                    tracing.messaging("process", queue, message_id=delivery.message_id,
                                       routing_key=wire.REPLIES_KEY, session=got.session,
                                       turn=event.turn,
                                       action=event.reply.action if event.reply else None)):
@@ -197,11 +237,12 @@ class Router:
         """Apply one event to a session, durably, and publish what it causes."""
         return await self.stepper.run(session, make_event, dedup_id=dedup_id, hint=hint)
 
-    def _guard(self, handler: Callable[[Delivery], Any],
-               source: str) -> Callable[[Delivery], Any]:
+    def _guard(self, handler: Callable[[Delivery], Any], source: str,
+               label: str | None = None) -> Callable[[Delivery], Any]:
         """Run a consumer's handler: retry transient failures, then hand the delivery back;
-        dead-letter one that hits a router bug."""
-        label = source.rsplit(".", 1)[-1]
+        dead-letter one that hits a router bug. ``label``: the queue's role in metrics
+        (default: the last part of its name, ``ingress`` or ``replies``)."""
+        label = label or source.rsplit(".", 1)[-1]
 
         async def guarded(delivery: Delivery) -> None:
             if self.metrics is not None:

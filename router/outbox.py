@@ -32,7 +32,7 @@ class Outbox:
 
     def __init__(self, broker: Broker, store: SessionStore, dead_queue: str,
                  stats: Counter[str], *, metrics: RouterMetrics | None = None,
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None, partitions: int = 0) -> None:
         self.broker = broker
         self.metrics = metrics
         self.store = store
@@ -40,6 +40,8 @@ class Outbox:
         self.stats = stats
         self._unsent: set[str] = set()
         self._prefix = None if namespace is None else namespace + "."
+        self.partitions = partitions
+        """``--partitions``: a dispatch names its session's replies partition (0: none)."""
         self._noted: set[str] = set()
         """Queues of the namespace this replica has told the store of (see note_queues)."""
 
@@ -83,8 +85,11 @@ class Outbox:
                                    session)
         returned: list[Effect] = []
         if second:
+            reply_to = (wire.partition_key(wire.REPLIES_KEY,
+                                           wire.partition_of(session, self.partitions))
+                        if self.partitions else None)
             with contextlib.ExitStack() as spans:
-                published = await self.broker.publish([_outgoing(e, spans, session)
+                published = await self.broker.publish([_outgoing(e, spans, session, reply_to)
                                                        for e in second])
             # A refused dispatch (a service name too long for a queue name) is reported back
             # like a returned one: no queue can take it.
@@ -165,7 +170,7 @@ class Outbox:
 
 
 def _outgoing(effect: Effect, spans: contextlib.ExitStack | None = None,
-              session: str | None = None) -> Outgoing:
+              session: str | None = None, reply_to: str | None = None) -> Outgoing:
     """The message of an outbox entry. When tracing, a dispatch or notice gets a producer
     span, open until its publish is confirmed, whose context replaces the chain's trace
     headers: a child of the step's span (for a deadline's step, see ``tracing.deferred_span``),
@@ -182,4 +187,4 @@ def _outgoing(effect: Effect, spans: contextlib.ExitStack | None = None,
                               session=session, turn=effect.turn, service=service),
             current=False))
         headers = tracing.inject(headers, span)
-    return Outgoing(effect.queue, effect.body, effect.message_id, headers)
+    return Outgoing(effect.queue, effect.body, effect.message_id, headers, reply_to=reply_to)

@@ -397,6 +397,7 @@ class RedisStore:
         self._ns = check_namespace(namespace)
         self._hint_keys = [self._shard(i)[0] for i in range(HINT_SHARDS)]
         self._queues_key = f"{self._ns}:queues"
+        self._replicas_key = f"{self._ns}:replicas"
         options: dict[str, Any] = {
             "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES),
             "socket_timeout": SOCKET_TIMEOUT,
@@ -721,6 +722,21 @@ class RedisStore:
             return
         async with self._guard():
             await self._redis.sadd(self._queues_key, *queues)
+
+    async def replicas(self, replica: str, now_ms: int, ttl_ms: int) -> list[str]:
+        """Say ``replica`` is alive until ``now_ms + ttl_ms`` (``ttl_ms`` <= 0: gone now);
+        return every replica alive at ``now_ms``, sorted (``NS:replicas``, a sorted set by
+        the time each stops counting as alive)."""
+        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(self._replicas_key, "-inf", now_ms)
+            if ttl_ms > 0:
+                pipe.zadd(self._replicas_key, {replica: now_ms + ttl_ms})
+                pipe.pexpire(self._replicas_key, ttl_ms * 10)  # the last one gone: no key
+            else:
+                pipe.zrem(self._replicas_key, replica)
+            pipe.zrange(self._replicas_key, 0, -1)
+            found: Any = (await pipe.execute())[-1]
+        return sorted(r.decode() if isinstance(r, bytes) else str(r) for r in found)
 
     async def known_queues(self) -> set[str]:
         """The namespace's set of queue names."""

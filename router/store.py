@@ -98,6 +98,10 @@ class SessionStore(Protocol):
     async def known_queues(self) -> set[str]:
         """Every queue name :meth:`note_queues` was given."""
 
+    async def replicas(self, replica: str, now_ms: int, ttl_ms: int) -> list[str]:
+        """Say ``replica`` is alive until ``now_ms + ttl_ms`` (``ttl_ms`` <= 0: gone now);
+        return the ids of every replica alive at ``now_ms``, sorted."""
+
     async def ping(self) -> None:
         """Raise StoreUnavailable if the store does not answer."""
 
@@ -129,6 +133,7 @@ class MemoryStore:
         self._sessions: dict[str, _Session] = {}
         self._hints: dict[str, int] = {}
         self._queues: set[str] = set()
+        self._replicas: dict[str, int] = {}
         self._last_lease = 0
         self.changed = asyncio.Event()
         """Set by every commit and discard (whoever waits on it clears it)."""
@@ -261,6 +266,15 @@ class MemoryStore:
     async def known_queues(self) -> set[str]:
         await asyncio.sleep(0)
         return set(self._queues)
+
+    async def replicas(self, replica: str, now_ms: int, ttl_ms: int) -> list[str]:
+        await asyncio.sleep(0)
+        if ttl_ms > 0:
+            self._replicas[replica] = now_ms + ttl_ms
+        else:
+            self._replicas.pop(replica, None)
+        self._replicas = {r: until for r, until in self._replicas.items() if until > now_ms}
+        return sorted(self._replicas)
 
     async def ping(self) -> None:
         """Always answers."""

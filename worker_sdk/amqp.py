@@ -77,6 +77,10 @@ class AmqpDelivery:
         return bool(cast(spec.Basic.Deliver, self._message.delivery).redelivered)
 
     @property
+    def reply_to(self) -> str | None:
+        return self._message.header.properties.reply_to
+
+    @property
     def _tag(self) -> int:
         return cast(int, cast(spec.Basic.Deliver, self._message.delivery).delivery_tag)
 
@@ -421,11 +425,12 @@ class AmqpBroker:
                 fast = amqp_frames.publish(
                     channel.number, m.exchange, m.queue, m.body, message_id=m.message_id,
                     content_type=wire.CONTENT_TYPE, headers=m.headers,
-                    max_content=max_content)
+                    max_content=max_content, reply_to=m.reply_to)
                 if fast is None:  # a shape left to pamqp
                     encoded = spec.Basic.Properties(
                         content_type=wire.CONTENT_TYPE, delivery_mode=2,
-                        message_id=m.message_id, headers=dict(m.headers) or None)
+                        message_id=m.message_id, headers=dict(m.headers) or None,
+                        reply_to=m.reply_to or None)
                     verdict = _frame_refusal(encoded, len(m.body), max_content)
                 else:
                     encoded, header_size = fast

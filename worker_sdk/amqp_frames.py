@@ -3,7 +3,8 @@
 A publish (``basic.publish``, its content header, its body frames) and an acknowledgement
 (``basic.ack``) are most of what a router writes. pamqp builds them from objects, field by
 field; here they are packed with :mod:`struct` in one go, for the one shape CloudBunch sends:
-a persistent message with a content type, a message id and flat string headers. Anything
+a persistent message with a content type, a message id, flat string headers and perhaps a
+``reply_to``. Anything
 else (another header type, a field too long for a short string) returns None and is left to
 the client library. ``tests/unit/test_amqp_frames.py`` checks the bytes against pamqp's.
 """
@@ -24,6 +25,7 @@ _PUBLISH, _ACK = 40, 80
 _CONTENT_TYPE = 1 << 15
 _HEADERS = 1 << 13
 _DELIVERY_MODE = 1 << 12
+_REPLY_TO = 1 << 9
 _MESSAGE_ID = 1 << 7
 
 _EXCHANGE_NAME = re.compile(r"[a-zA-Z0-9\-_.:@#,/+ ]{0,127}")
@@ -63,7 +65,7 @@ def _table(headers: Mapping[str, object]) -> bytes | None:
 
 def publish(channel: int, exchange: str, routing_key: str, body: bytes, *,
             message_id: str, content_type: str, headers: Mapping[str, object],
-            max_content: int) -> tuple[bytes, int] | None:
+            max_content: int, reply_to: str | None = None) -> tuple[bytes, int] | None:
     """The frames of a persistent, mandatory ``basic.publish`` of ``body``, and the size of
     its content header frame's payload (a header must fit in one frame); None when this
     message is not of the shape encoded here. ``max_content`` is what one frame of the
@@ -78,6 +80,13 @@ def publish(channel: int, exchange: str, routing_key: str, body: bytes, *,
     if exchange_b is None or key_b is None or type_b is None or id_b is None:
         return None
     flags = _CONTENT_TYPE | _DELIVERY_MODE | _MESSAGE_ID
+    reply_b = b""
+    if reply_to:
+        short = _short(reply_to)
+        if short is None:
+            return None
+        reply_b = short
+        flags |= _REPLY_TO
     table = b""
     if headers:
         encoded = _table(headers)
@@ -88,7 +97,7 @@ def publish(channel: int, exchange: str, routing_key: str, body: bytes, *,
     method = b"".join((struct.pack(">HHH", _BASIC, _PUBLISH, 0), exchange_b, key_b,
                        b"\x01"))  # mandatory on, immediate off
     header = b"".join((_HEADER_HEAD.pack(_BASIC, 0, len(body), flags), type_b, table,
-                       b"\x02", id_b))  # delivery mode 2: persistent
+                       b"\x02", reply_b, id_b))  # delivery mode 2: persistent
     frames = [_FRAME_HEAD.pack(_METHOD, channel, len(method)), method, FRAME_END,
               _FRAME_HEAD.pack(_HEADER, channel, len(header)), header, FRAME_END]
     if body:

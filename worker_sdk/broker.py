@@ -31,6 +31,9 @@ class Outgoing:
     message_id: str
     headers: dict[str, str] = field(default_factory=dict)
     exchange: str = ""
+    reply_to: str | None = None
+    """The AMQP ``reply_to`` property: on a dispatch of a partitioned namespace, the routing
+    key its reply takes (``replies.3``); None: left out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,10 @@ class Delivery(Protocol):
 
     @property
     def redelivered(self) -> bool: ...
+
+    @property
+    def reply_to(self) -> str | None:
+        """The AMQP ``reply_to`` property (None when absent)."""
 
     @property
     def headers(self) -> Mapping[str, Any]:

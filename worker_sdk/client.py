@@ -52,10 +52,16 @@ class Client:
     def __init__(self, broker: Broker, namespace: str = "cb", reply_queue: str | None = None,
                  *, seqs: Mapping[str, int] | None = None, dedup_size: int = 10_000,
                  prefetch: int = 256,
-                 reply_queue_expires: float | None = DEFAULT_REPLY_QUEUE_EXPIRES) -> None:
+                 reply_queue_expires: float | None = DEFAULT_REPLY_QUEUE_EXPIRES,
+                 partitions: int = 0) -> None:
         if reply_queue_expires is not None and not reply_queue_expires > 0:
             raise ConfigError(f"reply_queue_expires must be above 0 seconds (or None), "
                               f"not {reply_queue_expires!r}")
+        if not 0 <= partitions <= wire.MAX_PARTITIONS:
+            raise ConfigError(f"partitions must be 0 to {wire.MAX_PARTITIONS} (the routers' "
+                              f"--partitions), not {partitions!r}")
+        self.partitions = partitions
+        """The routers' ``--partitions``: a session's messages go to its partition's queue."""
         self.broker = broker
         self.namespace = namespace
         self._generated_queue = reply_queue is None
@@ -81,6 +87,7 @@ class Client:
         settings = settings or Settings.from_env()
         broker = AmqpBroker(settings.amqp_url, settings.queue_type, name="cloudbunch-client")
         await broker.connect()
+        kwargs.setdefault("partitions", settings.partitions)
         client = cls(broker, settings.namespace, reply_queue, **kwargs)
         client._owns_broker = True
         try:
@@ -168,13 +175,21 @@ class Client:
         body = wire.encode(msg.to_wire())
         # The chain's root span when this process traces (its parent: ``trace`` if given,
         # else the current span); its context rides the message to the router.
+        key = wire.INGRESS_KEY
+        if self.partitions:
+            key = wire.partition_key(key, wire.partition_of(msg.session, self.partitions))
         with tracing.start_span(
                 f"send {self._exchange}", "producer", msg.trace,
                 tracing.messaging("send", self._exchange, message_id=msg.id,
-                                  routing_key=wire.INGRESS_KEY, session=msg.session)) as span:
+                                  routing_key=key, session=msg.session)) as span:
             headers = tracing.inject(msg.trace or {}, span)
-            (routed,) = await self.broker.publish([Outgoing(wire.INGRESS_KEY, body, msg.id,
-                                                            headers, exchange=self._exchange)])
+            message = Outgoing(key, body, msg.id, headers, exchange=self._exchange)
+            (routed,) = await self.broker.publish([message])
+            if not routed and not isinstance(routed, Refused) and key != wire.INGRESS_KEY:
+                # No such partition (the routers run with fewer, or unpartitioned): the
+                # shared queue takes any session.
+                (routed,) = await self.broker.publish([dataclasses.replace(
+                    message, queue=wire.INGRESS_KEY)])
         if isinstance(routed, Refused):
             raise MessageRefused(f"message {msg.id[:40]!r} of session {msg.session[:40]!r} "
                                  f"cannot be sent: {routed.reason}")

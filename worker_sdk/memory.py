@@ -29,6 +29,7 @@ class _Message:
     message_id: str | None
     headers: dict[str, str]
     redelivered: bool = False
+    reply_to: str | None = None
 
 
 @dataclass
@@ -46,6 +47,11 @@ class _Queue:
         """Seconds of disuse after which the queue is deleted (``x-expires``), or None."""
         ms = (self.arguments or {}).get("x-expires")
         return None if ms is None else ms / 1000
+
+    @property
+    def single_active(self) -> bool:
+        """Only the first consumer gets messages (``x-single-active-consumer``)."""
+        return bool((self.arguments or {}).get("x-single-active-consumer"))
 
     def notify(self) -> None:
         """Wake the consumers: a message arrived or a prefetch slot was freed."""
@@ -74,6 +80,10 @@ class MemoryDelivery:
     @property
     def redelivered(self) -> bool:
         return self._message.redelivered
+
+    @property
+    def reply_to(self) -> str | None:
+        return self._message.reply_to
 
     @property
     def headers(self) -> dict[str, str]:
@@ -130,7 +140,8 @@ class _Consumer:
         queue = self.queue
         while not self.stopped:
             # No await between the check and the pop: nothing else can take the message.
-            if not queue.ready or len(self.unsettled) >= self.prefetch:
+            if not queue.ready or len(self.unsettled) >= self.prefetch or (
+                    queue.single_active and queue.consumers[0] is not self):
                 self.kick.clear()
                 await self.kick.wait()
                 continue
@@ -341,7 +352,7 @@ class MemoryBroker:
                 results.append(False)
                 continue
             queue.ready.append(_Message(message.body, message.message_id,
-                                        dict(message.headers)))
+                                        dict(message.headers), reply_to=message.reply_to))
             touched[queue.name] = queue
             results.append(True)
         for queue in touched.values():
@@ -364,9 +375,12 @@ class MemoryBroker:
 
     async def cancel(self, queue: str, *, drain: float = 8.0) -> None:
         for consumer in self._consumers.pop(queue, []):
-            await consumer.stop(drain)
+            # Out of the queue's consumers first: with a single active consumer, the next
+            # one takes over at once, as on RabbitMQ.
             with contextlib.suppress(ValueError):
                 consumer.queue.consumers.remove(consumer)
+            consumer.queue.notify()
+            await consumer.stop(drain)
             if self._queues.get(queue) is consumer.queue:
                 self._arm_expiry(consumer.queue)  # its last consumer gone: idle from now
 

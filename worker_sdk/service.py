@@ -432,17 +432,24 @@ class Service:
         # The dispatch's trace context goes on with the reply (PROTOCOL.md, "Transport"):
         # when this worker traces, as the context of the reply's own span.
         reply_id = f"{dispatch.turn}.{dispatch.attempt}.r"
+        # A partitioned namespace names the reply's partition in the dispatch's reply_to.
+        key = wire.reply_key(delivery.reply_to)
         try:
             with tracing.start_span(
                     f"send {replies}", "producer", None,
                     tracing.messaging("send", replies, message_id=reply_id,
-                                      routing_key=wire.REPLIES_KEY, session=dispatch.session,
+                                      routing_key=key, session=dispatch.session,
                                       turn=dispatch.turn, depth=dispatch.depth,
                                       service=self.name, action=reply.action)) as span:
-                message = Outgoing(wire.REPLIES_KEY, body, reply_id,
+                message = Outgoing(key, body, reply_id,
                                    tracing.inject(dispatch.trace or {}, span),
                                    exchange=replies)
                 (routed,) = await broker.publish([message])
+                if not routed and not isinstance(routed, Refused) and key != wire.REPLIES_KEY:
+                    # That partition is gone (the routers now run with fewer): the shared
+                    # queue takes any reply.
+                    (routed,) = await broker.publish([dataclasses.replace(
+                        message, queue=wire.REPLIES_KEY)])
         except PublishFailed as exc:
             if metrics is not None:
                 metrics.reply_failures.labels(self.name).inc()

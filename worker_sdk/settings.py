@@ -241,6 +241,10 @@ class Settings(SettingsBase):
                              "deployments can share servers", metavar="NS", check=_namespace)
     queue_type: QueueType = setting("quorum", "type of every shared queue: quorum or classic",
                                     metavar="TYPE")
+    partitions: int = setting(0, "ingress partitions, each owned by one router replica "
+                              "(docs/scaling.md); routers and frontends set the same; 0: "
+                              "one shared ingress queue (protocol 1.1)", metavar="N",
+                              minimum=0, maximum=256)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

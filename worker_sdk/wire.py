@@ -6,6 +6,7 @@ contract is written once. Validation raises :class:`BadBody` naming the reason a
 
 from __future__ import annotations
 
+import hashlib
 import math
 import reprlib
 from collections.abc import Mapping
@@ -499,6 +500,36 @@ INGRESS_KEY: Final = "ingress"
 """The routing key of client messages on ``NS.x.ingress``."""
 REPLIES_KEY: Final = "replies"
 """The routing key of replies on ``NS.x.replies``."""
+
+
+MAX_PARTITIONS: Final = 256
+"""The most ingress partitions a namespace may have (``--partitions``)."""
+
+
+def partition_of(session: str, partitions: int) -> int:
+    """The partition of ``session`` in a namespace of ``partitions`` partitions: the first 8
+    bytes of SHA-256 of its UTF-8, big-endian, modulo ``partitions`` (a fixed function, so
+    that a party in any language computes the same; docs/scaling.md)."""
+    digest = hashlib.sha256(session.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") % partitions
+
+
+def partition_key(kind: str, partition: int) -> str:
+    """The routing key of a partition on ``NS.x.ingress`` (``kind`` "ingress") or
+    ``NS.x.replies`` ("replies"): ``ingress.3``. Its queue is ``NS.`` + the same."""
+    return f"{kind}.{partition}"
+
+
+def reply_key(reply_to: str | None) -> str:
+    """The routing key a service's reply takes on ``NS.x.replies``: the partition's, when
+    the dispatch names one in its AMQP ``reply_to`` property (a partitioned namespace),
+    else ``replies``. Anything else in the property is ignored."""
+    if reply_to is not None and reply_to.startswith("replies."):
+        digits = reply_to[8:]
+        if 0 < len(digits) <= 3 and digits.isascii() and digits.isdigit() and (
+                int(digits) < MAX_PARTITIONS):
+            return partition_key(REPLIES_KEY, int(digits))
+    return REPLIES_KEY
 
 
 TRACE_HEADERS: Final = ("traceparent", "tracestate")
