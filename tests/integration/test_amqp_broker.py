@@ -62,6 +62,13 @@ async def raw(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractConnection]:
 class TestAmqpBroker(BrokerContract):
     """The contract of tests/unit/test_memory_broker.py, on RabbitMQ."""
 
+    @pytest.fixture
+    async def second(self, amqp_url: str, namespace: str) -> AsyncIterator[AmqpBroker]:
+        other = AmqpBroker(amqp_url, connect_timeout=10, name=f"test {namespace} (2)")
+        await other.connect()
+        yield other
+        await other.close()
+
 
 async def test_declare_arguments_are_exactly_the_queue_type(
         broker: AmqpBroker, raw: aio_pika.abc.AbstractConnection, namespace: str) -> None:

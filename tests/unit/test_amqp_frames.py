@@ -17,9 +17,11 @@ exchange_name = st.from_regex(r"[a-zA-Z0-9\-_.:@#,/+ ]{0,30}", fullmatch=True)
 
 
 def _pamqp_publish(channel: int, exchange: str, key: str, body: bytes, message_id: str,
-                   headers: dict[str, object], frame_max: int) -> bytes:
+                   headers: dict[str, object], frame_max: int,
+                   reply_to: str | None = None) -> bytes:
     properties = spec.Basic.Properties(content_type="application/msgpack", delivery_mode=2,
-                                       message_id=message_id, headers=headers or None)
+                                       message_id=message_id, headers=headers or None,
+                                       reply_to=reply_to or None)
     frames: list[object] = [spec.Basic.Publish(exchange=exchange, routing_key=key,
                                                mandatory=True),
                             ContentHeader(properties=properties, body_size=len(body))]
@@ -36,19 +38,21 @@ def _pamqp_publish(channel: int, exchange: str, key: str, body: bytes, message_i
 @given(channel=st.integers(1, 2047), exchange=exchange_name, key=short,
        body=st.binary(max_size=300), message_id=short.filter(bool),
        headers=st.dictionaries(short, text, max_size=4),
-       frame_max=st.sampled_from([4096, 131072, 100, 64]))
+       frame_max=st.sampled_from([4096, 131072, 100, 64]),
+       reply_to=st.none() | short)
 def test_a_publish_is_what_pamqp_makes(channel: int, exchange: str, key: str, body: bytes,
                                        message_id: str, headers: dict[str, object],
-                                       frame_max: int) -> None:
+                                       frame_max: int, reply_to: str | None) -> None:
     got = amqp_frames.publish(channel, exchange, key, body, message_id=message_id,
                               content_type="application/msgpack", headers=headers,
-                              max_content=frame_max - 8)
+                              max_content=frame_max - 8, reply_to=reply_to)
     assert got is not None
     frames, header_size = got
     assert frames == _pamqp_publish(channel, exchange, key, body, message_id, headers,
-                                    frame_max)
+                                    frame_max, reply_to)
     properties = spec.Basic.Properties(content_type="application/msgpack", delivery_mode=2,
-                                       message_id=message_id, headers=headers or None)
+                                       message_id=message_id, headers=headers or None,
+                                       reply_to=reply_to or None)
     marshalled = ContentHeader(properties=properties, body_size=len(body)).marshal()
     assert header_size == len(marshalled)  # its frame's payload
 

@@ -19,7 +19,55 @@ def out(queue: str, i: int | str) -> Outgoing:
 
 
 class BrokerContract:
-    """What every broker adapter must do; subclasses provide the ``broker`` fixture."""
+    """What every broker adapter must do; subclasses provide the ``broker`` fixture, and
+    ``second``: another connection to the same broker."""
+
+    async def test_a_single_active_consumer_queue_feeds_one_consumer_at_a_time(
+            self, broker: Any, second: Any, namespace: str) -> None:
+        """What partitions stand on (router.partitions): one consumer gets everything; when
+        it cancels, the next takes over at once; one that consumes again queues up last."""
+        queue = f"{namespace}.sac"
+        await broker.declare_own(queue, single_active=True, replicated=True)
+        got: dict[str, list[bytes]] = {"first": [], "second": []}
+
+        def handler(name: str) -> Any:
+            async def handle(delivery: Delivery) -> None:
+                got[name].append(delivery.body)
+                await delivery.ack()
+            return handle
+
+        await broker.consume(queue, handler("first"), prefetch=8)
+        await second.consume(queue, handler("second"), prefetch=8)
+        await broker.publish([out(queue, i) for i in range(5)])
+        await eventually(lambda: _true(len(got["first"]) == 5))
+        await asyncio.sleep(0.1)
+        assert got["second"] == []
+        await broker.cancel(queue)
+        await broker.consume(queue, handler("first"), prefetch=8)  # now behind the second
+        await broker.publish([out(queue, i) for i in range(5, 8)])
+        await eventually(lambda: _true(len(got["second"]) == 3))
+        assert got["second"] == [b"5", b"6", b"7"]
+        assert len(got["first"]) == 5
+        await second.cancel(queue)  # the first is next in line again
+        await broker.publish([out(queue, 8)])
+        await eventually(lambda: _true(len(got["first"]) == 6))
+        await broker.cancel(queue)
+
+    async def test_reply_to_travels_with_the_message(self, broker: Any, namespace: str) -> None:
+        queue = f"{namespace}.q"
+        await broker.declare(queue)
+        seen: list[str | None] = []
+
+        async def handler(delivery: Delivery) -> None:
+            seen.append(delivery.reply_to)
+            await delivery.ack()
+
+        await broker.consume(queue, handler, prefetch=4)
+        await broker.publish([Outgoing(queue, b"a", "m1", reply_to="replies.3"),
+                              Outgoing(queue, b"b", "m2")])
+        await eventually(lambda: _true(len(seen) == 2))
+        assert seen == ["replies.3", None]
+        await broker.cancel(queue)
 
     async def test_publish_reports_missing_queues(self, broker: Any, namespace: str) -> None:
         queue = f"{namespace}.q"
@@ -277,6 +325,13 @@ class TestMemoryBroker(BrokerContract):
         await broker.connect()
         yield broker
         await broker.close()
+
+    @pytest.fixture
+    async def second(self, broker: MemoryBroker) -> AsyncIterator[MemoryBroker]:
+        other = broker.connection()
+        await other.connect()
+        yield other
+        await other.close()
 
     async def test_messages_lists_ready_bodies(self, broker: MemoryBroker) -> None:
         await broker.declare("q")

@@ -1,0 +1,160 @@
+"""Partitioned ingress (router.partitions, docs/scaling.md): the hash every party computes,
+the assignment of partitions to replicas, and handovers, on the in-memory broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from examples.tutorial import ask_name, greeter
+from harness.waiting import eventually
+from router.app import Router
+from router.config import RouterConfig
+from router.partitions import owner, partition_queues
+from router.store import MemoryStore
+from worker_sdk import wire
+from worker_sdk.client import Client
+from worker_sdk.errors import ConfigError
+from worker_sdk.memory import MemoryBroker
+from worker_sdk.service import run_services
+
+NS = "cbp"
+
+
+def test_the_partition_of_a_session_is_a_fixed_function() -> None:
+    """Vectors for a party in another language: SHA-256 of the id's UTF-8, its first 8
+    bytes as a big-endian integer, modulo the count (``printf alice | sha256sum``)."""
+    assert wire.partition_of("alice", 16) == 0x2BD806C97F0E00AF % 16 == 15
+    assert wire.partition_of("bob", 16) == 0x81B637D8FCD2C6DA % 16 == 10
+    assert wire.partition_of("bob", 7) == 0x81B637D8FCD2C6DA % 7
+    assert wire.partition_of("anything", 1) == 0
+
+
+@given(st.text(min_size=1, max_size=50), st.integers(1, wire.MAX_PARTITIONS))
+def test_a_partition_is_in_range(session: str, count: int) -> None:
+    assert 0 <= wire.partition_of(session, count) < count
+
+
+@pytest.mark.parametrize(("reply_to", "key"), [
+    (None, "replies"), ("", "replies"), ("replies", "replies"), ("replies.3", "replies.3"),
+    ("replies.003", "replies.3"), ("replies.255", "replies.255"),
+    ("replies.256", "replies"), ("replies.1000", "replies"), ("replies.", "replies"),
+    ("replies.²", "replies"), ("replies.-1", "replies"), ("ingress.3", "replies"),
+    ("cb.client.abc", "replies"),
+])
+def test_a_reply_takes_the_partition_its_dispatch_names_and_nothing_else(
+        reply_to: str | None, key: str) -> None:
+    assert wire.reply_key(reply_to) == key
+
+
+def test_partitions_spread_evenly_over_the_live_replicas() -> None:
+    replicas = ["c", "a", "b"]
+    owners = Counter(owner(p, replicas) for p in range(12))
+    assert owners == {"a": 4, "b": 4, "c": 4}
+    assert owner(0, ["a"]) == "a"
+    assert owner(5, []) is None
+    assert [q.name for q in partition_queues("ns", 2)] == [
+        "ns.ingress.0", "ns.ingress.1", "ns.replies.0", "ns.replies.1"]
+    assert [q.key for q in partition_queues("ns", 1)] == ["ingress.0", "replies.0"]
+
+
+def test_a_client_refuses_a_partition_count_out_of_range() -> None:
+    with pytest.raises(ConfigError, match="partitions must be 0 to 256"):
+        Client(MemoryBroker(), NS, partitions=257)
+
+
+async def test_each_replica_ends_up_serving_the_partitions_it_owns() -> None:
+    """Both replicas consume every partition; the one that started first is active on
+    all of them until the handovers put each partition with its owner."""
+    memory = MemoryBroker()
+    await memory.connect()
+    store = MemoryStore()
+    config = RouterConfig(root="greeter", namespace=NS, partitions=4)
+    first = Router(config, memory, store)
+    second = Router(config, memory.connection(), store)
+    await second.broker.connect()
+    stop = asyncio.Event()
+    services = asyncio.create_task(run_services([greeter, ask_name], memory, NS, 4, stop))
+    try:
+        await first.start()
+        await second.start()
+        assert first.partitions is not None and second.partitions is not None
+        await first.partitions._beat()  # learn of the second now, not in a second
+        assert first.partitions.live == second.partitions.live
+        sessions = [f"s{i}" for i in range(24)]
+        assert {wire.partition_of(s, 4) for s in sessions} == {0, 1, 2, 3}
+        async with Client(memory, NS, partitions=4) as client:
+            for round_ in range(3):
+                for s in sessions:
+                    notices = await client.conversation(s, f"name{round_}", settle=0)
+                    assert notices, s
+            # Every partition now with its owner: the next turns step only there.
+            for owning, other in ((first, second), (second, first)):
+                before = (owning.stats["steps"], other.stats["steps"])
+                for s in sessions:
+                    if owning.partitions.owns(wire.partition_of(s, 4)):
+                        assert await client.conversation(s, "again", settle=0)
+                assert other.stats["steps"] == before[1]
+                assert owning.stats["steps"] > before[0]
+        assert first.stats["handovers"] + second.stats["handovers"] >= 2
+        # Every message went through a partition queue, none through the shared one.
+        assert memory.messages(f"{NS}.ingress") == []
+    finally:
+        stop.set()
+        await services
+        await second.stop()
+        await first.stop()
+        await memory.close()
+
+
+async def test_a_stopped_replica_leaves_and_the_other_owns_everything() -> None:
+    memory = MemoryBroker()
+    await memory.connect()
+    store = MemoryStore()
+    config = RouterConfig(root="greeter", namespace=NS, partitions=2)
+    first = Router(config, memory, store)
+    second = Router(config, memory.connection(), store)
+    await second.broker.connect()
+    try:
+        await first.start()
+        await second.start()
+        assert first.partitions is not None
+        await first.partitions._beat()
+        assert len(first.partitions.live) == 2
+        await second.stop()
+        await first.partitions._beat()
+        assert first.partitions.live == [first.partitions.replica]
+        assert first.partitions.owns(0) and first.partitions.owns(1)
+    finally:
+        await first.stop()
+        await memory.close()
+
+
+async def test_dispatches_of_a_partitioned_router_name_the_session_s_replies_partition(
+        ) -> None:
+    memory = MemoryBroker()
+    await memory.connect()
+    router = Router(RouterConfig(root="svc", namespace=NS, partitions=8), memory,
+                    MemoryStore())
+    await router.start()
+    queue = f"{NS}.service.svc"
+    await memory.declare(queue)
+    seen: list[str | None] = []
+
+    async def service(delivery: object) -> None:
+        seen.append(delivery.reply_to)  # type: ignore[attr-defined]
+        await delivery.ack()  # type: ignore[attr-defined]
+
+    await memory.consume(queue, service, prefetch=4)
+    try:
+        async with Client(memory, NS, partitions=8) as client:
+            await client.send("someone", "hi")
+            await eventually(lambda: len(seen) == 1, 5.0, "the dispatch")
+        assert seen == [f"replies.{wire.partition_of('someone', 8)}"]
+    finally:
+        await router.stop()
+        await memory.close()
