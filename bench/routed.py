@@ -42,8 +42,14 @@ class Routed:
 
     def __init__(self, namespace: str, amqp_url: str, redis_url: str, queue_type: str,
                  *, prefetch: int, history: int | None = None,
-                 relay: str = "router", process_args: Sequence[str] = ()) -> None:
+                 relay: str = "router", process_args: Sequence[str] = (),
+                 routers: int = 1, partitions: int = 0) -> None:
         self.ns = namespace
+        self.routers_wanted = routers
+        """Router replicas to start (the first is ``router``, all are in ``routers``)."""
+        self.partitions = partitions
+        """The routers' and the client's ``--partitions`` (0: the shared queues)."""
+        self.routers: list[Proc] = []
         self.process_args = list(process_args)
         """Extra options of the router and worker processes (--metrics-port 0, ...)."""
         self.amqp_url = amqp_url
@@ -82,15 +88,21 @@ class Routed:
                 "forwarder", "-m", "bench.forwarder", *common, "--service", SERVICE,
                 "--prefetch", "64", *uvloop)
         else:
-            self.router = await Proc.python(
-                "router", "-m", "router.cli", "router", *common, "--redis-url",
-                self.redis_url, "--root", SERVICE, "--session-ttl", str(SESSION_TTL_S),
-                *(() if self.history is None else ("--history", str(self.history))),
-                *self.process_args)
+            for i in range(self.routers_wanted):
+                proc = await Proc.python(
+                    "router" if i == 0 else f"router{i + 1}", "-m", "router.cli", "router",
+                    *common, "--redis-url", self.redis_url, "--root", SERVICE,
+                    "--session-ttl", str(SESSION_TTL_S), "--partitions", str(self.partitions),
+                    *(() if self.history is None else ("--history", str(self.history))),
+                    *self.process_args)
+                self.routers.append(proc)
+            self.router = self.routers[0]
         names = wire.queue_names(self.ns)
-        await self._ready(self.router, names["replies"])
+        for proc in self.routers or [self.router]:
+            await self._ready(proc, names["replies"])
+            await self._started(proc)
         await self._ready(self.worker, self.service_queue)
-        self.client = Client(self.broker, self.ns)
+        self.client = Client(self.broker, self.ns, partitions=self.partitions)
         await self.client.start()
         self._collector = asyncio.create_task(self._collect(), name="bench-notices")
 
@@ -103,6 +115,16 @@ class Routed:
                                    f"{proc.output(4000)}")
             await asyncio.sleep(0.05)
 
+    async def _started(self, proc: Proc, timeout: float = 30.0) -> None:
+        """Wait until a router consumes all its queues (the partitions' come last)."""
+        deadline = time.monotonic() + timeout
+        while self.partitions and "event=router_started" not in proc.output():
+            proc.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{proc.name} not started after {timeout} s:\n"
+                                   f"{proc.output(4000)}")
+            await asyncio.sleep(0.05)
+
     async def stop(self) -> None:
         """Stop the processes, delete every queue and key of the namespace."""
         if self._collector is not None:
@@ -112,13 +134,15 @@ class Routed:
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.client.close(), 10)
-        procs = [p for p in (self.worker, self.router) if p is not None]
+        procs = [p for p in (self.worker, *(self.routers or [self.router])) if p is not None]
         await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
         for proc in procs:
             self.outputs[proc.name] = proc.output(4000)
             proc.close()
         names = wire.queue_names(self.ns)
-        for queue in (*names.values(), self.service_queue):
+        partitioned = [f"{self.ns}.{wire.partition_key(kind, p)}"
+                       for kind in ("ingress", "replies") for p in range(self.partitions)]
+        for queue in (*names.values(), *partitioned, self.service_queue):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.broker.delete(queue), 10)
         for exchange in wire.exchange_names(self.ns).values():
@@ -172,7 +196,7 @@ class Routed:
         await self.ask(session, {"depth": depth})
 
     def _check(self) -> None:
-        for proc in (self.router, self.worker):
+        for proc in (*(self.routers or [self.router]), self.worker):
             if proc is not None:
                 proc.check_alive()
 

@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import random
+import re
 import secrets
 import signal
 import statistics
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +47,9 @@ from .stats import Figure, Summary, Target, format_markdown, format_table, ratio
 log = logging.getLogger("bench")
 
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("pair", "depth", "sessions", "history", "embedded", "growth")
+REPLICAS_PARTITIONS = 4
+"""Partitions of the replicas section's partitioned deployment."""
+SECTIONS = ("pair", "depth", "sessions", "history", "embedded", "growth", "replicas")
 DEFAULT_SECTIONS = ("pair", "depth", "sessions", "history", "embedded")
 """What a plain ``python -m bench`` runs; ``growth`` (minutes, 1M sessions) on request."""
 MAX_DEPTH = 32
@@ -312,6 +316,66 @@ class Bench:
             self.add("ratio_rabbitmq_cpu", "RabbitMQ CPU per routed turn / per direct round "
                      "trip", "ratio", ratios(cpu["rabbitmq"], d_cpu["rabbitmq"]),
                      target=Target("<=", 2.5))
+
+    async def replicas_section(self) -> None:
+        """Two router replicas on the shared queues against two on partitioned ones
+        (``--partitions``), alternated run by run: turns/s and CPU per turn."""
+        plan = self.plan
+        deployments = {
+            "shared": Routed(self.ns + "r", self.amqp_url, self.redis_url, self.queue_type,
+                             prefetch=64, routers=2),
+            "partitioned": Routed(self.ns + "p", self.amqp_url, self.redis_url,
+                                  self.queue_type, prefetch=64, routers=2,
+                                  partitions=REPLICAS_PARTITIONS)}
+        started: list[Routed] = []
+        keys = [f"s{i:04d}" for i in range(plan.sessions)]
+        rates: dict[str, list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
+        try:
+            for name, deployment in deployments.items():
+                self.say(f"replicas: starting 2 routers ({name}) and a worker")
+                await deployment.start()
+                started.append(deployment)
+                await run_all(deployment.turn, keys, concurrency=plan.in_flight, timeout=120)
+            for i in range(plan.runs):
+                for name, deployment in deployments.items():
+                    assert deployment.worker is not None
+                    meter = CpuMeter({"routers": [p.pid for p in deployment.routers],
+                                      "worker": [deployment.worker.pid],
+                                      "bench": [os.getpid()], **self.infra_pids()})
+                    r = await self.load(deployment.turn, keys, in_flight=plan.in_flight,
+                                        meter=meter)
+                    rates.setdefault(name, []).append(r.rate)
+                    for role in ("routers", "redis", "rabbitmq"):
+                        if role in meter.used:
+                            cpu.setdefault((name, role), []).append(
+                                1000 * meter.used[role] / max(r.completed, 1))
+                self.say(f"replicas run {i + 1}/{plan.runs}: shared {rates['shared'][-1]:.0f}"
+                         f"/s, partitioned {rates['partitioned'][-1]:.0f}/s")
+        finally:
+            for deployment in started:
+                await deployment.stop()
+        n = plan.in_flight
+        for name, deployment in deployments.items():
+            self.add(f"replicas_{name}_throughput", f"2 routers, {name} ingress: turns/s "
+                     f"({n} in flight)", "1/s", rates.get(name, []))
+            stats = _router_stats(deployment.outputs)
+            if stats.get("steps"):
+                self.add(f"replicas_{name}_conflicts", f"  steps that met another replica's "
+                         f"(per 1,000 steps, {name})", "count",
+                         [1000 * (stats.get("cas_retries", 0) + stats.get("leftover_waits", 0))
+                          / stats["steps"]],
+                         note="compare-and-set retries and waits for another replica's "
+                              "outbox, from the routers' last log line, over the whole "
+                              "section")
+            for role in ("routers", "redis", "rabbitmq"):
+                self.add(f"replicas_{name}_{role}_cpu", f"  {role} CPU per turn ({name})",
+                         "ms", cpu.get((name, role), []))
+        self.add("ratio_replicas", "partitioned / shared throughput (2 routers)", "ratio",
+                 ratios(rates.get("partitioned", []), rates.get("shared", [])))
+        self.add("ratio_replicas_router_cpu", "partitioned / shared router CPU per turn",
+                 "ratio", ratios(cpu.get(("partitioned", "routers"), []),
+                                 cpu.get(("shared", "routers"), [])))
 
     async def warm_main(self) -> None:
         """Open the 1,000 sessions the throughput runs use (one start turn each)."""
@@ -636,6 +700,8 @@ async def run(args: argparse.Namespace) -> int:
                 await bench.embedded_section()
             if "growth" in sections:
                 await bench.growth_section()
+            if "replicas" in sections:
+                await bench.replicas_section()
             if args.profile:
                 await bench.profile_section()
     except TimeoutError:
@@ -668,6 +734,19 @@ async def run(args: argparse.Namespace) -> int:
     print(f"\nresults: {path.relative_to(REPO)} (and bench/results/latest.json); "
           f"{bench.report['seconds']:.0f} s")
     return 0
+
+
+def _router_stats(outputs: dict[str, str]) -> Counter[str]:
+    """The counters the routers of a deployment logged as they stopped, summed."""
+    total: Counter[str] = Counter()
+    for name, text in outputs.items():
+        if not name.startswith("router"):
+            continue
+        for line in text.splitlines():
+            if "event=router_stopped" in line:
+                for key, value in re.findall(r"(\w+)=(\d+)", line):
+                    total[key] += int(value)
+    return total
 
 
 def _counts(text: str) -> tuple[int, ...]:
