@@ -45,6 +45,19 @@ def answer_body(request: dict[str, Any]) -> bytes:
                  "action": "reply", "state": state(n), "output": [request["payload"]]})
 
 
+def server_of(connection: aio_pika.abc.AbstractConnection) -> dict[str, str]:
+    """The broker's product and version, as it announced them on ``connection``."""
+    props = connection.transport.connection.server_properties  # type: ignore[union-attr]
+    return {k: _text(props.get(k)) for k in ("product", "version")}
+
+
+async def rabbitmq_server(amqp_url: str) -> dict[str, str]:
+    """The broker's product and version (a connection of its own, closed at once)."""
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    async with connection:
+        return server_of(connection)
+
+
 class Requester:
     """The bench side of the baseline: publishes requests and matches the answers."""
 
@@ -64,8 +77,7 @@ class Requester:
     async def open(self) -> None:
         self._conn = await aio_pika.connect(self.amqp_url, timeout=10,
                                             client_properties={"connection_name": "bench"})
-        props = self._conn.transport.connection.server_properties  # type: ignore[union-attr]
-        self.server = {k: _text(props.get(k)) for k in ("product", "version")}
+        self.server = server_of(self._conn)
         self._channel = await self._conn.channel(publisher_confirms=True)
         setup = await self._conn.channel()
         # The same declarations as the routed path: the request queue like a service queue,

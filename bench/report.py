@@ -39,9 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 RESULTS_DIR = DOCS / "bench"
 LATEST_RUN = REPO / "bench" / "results" / "latest.json"
-SECTIONS = ("pair", "depth", "sessions", "history", "embedded", "growth")
-DEFAULT_SECTIONS = SECTIONS[:-1]
-"""What a plain ``python -m bench`` runs (growth only on request)."""
+SECTIONS = ("pair", "depth", "sessions", "history", "embedded", "growth", "replicas")
+DEFAULT_SECTIONS = SECTIONS[:-2]
+"""What a plain ``python -m bench`` runs (growth and replicas only on request)."""
 NOT_MEASURED = "not measured in this run"
 
 MARKER = re.compile(r"<!-- bench:(?P<spec>[^>]*?) -->(?P<body>.*?)<!-- /bench -->", re.S)
@@ -58,6 +58,8 @@ def section_of(key: str) -> str:
     """The ``python -m bench --only`` section a figure belongs to ("run": the whole run)."""
     if key.startswith(("growth_", "stack_")):
         return "growth"
+    if key.startswith(("replicas_", "ratio_replicas")):
+        return "replicas"
     if key.startswith("depth") or key == "ratio_depth":
         return "depth"
     if key in ("memory_per_session", "many_sessions_throughput", "few_sessions_throughput",
@@ -382,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
                   "(no figures)", file=sys.stderr)
             return 2
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, RESULTS_DIR / f"{args.name}.json")
+        target = RESULTS_DIR / f"{args.name}.json"
+        if not (target.exists() and target.samefile(source)):  # retaking a checked-in file
+            shutil.copyfile(source, target)
         print(f"docs/bench/{args.name}.json <- {source}")
     results = load_all()
     if args.check:

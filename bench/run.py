@@ -37,7 +37,7 @@ from worker_sdk import wire
 from worker_sdk.settings import DEFAULT_AMQP_URL
 
 from . import profile as pyspy
-from .direct import Requester
+from .direct import Requester, rabbitmq_server
 from .embedded import Embedded
 from .load import LoadResult, closed_loop, run_all
 from .procs import REPO, CpuMeter, Proc, find_pids
@@ -51,6 +51,7 @@ REPLICAS_PARTITIONS = 4
 """Partitions of the replicas section's partitioned deployment."""
 SECTIONS = ("pair", "depth", "sessions", "history", "embedded", "growth", "replicas")
 DEFAULT_SECTIONS = ("pair", "depth", "sessions", "history", "embedded")
+"""What a plain ``python -m bench`` runs (growth and replicas only on request)."""
 """What a plain ``python -m bench`` runs; ``growth`` (minutes, 1M sessions) on request."""
 MAX_DEPTH = 32
 """The router's default --max-depth: the deepest stack the growth section builds."""
@@ -336,6 +337,13 @@ class Bench:
                 self.say(f"replicas: starting 2 routers ({name}) and a worker")
                 await deployment.start()
                 started.append(deployment)
+                if "rabbitmq" not in self.report:
+                    self.report["rabbitmq"] = await rabbitmq_server(self.amqp_url)
+                if "redis" not in self.report:
+                    self.report["redis"] = await deployment.redis_info()
+                    self.report["router_loop"] = loop_of(deployment.routers[0].pid)
+                    assert deployment.worker is not None
+                    self.report["worker_loop"] = loop_of(deployment.worker.pid)
                 await run_all(deployment.turn, keys, concurrency=plan.in_flight, timeout=120)
             for i in range(plan.runs):
                 for name, deployment in deployments.items():
@@ -769,7 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", type=lambda s: tuple(s.split(",")), default=None,
                    metavar="LIST",
                    help=f"comma-separated sections of {', '.join(SECTIONS)} [default: all "
-                        "but growth]")
+                        "but growth and replicas]")
     p.add_argument("--profile", action="store_true",
                    help="then sample the router and the worker with py-spy under load")
     p.add_argument("--markdown", action="store_true",
