@@ -473,7 +473,7 @@ def replay_command(files: tuple[str, ...], services: tuple[str, ...], root: str 
               help="A router's /metrics, for turns per second (repeatable).")
 @click.option("--interval", type=float, default=1.0, show_default=True, metavar="SECONDS",
               help="Time between the two samples that show growth.")
-@settings_options(Settings, only=("amqp_url", "namespace"))
+@settings_options(Settings, only=("amqp_url", "namespace", "partitions"))
 def status_command(service: tuple[str, ...], management_url: str | None,
                    metrics_url: tuple[str, ...], interval: float, config: Settings) -> None:
     from .status import run_status
@@ -482,7 +482,7 @@ def status_command(service: tuple[str, ...], management_url: str | None,
     args = Namespace(service=list(service), management_url=management_url,
                      metrics_url=list(metrics_url), interval=interval)
     run_async(run_status(config.amqp_url, config.namespace, args,
-                         os.environ.get("CLOUDBUNCH_MANAGEMENT_URL")))
+                         os.environ.get("CLOUDBUNCH_MANAGEMENT_URL"), config.partitions))
 
 
 @click.command("purge", help="Delete a namespace's queues, exchanges and Redis keys: every "

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 PEEK = 100
 """Dead letters read (and left in place) to summarise their reasons."""
+
+_PARTITION = re.compile(r"(ingress|replies)\.\d{1,3}")
+"""A partition's queue, after the namespace's prefix (``--partitions``)."""
 
 
 @dataclass(slots=True)
@@ -108,9 +112,11 @@ class Inspector:
     """Reads queue depths and consumers from the management API or by passive declares."""
 
     def __init__(self, broker: AmqpBroker, namespace: str, services: list[str],
-                 management_url: str | None, metrics_urls: list[str]) -> None:
+                 management_url: str | None, metrics_urls: list[str],
+                 partitions: int = 0) -> None:
         self.broker = broker
         self.namespace = namespace
+        self.partitions = partitions
         self.services = services
         self.management_url = management_url
         self.metrics_urls = metrics_urls
@@ -120,7 +126,9 @@ class Inspector:
 
     def _shared(self) -> list[str]:
         names = wire.queue_names(self.namespace)
-        return [names["ingress"], names["replies"], names["dead"]]
+        return [names["ingress"], names["replies"], names["dead"]] + [
+            f"{self.namespace}.{wire.partition_key(kind, p)}"
+            for kind in ("ingress", "replies") for p in range(self.partitions)]
 
     async def sample(self) -> Sample:
         queues = await asyncio.to_thread(self._from_management)
@@ -158,7 +166,8 @@ class Inspector:
             name = row.get("name", "")
             if not name.startswith(prefix):
                 continue
-            if name not in self._shared() and service_of(self.namespace, name) is None:
+            if name not in self._shared() and service_of(self.namespace, name) is None and (
+                    not _PARTITION.fullmatch(name[len(prefix):])):
                 continue
             stats = row.get("message_stats") or {}
             found[name] = QueueInfo(
@@ -200,9 +209,12 @@ class Inspector:
 
 async def collect(broker: AmqpBroker, namespace: str, services: list[str], *,
                   management_url: str | None = None, metrics_urls: list[str] | None = None,
-                  interval: float = 1.0) -> tuple[Report, Inspector]:
-    """Two samples ``interval`` seconds apart, the dead letters' reasons, the problems."""
-    inspector = Inspector(broker, namespace, services, management_url, metrics_urls or [])
+                  interval: float = 1.0, partitions: int = 0) -> tuple[Report, Inspector]:
+    """Two samples ``interval`` seconds apart, the dead letters' reasons, the problems.
+    ``partitions``: the namespace's ``--partitions``, whose queues are listed too (the
+    management API lists them whatever it is)."""
+    inspector = Inspector(broker, namespace, services, management_url, metrics_urls or [],
+                          partitions)
     started = time.monotonic()
     before = await inspector.sample()
     await asyncio.sleep(interval)
@@ -346,7 +358,7 @@ def management_url(option: str | None, env: str | None, amqp_url: str) -> str | 
 
 
 async def run_status(amqp_url: str, namespace: str, args: argparse.Namespace,
-                     env_management: str | None = None) -> int:
+                     env_management: str | None = None, partitions: int = 0) -> int:
     """Print the screen; return 1 when something needs a person."""
     broker = AmqpBroker(amqp_url, name="cloudbunch-status")
     await broker.connect()
@@ -354,7 +366,8 @@ async def run_status(amqp_url: str, namespace: str, args: argparse.Namespace,
         report, inspector = await collect(
             broker, namespace, list(args.service),
             management_url=management_url(args.management_url, env_management, amqp_url),
-            metrics_urls=list(args.metrics_url), interval=max(0.0, args.interval))
+            metrics_urls=list(args.metrics_url), interval=max(0.0, args.interval),
+            partitions=partitions)
     finally:
         await broker.close()
     print(render(report, inspector, amqp_url))

@@ -143,6 +143,22 @@ def test_queues_and_rates_from_the_management_api(api: FakeManagement) -> None:
     assert found["cap.dead"] == QueueInfo("cap.dead", 0, 0, None, None)  # no message_stats
 
 
+def test_partition_queues_are_shown_whatever_the_setting(api: FakeManagement) -> None:
+    """A partitioned namespace's queues (``--partitions``) are CloudBunch's: listed by the
+    management API even when status is not told the count; a look-alike is not."""
+    row = {"name": "cap.ingress.3", "vhost": "/", "messages_ready": 7, "consumers": 2}
+    api.queues = [*SHAPES["healthy"], row, {**row, "name": "cap.ingress.x"},
+                  {**row, "name": "cap.replies.1000"}]
+    found = inspector(api)._from_management()
+    assert found is not None
+    assert found["cap.ingress.3"] == QueueInfo("cap.ingress.3", 7, 2, None, None)
+    assert "cap.ingress.x" not in found and "cap.replies.1000" not in found
+    told = Inspector(SimpleNamespace(url=AMQP), "cap", [], None, [],  # type: ignore[arg-type]
+                     partitions=2)
+    assert told._shared()[3:] == ["cap.ingress.0", "cap.ingress.1", "cap.replies.0",
+                                  "cap.replies.1"]
+
+
 def test_trouble_seen_through_the_management_api(api: FakeManagement) -> None:
     api.queues = SHAPES["trouble"]
     found = inspector(api)._from_management()

@@ -126,7 +126,7 @@ def mask_token_in_logs(token: str) -> TokenFilter:
                "'cloudbunch[telegram]'). SIGTERM or SIGINT stops it.",
                short_help="Run the Telegram gateway (bot token in CLOUDBUNCH_TELEGRAM_TOKEN).")
 @settings_options(TelegramSettings, name="telegram")
-@settings_options(Settings, only=("amqp_url", "namespace"), name="servers")
+@settings_options(Settings, only=("amqp_url", "namespace", "partitions"), name="servers")
 def command(telegram: TelegramSettings, servers: Settings) -> None:
     """The ``telegram`` command: serve until SIGTERM or SIGINT."""
     settings = telegram_settings(dataclasses.asdict(telegram))
@@ -168,7 +168,8 @@ async def serve(config: Settings, settings: Mapping[str, Any], *,
     broker = AmqpBroker(config.amqp_url, name="cloudbunch-telegram")
     rates = Rates(bot=settings["rate_bot"], chat=settings["rate_chat"],
                   group=settings["rate_group"], burst=settings["burst"])
-    gateway = TelegramGateway(bot, broker, config.namespace, rates=rates)
+    gateway = TelegramGateway(bot, broker, config.namespace, rates=rates,
+                              partitions=config.partitions)
     runner: web.AppRunner | None = None
     polling: asyncio.Task[Any] | None = None
     try:

@@ -281,14 +281,14 @@ class TelegramGateway:
 
     def __init__(self, bot: Bot, broker: Broker, namespace: str, *,
                  queue: str | None = None, rates: Rates | None = None, prefetch: int = 256,
-                 dedup_size: int = 10_000) -> None:
+                 dedup_size: int = 10_000, partitions: int = 0) -> None:
         self.bot = bot
         self.broker = broker
         self.namespace = namespace
         self.queue = queue or notice_queue(namespace)
         # Sends only: the reply queue is consumed below, acknowledging each notice once
         # Telegram has it (the Client acknowledges on arrival).
-        self.client = Client(broker, namespace, self.queue)
+        self.client = Client(broker, namespace, self.queue, partitions=partitions)
         self.output = TelegramOutput(bot, SendLimits(rates or Rates()))
         self.prefetch = prefetch
         self._seen: OrderedDict[str, None] = OrderedDict()

@@ -87,7 +87,8 @@ async def serve(config: WebServers | RouterConfig, web: Mapping[str, Any], *,
                            ttl=config.session_ttl)
     store = RedisStore(config.redis_url, config.namespace)
     broker = AmqpBroker(config.amqp_url, name="cloudbunch-web")
-    gateway = WebGateway(broker, history, _web_config(config.namespace, web), store=store)
+    gateway = WebGateway(broker, history,
+                         _web_config(config.namespace, web, config.partitions), store=store)
     runner: aioweb.AppRunner | None = None
     try:
         await store.connect()
@@ -117,8 +118,9 @@ async def serve(config: WebServers | RouterConfig, web: Mapping[str, Any], *,
                         (broker.close, 2.0), (store.close, None))
 
 
-def _web_config(namespace: str, web: Mapping[str, Any]) -> Any:
+def _web_config(namespace: str, web: Mapping[str, Any], partitions: int = 0) -> Any:
     from .gateway import WebConfig
 
     return WebConfig(namespace=namespace, debug=web["debug"], max_frame=web["max_frame"],
-                     rate=web["rate"], burst=web["burst"], title=web["title"])
+                     rate=web["rate"], burst=web["burst"], title=web["title"],
+                     partitions=partitions)

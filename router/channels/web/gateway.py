@@ -86,6 +86,8 @@ class WebConfig:
     """Refused frames in a row after which the socket is closed."""
     hello_timeout: float = 10.0
     title: str = "CloudBunch chat"
+    partitions: int = 0
+    """The routers' ``--partitions``: client messages go to their session's partition."""
 
 
 class _Refused(Exception):
@@ -263,7 +265,7 @@ class WebGateway:
         self.queue = notice_queue(config.namespace)
         # Sends only: the reply queue is consumed below, acknowledging after the history has
         # the notice (the Client acknowledges on arrival).
-        self.client = Client(broker, config.namespace, self.queue)
+        self.client = Client(broker, config.namespace, self.queue, partitions=config.partitions)
         self.connections: dict[str, Connection] = {}  # by session
         self._tails: dict[str, asyncio.Future[None]] = {}
         self._consuming = False
