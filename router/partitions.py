@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 """How often a replica says it is alive (and learns who else is)."""
 ALIVE_S = 5.0
-"""How long a replica counts as alive after it last said so."""
+"""How long a replica counts as alive after it last said so (by the clocks of the replicas,
+which must agree to within a second or so, as deadlines already require)."""
 HANDOVER_EVERY_S = 2.0
 """The least time between two handovers of one queue by one replica (when the owner is not
 consuming yet, the queue comes straight back: this bounds the churn)."""
@@ -172,4 +173,8 @@ class Partitions:
     async def _beat_forever(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            await self._beat()
+            try:
+                await self._beat()
+            except Exception as exc:  # keep beating: a dead heartbeat would hand this
+                # replica's partitions to the others while it still serves them
+                log.warning("event=heartbeat_failed reason=%r", exc)

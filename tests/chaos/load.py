@@ -119,11 +119,13 @@ class RecordingClient(Client):
 class Frontend:
     """One frontend: sends the plans' messages and collects their notices."""
 
-    def __init__(self, harness: Harness, name: str = "chaos-frontend") -> None:
+    def __init__(self, harness: Harness, name: str = "chaos-frontend", *,
+                 partitions: int = 0) -> None:
         self.harness = harness
         self.broker = AmqpBroker(harness.amqp_url, QUEUE_TYPE, name=f"{name}-{harness.ns}",
                                  connect_timeout=10, give_up_after=300)
-        self.client = RecordingClient(self.broker, harness.ns, prefetch=512)
+        self.client = RecordingClient(self.broker, harness.ns, prefetch=512,
+                                      partitions=partitions)
         harness.queues.add(self.client.reply_queue)
         self.by_session: dict[str, list[wire.Notice]] = defaultdict(list)
         """Unique notices (as the client delivers them), per session, in arrival order."""

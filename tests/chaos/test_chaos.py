@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+from router.partitions import partition_queues
+
 from .conftest import ChaosHarness
 from .flow import IDLE_S
 from .load import (
@@ -50,15 +52,20 @@ ACTIONS = {"reply", "open", "close", "replace", "pass", "fail"}
 
 
 @pytest.mark.timeout(330)
+@pytest.mark.parametrize("partitions", [0, 3], ids=["shared", "partitioned"])
 async def test_no_loss_no_duplicate_no_disorder_under_kills_and_cuts(
-        chaos: ChaosHarness, capsys: pytest.CaptureFixture[str]) -> None:
+        chaos: ChaosHarness, capsys: pytest.CaptureFixture[str], partitions: int) -> None:
+    """Also with ``--partitions 3`` (docs/scaling.md): the same faults kill and freeze the
+    partitions' owners, whose queues pass to the other replicas."""
     seed = int(os.environ.get("CHAOS_SEED") or secrets.randbits(32))
     rng = random.Random(seed)
     plans, actions = make_plans(SESSIONS, MESSAGES, rng)
     assert set(actions) == ACTIONS, actions
-    cluster = standard_cluster(chaos, turn_timeout=2, max_attempts=10)
+    chaos.queues.update(q.name for q in partition_queues(chaos.ns, partitions))
+    cluster = standard_cluster(chaos, turn_timeout=2, max_attempts=10,
+                               **({"partitions": partitions} if partitions else {}))
     await cluster.start()
-    front = Frontend(chaos)
+    front = Frontend(chaos, partitions=partitions)
     await front.start()
     faults = Faults(cluster, rng)
     schedule = make_schedule(rng, (0.03 * WINDOW, 0.9 * WINDOW), FAULTS)
@@ -91,14 +98,16 @@ async def test_no_loss_no_duplicate_no_disorder_under_kills_and_cuts(
         "chain_timeouts": front.chain_timeouts, "redispatches": cluster.redispatches(),
         "timer_sessions": sum(p.timer for p in plans),
         "idle_notices": sum(is_idle(n) for ns in front.by_session.values() for n in ns),
-        **{k: stats.get(k, 0) for k in ("replies_dropped", "leftover_waits", "cas_retries")},
+        **{k: stats.get(k, 0)
+           for k in ("replies_dropped", "leftover_waits", "cas_retries", "handovers")},
         "unexpected_exits": len(cluster.unexpected),
         "unclean_stops": len(cluster.unclean_stops()), "undrained": len(left),
         "left_after_stop": len(after_stop), "load_s": round(load_seconds, 1),
         "total_s": round(time.monotonic() - started, 1), "seed": seed,
     }
     with capsys.disabled():
-        print(f"\nchaos: {figures.line()}", flush=True)
+        print(f"\nchaos ({'partitioned' if partitions else 'shared'}): {figures.line()}",
+              flush=True)
     report = "\n".join([*faults.journal, *figures.problems[:40], *cluster.unexpected,
                         *cluster.unclean_stops(), f"not drained: {left}",
                         f"left after stop: {after_stop}", f"last consumers wait {recovery:.1f}s"])
