@@ -68,7 +68,7 @@ class Engine:
         self.embedded = broker is None
         self.router = Router(config, self.broker, self.store, clock=clock or time.time,
                              scan=clock is None)
-        self.client = Client(self.broker, config.namespace)
+        self.client = Client(self.broker, config.namespace, partitions=config.partitions)
         self.prefetch = prefetch
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []

@@ -47,6 +47,11 @@ class Client:
     survives the loss of the client's node. Notices are deduplicated by id
     (the last ``dedup_size`` ids). Notices that arrive while no subscriber wants them are
     kept (the last ``dedup_size``) for the next subscriber.
+
+    ``partitions``: the routers' ``--partitions`` (``CLOUDBUNCH_PARTITIONS`` for
+    :meth:`connect`): a session's messages go to its partition's queue, owned by one router
+    replica (docs/scaling.md); one the broker returns goes to the shared queue instead.
+    0 (the default): the shared queue, as protocol 1.1 says.
     """
 
     def __init__(self, broker: Broker, namespace: str = "cb", reply_queue: str | None = None,

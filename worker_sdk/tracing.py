@@ -110,10 +110,13 @@ def _processor(name: str) -> Any:
     return None
 
 
-@contextlib.contextmanager
+_NO_SPAN: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+"""What :func:`start_span` returns when tracing is off: one shared, stateless context."""
+
+
 def start_span(name: str, kind: Kind, headers: Mapping[str, Any] | None = None,
                attributes: Mapping[str, Any] | None = None, *,
-               current: bool = True) -> Iterator[Any]:
+               current: bool = True) -> contextlib.AbstractContextManager[Any]:
     """A span for the ``with`` block (None when tracing is off).
 
     Its parent is the context in ``headers`` (AMQP headers carrying ``traceparent``) when
@@ -121,8 +124,13 @@ def start_span(name: str, kind: Kind, headers: Mapping[str, Any] | None = None,
     sibling spans open at once, such as the publishes of one step).
     """
     if not enabled():
-        yield None
-        return
+        return _NO_SPAN  # no generator per message when nothing is traced
+    return _span(name, kind, headers, attributes, current)
+
+
+@contextlib.contextmanager
+def _span(name: str, kind: Kind, headers: Mapping[str, Any] | None,
+          attributes: Mapping[str, Any] | None, current: bool) -> Iterator[Any]:
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
