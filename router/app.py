@@ -76,7 +76,7 @@ class Router:
         self.outbox = Outbox(broker, store, self.dead, self.stats, metrics=metrics,
                              namespace=config.namespace, partitions=config.partitions)
         self.partitions = (Partitions(config.partitions, new_id(), store, broker,
-                                      stats=self.stats, clock=clock)
+                                      stats=self.stats, clock=clock, metrics=metrics)
                            if config.partitions else None)
         """The partitioned ingress (``--partitions``), or None: the shared queues only."""
         self.stepper = Stepper(store, self.outbox, self.cfg, clock=clock, ids=ids,

@@ -116,6 +116,16 @@ class RouterMetrics:
             "cloudbunch_router_step_phase_seconds",
             "Time per phase of a step (load, core, commit, publish, discard)", ["phase"],
             buckets=PHASE_BUCKETS, registry=r)
+        self.partitions_owned = Gauge(
+            "cloudbunch_router_partitions_owned",
+            "Ingress partitions this replica owns (--partitions; 0 without)", registry=r)
+        self.replicas = Gauge(
+            "cloudbunch_router_replicas",
+            "Live router replicas, as this one last heard from the store (--partitions)",
+            registry=r)
+        self.handovers = Counter(
+            "cloudbunch_router_partition_handovers",
+            "Partition queues this replica handed over to their owner", registry=r)
         self._phase = {p: self.phase_seconds.labels(p) for p in PHASES}
         self._up = {d: True for d in DEPENDENCIES}
         for d in DEPENDENCIES:

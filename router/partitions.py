@@ -28,11 +28,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from worker_sdk import wire
 from worker_sdk.broker import Broker, Handler
 
 from .store import SessionStore, StoreUnavailable
+
+if TYPE_CHECKING:
+    from .metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +88,10 @@ class Partitions:
     """One replica's side of the partitions: its heartbeat and its handovers."""
 
     def __init__(self, count: int, replica: str, store: SessionStore, broker: Broker, *,
-                 stats: Counter[str], clock: Callable[[], float] = time.time) -> None:
+                 stats: Counter[str], clock: Callable[[], float] = time.time,
+                 metrics: RouterMetrics | None = None) -> None:
         self.count = count
+        self.metrics = metrics
         self.replica = replica
         self.store = store
         self.broker = broker
@@ -143,6 +149,8 @@ class Partitions:
     async def _hand_over(self, queue: PartitionQueue) -> None:
         handler, prefetch = self._handlers[queue.name]
         self.stats["handovers"] += 1
+        if self.metrics is not None:
+            self.metrics.handovers.inc()
         log.info("event=partition_handover queue=%s owner=%s", queue.name,
                  owner(queue.partition, self.live))
         await self.broker.cancel(queue.name, drain=DRAIN_S)
@@ -169,6 +177,9 @@ class Partitions:
             log.info("event=replicas_changed replicas=%d owned=%s", len(live),
                      ",".join(str(p) for p in range(self.count) if owner(p, live) == self.replica))
         self.live = live or [self.replica]
+        if self.metrics is not None:
+            self.metrics.replicas.set(len(self.live))
+            self.metrics.partitions_owned.set(sum(map(self.owns, range(self.count))))
 
     async def _beat_forever(self) -> None:
         while True:

@@ -14,6 +14,7 @@ from examples.tutorial import ask_name, greeter
 from harness.waiting import eventually
 from router.app import Router
 from router.config import RouterConfig
+from router.metrics import RouterMetrics
 from router.partitions import owner, partition_queues
 from router.store import MemoryStore
 from worker_sdk import wire
@@ -158,3 +159,43 @@ async def test_dispatches_of_a_partitioned_router_name_the_session_s_replies_par
     finally:
         await router.stop()
         await memory.close()
+
+
+async def test_metrics_show_ownership_and_handovers() -> None:
+    memory = MemoryBroker()
+    await memory.connect()
+    store = MemoryStore()
+    config = RouterConfig(root="greeter", namespace=NS, partitions=3)
+    metrics = [RouterMetrics(config.core()), RouterMetrics(config.core())]
+    first = Router(config, memory, store, metrics=metrics[0])
+    second = Router(config, memory.connection(), store, metrics=metrics[1])
+    await second.broker.connect()
+    stop = asyncio.Event()
+    services = asyncio.create_task(run_services([greeter, ask_name], memory, NS, 4, stop))
+    try:
+        await first.start()
+        assert _value(metrics[0], "cloudbunch_router_partitions_owned") == 3
+        await second.start()
+        assert first.partitions is not None
+        await first.partitions._beat()
+        owned = [_value(m, "cloudbunch_router_partitions_owned") for m in metrics]
+        assert sorted(owned) == [1, 2]
+        assert [_value(m, "cloudbunch_router_replicas") for m in metrics] == [2, 2]
+        async with Client(memory, NS, partitions=3) as client:
+            for i in range(12):
+                assert await client.conversation(f"m{i}", "hi", settle=0)
+        handed = [_value(m, "cloudbunch_router_partition_handovers_total") for m in metrics]
+        assert handed == [first.stats["handovers"], second.stats["handovers"]]
+        assert sum(handed) >= 1
+    finally:
+        stop.set()
+        await services
+        await second.stop()
+        await first.stop()
+        await memory.close()
+
+
+def _value(metrics: RouterMetrics, name: str) -> float:
+    value = metrics.registry.get_sample_value(name)
+    assert value is not None, name
+    return value
