@@ -9,6 +9,7 @@ Two adapters implement it: :mod:`worker_sdk.amqp` (RabbitMQ through aio-pika) an
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -72,6 +73,16 @@ def refusal(message: Outgoing) -> Refused | None:
         if len(name.encode("utf-8", "surrogatepass")) > MAX_SHORTSTR:
             return Refused(f"header name {name[:40]!r}... is over {MAX_SHORTSTR} bytes")
     return None
+
+
+async def publish_or_fall_back(broker: Broker, message: Outgoing, fallback: str) -> Published:
+    """Publish ``message`` to its exchange; should the broker return it (no queue bound to
+    its routing key: a partition the routers do not have), publish it again with routing
+    key ``fallback``, which the shared queue takes."""
+    (routed,) = await broker.publish([message])
+    if not routed and not isinstance(routed, Refused) and message.queue != fallback:
+        (routed,) = await broker.publish([dataclasses.replace(message, queue=fallback)])
+    return routed
 
 
 class Delivery(Protocol):

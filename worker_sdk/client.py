@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import tracing, wire
-from .broker import Broker, Delivery, Outgoing, Refused
+from .broker import Broker, Delivery, Outgoing, Refused, publish_or_fall_back
 from .errors import ConfigError, MessageRefused, NoRouter
 from .settings import Settings
 
@@ -188,13 +188,10 @@ class Client:
                 tracing.messaging("send", self._exchange, message_id=msg.id,
                                   routing_key=key, session=msg.session)) as span:
             headers = tracing.inject(msg.trace or {}, span)
-            message = Outgoing(key, body, msg.id, headers, exchange=self._exchange)
-            (routed,) = await self.broker.publish([message])
-            if not routed and not isinstance(routed, Refused) and key != wire.INGRESS_KEY:
-                # No such partition (the routers run with fewer, or unpartitioned): the
-                # shared queue takes any session.
-                (routed,) = await self.broker.publish([dataclasses.replace(
-                    message, queue=wire.INGRESS_KEY)])
+            # No such partition (the routers run with fewer, or none): the shared queue.
+            routed = await publish_or_fall_back(
+                self.broker, Outgoing(key, body, msg.id, headers, exchange=self._exchange),
+                wire.INGRESS_KEY)
         if isinstance(routed, Refused):
             raise MessageRefused(f"message {msg.id[:40]!r} of session {msg.session[:40]!r} "
                                  f"cannot be sent: {routed.reason}")

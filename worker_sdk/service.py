@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import tracing, versions, wire
-from .broker import Broker, Delivery, Outgoing, Refused
+from .broker import Broker, Delivery, Outgoing, Refused, publish_or_fall_back
 from .errors import ActionError, BrokerUnavailable, CloudBunchError, ConfigError, PublishFailed
 from .settings import Settings, WorkerSettings
 from .shutdown import forget_signals, stop_on_signals
@@ -441,15 +441,11 @@ class Service:
                                       routing_key=key, session=dispatch.session,
                                       turn=dispatch.turn, depth=dispatch.depth,
                                       service=self.name, action=reply.action)) as span:
-                message = Outgoing(key, body, reply_id,
-                                   tracing.inject(dispatch.trace or {}, span),
-                                   exchange=replies)
-                (routed,) = await broker.publish([message])
-                if not routed and not isinstance(routed, Refused) and key != wire.REPLIES_KEY:
-                    # That partition is gone (the routers now run with fewer): the shared
-                    # queue takes any reply.
-                    (routed,) = await broker.publish([dataclasses.replace(
-                        message, queue=wire.REPLIES_KEY)])
+                # A partition that is gone (the routers run with fewer): the shared queue.
+                routed = await publish_or_fall_back(
+                    broker, Outgoing(key, body, reply_id,
+                                     tracing.inject(dispatch.trace or {}, span),
+                                     exchange=replies), wire.REPLIES_KEY)
         except PublishFailed as exc:
             if metrics is not None:
                 metrics.reply_failures.labels(self.name).inc()

@@ -18,6 +18,7 @@ from router.metrics import RouterMetrics
 from router.partitions import owner, partition_queues
 from router.store import MemoryStore
 from worker_sdk import wire
+from worker_sdk.broker import Outgoing
 from worker_sdk.client import Client
 from worker_sdk.errors import ConfigError
 from worker_sdk.memory import MemoryBroker
@@ -199,3 +200,33 @@ def _value(metrics: RouterMetrics, name: str) -> float:
     value = metrics.registry.get_sample_value(name)
     assert value is not None, name
     return value
+
+
+@pytest.mark.parametrize(("reply_to", "bound", "arrives_in"), [
+    ("replies.1", ("replies", "replies.1"), "replies.1"),  # the partition the dispatch names
+    ("replies.5", ("replies", "replies.1"), "replies"),  # gone: the shared queue
+    (None, ("replies", "replies.1"), "replies"),  # protocol 1.1
+])
+async def test_a_service_replies_to_the_partition_its_dispatch_names(
+        reply_to: str | None, bound: tuple[str, ...], arrives_in: str) -> None:
+    memory = MemoryBroker()
+    await memory.connect()
+    exchange = wire.exchange_names(NS)["replies"]
+    for key in bound:
+        await memory.declare(f"{NS}.{key}")
+        await memory.bind(exchange, key, f"{NS}.{key}")
+    service_queue = wire.service_queue(NS, "greeter")
+    await memory.declare(service_queue)
+    stop = asyncio.Event()
+    services = asyncio.create_task(run_services([greeter], memory, NS, 4, stop))
+    try:
+        dispatch = wire.Dispatch(session="s", turn="t1", event="start", depth=0)
+        await memory.publish([Outgoing(service_queue, wire.encode(dispatch.to_wire()), "d1",
+                                       reply_to=reply_to)])
+        await eventually(lambda: any(memory.messages(f"{NS}.{k}") for k in bound), 5.0,
+                         "the reply")
+        assert [k for k in bound if memory.messages(f"{NS}.{k}")] == [arrives_in]
+    finally:
+        stop.set()
+        await services
+        await memory.close()
