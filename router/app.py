@@ -142,8 +142,8 @@ class Router:
         assert partitions is not None
 
         async def on_partition(delivery: Delivery) -> None:
-            await handler(delivery, queue.name)
-            partitions.delivered(queue)
+            session = await handler(delivery, queue.name)
+            partitions.delivered(queue, session)
         return on_partition
 
     async def stop(self, grace: float = 7.0) -> None:
@@ -186,15 +186,18 @@ class Router:
 
     # ------------------------------------------------------------------ consumers
 
-    async def on_ingress(self, delivery: Delivery, queue: str | None = None) -> None:
-        """One client message from ``NS.ingress`` (or ``queue``, a partition's)."""
+    async def on_ingress(self, delivery: Delivery, queue: str | None = None) -> str | None:
+        """One client message from ``NS.ingress`` (or ``queue``, a partition's); the session
+        it was for (None: a dead letter)."""
         queue = queue or self.ingress
+        session = None
         got = ingest.client_message(delivery.body, self.config.max_body, queue,
                                     wire.trace_context(delivery.headers))
         if isinstance(got, DeadLetter):
             await self.outbox.dead_letter(got)
         else:
             message = got
+            session = message.session
             # The step's span: a consumer of the client message, child of the sender's span.
             with tracing.start_span(
                     f"process {queue}", "consumer", delivery.headers,
@@ -207,15 +210,19 @@ class Router:
                 self.metrics.duplicates.inc()
             self.stats["client_messages"] += 1
         await delivery.ack()
+        return session
 
-    async def on_reply(self, delivery: Delivery, queue: str | None = None) -> None:
-        """One service reply from ``NS.replies`` (or ``queue``, a partition's)."""
+    async def on_reply(self, delivery: Delivery, queue: str | None = None) -> str | None:
+        """One service reply from ``NS.replies`` (or ``queue``, a partition's); the session
+        it was for (None: a dead letter)."""
         queue = queue or self.replies
+        session = None
         got = ingest.reply(delivery.body, self.config.max_body, queue)
         if isinstance(got, DeadLetter):
             await self.outbox.dead_letter(got)
         else:
             event = got.event
+            session = got.session
             # The step's span: a consumer of the reply, child of the reply's span.
             with tracing.start_span(
                     f"process {queue}", "consumer", delivery.headers,
@@ -231,6 +238,7 @@ class Router:
                 log.info("event=reply_dropped session=%s turn=%s why=%r", got.session,
                          event.turn, out.dropped)
         await delivery.ack()
+        return session
 
     async def run_step(self, session: str, make_event: Callable[[Snapshot], Event], *,
                        dedup_id: str | None = None, hint: bool = True) -> Outcome:

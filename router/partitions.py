@@ -48,6 +48,8 @@ which must agree to within a second or so, as deadlines already require)."""
 HANDOVER_EVERY_S = 2.0
 """The least time between two handovers of one queue by one replica (when the owner is not
 consuming yet, the queue comes straight back: this bounds the churn)."""
+MISROUTED_EVERY_S = 60.0
+"""The least time between two warnings about messages in another partition's queue."""
 DRAIN_S = 5.0
 """How long a handover waits for the deliveries it holds to be stepped before handing the
 rest back to the queue."""
@@ -92,7 +94,8 @@ class Partitions:
                  metrics: RouterMetrics | None = None) -> None:
         self.count = count
         self.metrics = metrics
-        self.replica = replica
+        self.replica = f"{replica}/{count}"
+        """This replica's id in the store: its own id and its ``--partitions``."""
         self.store = store
         self.broker = broker
         self.stats = stats
@@ -104,6 +107,8 @@ class Partitions:
         self._handovers: set[asyncio.Task[None]] = set()
         self._beating: asyncio.Task[None] | None = None
         self._stopping = False
+        self._misrouted_said = -MISROUTED_EVERY_S
+        self._mismatch_said: frozenset[str] = frozenset()
 
     def owns(self, partition: int) -> bool:
         """Whether this replica owns ``partition`` (as far as it knows now)."""
@@ -133,9 +138,11 @@ class Partitions:
         with contextlib.suppress(StoreUnavailable):
             await self.store.replicas(self.replica, self._now_ms(), 0)
 
-    def delivered(self, queue: PartitionQueue) -> None:
-        """A delivery from ``queue`` was handled here: hand the queue over if it is
-        another's (at most once per ``HANDOVER_EVERY_S``)."""
+    def delivered(self, queue: PartitionQueue, session: str | None = None) -> None:
+        """A delivery from ``queue`` (for ``session``) was handled here: hand the queue over
+        if it is another's (at most once per ``HANDOVER_EVERY_S``)."""
+        if session is not None and wire.partition_of(session, self.count) != queue.partition:
+            self._misrouted(queue, session)
         if self._stopping or self.owns(queue.partition):
             return
         now = time.monotonic()
@@ -145,6 +152,21 @@ class Partitions:
         task = asyncio.create_task(self._hand_over(queue), name=f"handover {queue.name}")
         self._handovers.add(task)
         task.add_done_callback(self._handovers.discard)
+
+    def _misrouted(self, queue: PartitionQueue, session: str) -> None:
+        """A message in another partition's queue than its session's: served all the same,
+        but its sender counts partitions differently. Said once a minute at most."""
+        self.stats["misrouted"] += 1
+        now = time.monotonic()
+        if now - self._misrouted_said < MISROUTED_EVERY_S:
+            return
+        self._misrouted_said = now
+        sender = "a frontend" if queue.kind == "ingress" else "a service"
+        log.warning("event=partition_mismatch queue=%s session=%r belongs to partition %d of "
+                    "%d: %s uses another --partitions than this router; set the same "
+                    "CLOUDBUNCH_PARTITIONS everywhere (served all the same, only not by the "
+                    "session's owner)", queue.name, session[:80],
+                    wire.partition_of(session, self.count), self.count, sender)
 
     async def _hand_over(self, queue: PartitionQueue) -> None:
         handler, prefetch = self._handlers[queue.name]
@@ -173,6 +195,17 @@ class Partitions:
         except StoreUnavailable as exc:
             log.debug("event=heartbeat_failed reason=%s", exc)
             return
+        suffix = f"/{self.count}"
+        others = frozenset(r for r in live if not r.endswith(suffix))
+        if others and others != self._mismatch_said:
+            counts = sorted({r.rpartition("/")[2] for r in others})
+            log.warning("event=partitions_mismatch %d other router replica(s) run with "
+                        "--partitions %s, this one with %d: every router of a namespace must "
+                        "use the same (CLOUDBUNCH_PARTITIONS); until then each owns partitions "
+                        "among its like only", len(others), " and ".join(counts), self.count)
+        self._mismatch_said = others
+        # Partitions are shared out among the replicas that count them alike.
+        live = [r for r in live if r.endswith(suffix)]
         if live != self.live:
             log.info("event=replicas_changed replicas=%d owned=%s", len(live),
                      ",".join(str(p) for p in range(self.count) if owner(p, live) == self.replica))

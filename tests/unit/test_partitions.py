@@ -230,3 +230,54 @@ async def test_a_service_replies_to_the_partition_its_dispatch_names(
         stop.set()
         await services
         await memory.close()
+
+
+async def test_a_frontend_counting_partitions_differently_is_served_and_named(
+        caplog: pytest.LogCaptureFixture) -> None:
+    memory = MemoryBroker()
+    await memory.connect()
+    router = Router(RouterConfig(root="greeter", namespace=NS, partitions=4), memory,
+                    MemoryStore())
+    stop = asyncio.Event()
+    services = asyncio.create_task(run_services([greeter, ask_name], memory, NS, 4, stop))
+    try:
+        await router.start()
+        sessions = [f"x{i}" for i in range(8)]
+        assert any(wire.partition_of(s, 2) != wire.partition_of(s, 4) for s in sessions)
+        async with Client(memory, NS, partitions=2) as client:  # the routers say 4
+            for s in sessions:
+                assert await client.conversation(s, "hi", settle=0), s
+        assert router.stats["misrouted"] > 0
+        said = [r.getMessage() for r in caplog.records if "partition_mismatch" in r.getMessage()]
+        assert len(said) == 1, said  # once a minute at most
+        assert "a frontend uses another --partitions than this router" in said[0]
+    finally:
+        stop.set()
+        await services
+        await router.stop()
+        await memory.close()
+
+
+async def test_routers_counting_partitions_differently_say_so_and_keep_apart(
+        caplog: pytest.LogCaptureFixture) -> None:
+    memory = MemoryBroker()
+    await memory.connect()
+    store = MemoryStore()
+    two = Router(RouterConfig(root="greeter", namespace=NS, partitions=2), memory, store)
+    three = Router(RouterConfig(root="greeter", namespace=NS, partitions=3),
+                   memory.connection(), store)
+    await three.broker.connect()
+    try:
+        await two.start()
+        await three.start()
+        assert two.partitions is not None and three.partitions is not None
+        await two.partitions._beat()
+        assert two.partitions.live == [two.partitions.replica]
+        assert three.partitions.live == [three.partitions.replica]
+        assert two.partitions.owns(0) and two.partitions.owns(1)
+        said = [r.getMessage() for r in caplog.records if "partitions_mismatch" in r.getMessage()]
+        assert said and "run with --partitions 2, this one with 3" in said[0], said
+    finally:
+        await three.stop()
+        await two.stop()
+        await memory.close()
