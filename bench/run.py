@@ -313,6 +313,10 @@ class Bench:
             if name in f_cpu:
                 self.add(f"forwarded_{name}_cpu", f"  {name} CPU per forwarded turn", "ms",
                          f_cpu[name])
+        if "router" in cpu and "forwarder" in f_cpu:
+            self.add("ratio_router_forwarder_cpu", "router CPU / forwarder CPU per turn (the "
+                     "router's own work; both Python relays, so the machine's speed cancels)",
+                     "ratio", ratios(cpu["router"], f_cpu["forwarder"]))
         if "rabbitmq" in cpu and "rabbitmq" in d_cpu:
             self.add("ratio_rabbitmq_cpu", "RabbitMQ CPU per routed turn / per direct round "
                      "trip", "ratio", ratios(cpu["rabbitmq"], d_cpu["rabbitmq"]),
