@@ -314,8 +314,8 @@ class Bench:
                 self.add(f"forwarded_{name}_cpu", f"  {name} CPU per forwarded turn", "ms",
                          f_cpu[name])
         if "router" in cpu and "forwarder" in f_cpu:
-            # Both are Python relays on the same event loop: the machine's speed cancels.
-            self.add("ratio_router_forwarder_cpu", "router CPU / forwarder CPU per turn",
+            self.add("ratio_router_forwarder_cpu", "router CPU / forwarder CPU per turn (the "
+                     "router's own work; both Python relays, so the machine's speed cancels)",
                      "ratio", ratios(cpu["router"], f_cpu["forwarder"]))
         if "rabbitmq" in cpu and "rabbitmq" in d_cpu:
             self.add("ratio_rabbitmq_cpu", "RabbitMQ CPU per routed turn / per direct round "
