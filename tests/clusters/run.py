@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from router.partitions import partition_queues
 from tests.chaos.flow import Model, text
 from tests.chaos.load import (
     Cluster,
@@ -127,15 +128,18 @@ async def drained(namespace: str, timeout: float) -> Left:
 
 async def under_load(harness: ClusterHarness, capsys: pytest.CaptureFixture[str], name: str,
                      faults: Callable[[Run], Awaitable[dict[str, Any]]],
-                     before: Callable[[ClusterHarness], Awaitable[Any]] | None = None
-                     ) -> Figures:
-    """Run the load with ``faults`` alongside; check; print the summary line; assert."""
+                     before: Callable[[ClusterHarness], Awaitable[Any]] | None = None,
+                     *, partitions: int = 0) -> Figures:
+    """Run the load with ``faults`` alongside; check; print the summary line; assert.
+    ``partitions``: the routers' and the frontend's ``--partitions``."""
     seed = int(os.environ.get("CLUSTER_SEED") or secrets.randbits(32))
     rng = random.Random(seed)
     plans, _ = make_plans(SESSIONS, MESSAGES, rng)
-    cluster = standard_cluster(harness, routers=2, turn_timeout=2, max_attempts=10)
+    harness.queues.update(q.name for q in partition_queues(harness.ns, partitions))
+    cluster = standard_cluster(harness, routers=2, turn_timeout=2, max_attempts=10,
+                               **({"partitions": partitions} if partitions else {}))
     await cluster.start(timeout=90)
-    front = Frontend(harness, name=f"cluster-{name}")
+    front = Frontend(harness, name=f"cluster-{name}", partitions=partitions)
     await front.start()
     # Every shared queue, and the frontend's generated reply queue (the SDK Client declares
     # it with the broker's queue type), has a member on each of the three nodes.
@@ -175,7 +179,8 @@ async def under_load(harness: ClusterHarness, capsys: pytest.CaptureFixture[str]
         "recover_s": "/".join(f"{r:.1f}" for r in run.recoveries),
         "notice_copies": front.copies, "publish_retries": front.publish_retries,
         "chain_timeouts": front.chain_timeouts, "redispatches": cluster.redispatches(),
-        **{k: stats.get(k, 0) for k in ("replies_dropped", "leftover_waits", "cas_retries")},
+        **{k: stats.get(k, 0)
+           for k in ("replies_dropped", "leftover_waits", "cas_retries", "handovers")},
         "unexpected_exits": len(cluster.unexpected), "undrained": len(left),
         "left_after_stop": len(after_stop), "load_s": round(load_s, 1), "seed": seed,
     }

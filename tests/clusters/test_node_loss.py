@@ -77,6 +77,14 @@ async def test_kill_the_routers_node(clustered: ClusterHarness,
                      lambda run: kill_rabbit(run, "router"))
 
 
+async def test_kill_the_routers_node_partitioned(clustered: ClusterHarness,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """With ``--partitions 3`` (docs/scaling.md): the partitions' single active consumers on
+    the lost node pass to the other router, nothing lost."""
+    await under_load(clustered, capsys, "rabbit-router-node-kill-partitioned",
+                     lambda run: kill_rabbit(run, "router"), partitions=3)
+
+
 async def test_freeze_the_routers_node(clustered: ClusterHarness,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     async def freeze(run: Run) -> dict[str, Any]:
