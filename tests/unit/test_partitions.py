@@ -4,7 +4,10 @@ the assignment of partitions to replicas, and handovers, on the in-memory broker
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given
@@ -15,7 +18,7 @@ from harness.waiting import eventually
 from router.app import Router
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
-from router.partitions import owner, partition_queues
+from router.partitions import Partitions, owner, partition_queues
 from router.store import MemoryStore
 from worker_sdk import wire
 from worker_sdk.broker import Outgoing
@@ -69,42 +72,38 @@ def test_a_client_refuses_a_partition_count_out_of_range() -> None:
         Client(MemoryBroker(), NS, partitions=257)
 
 
-async def test_each_replica_ends_up_serving_the_partitions_it_owns() -> None:
-    """Both replicas consume every partition; the one that started first is active on
-    all of them until the handovers put each partition with its owner."""
+@dataclass
+class Pair:
+    """Two router replicas on one in-memory broker and store, serving the tutorial."""
+
+    memory: MemoryBroker
+    first: Router
+    second: Router
+
+    @property
+    def routers(self) -> tuple[Router, Router]:
+        return self.first, self.second
+
+
+@contextlib.asynccontextmanager
+async def two_routers(partitions: int, other: int | None = None, *,
+                      metrics: bool = False) -> AsyncIterator[Pair]:
+    """Two started replicas (the second with ``other`` partitions, if given) and the
+    tutorial's services; all stopped afterwards."""
     memory = MemoryBroker()
     await memory.connect()
     store = MemoryStore()
-    config = RouterConfig(root="greeter", namespace=NS, partitions=4)
-    first = Router(config, memory, store)
-    second = Router(config, memory.connection(), store)
+    configs = [RouterConfig(root="greeter", namespace=NS, partitions=n)
+               for n in (partitions, partitions if other is None else other)]
+    first = Router(configs[0], memory, store,
+                   metrics=RouterMetrics(configs[0].core()) if metrics else None)
+    second = Router(configs[1], memory.connection(), store,
+                    metrics=RouterMetrics(configs[1].core()) if metrics else None)
     await second.broker.connect()
     stop = asyncio.Event()
     services = asyncio.create_task(run_services([greeter, ask_name], memory, NS, 4, stop))
     try:
-        await first.start()
-        await second.start()
-        assert first.partitions is not None and second.partitions is not None
-        await first.partitions._beat()  # learn of the second now, not in a second
-        assert first.partitions.live == second.partitions.live
-        sessions = [f"s{i}" for i in range(24)]
-        assert {wire.partition_of(s, 4) for s in sessions} == {0, 1, 2, 3}
-        async with Client(memory, NS, partitions=4) as client:
-            for round_ in range(3):
-                for s in sessions:
-                    notices = await client.conversation(s, f"name{round_}", settle=0)
-                    assert notices, s
-            # Every partition now with its owner: the next turns step only there.
-            for owning, other in ((first, second), (second, first)):
-                before = (owning.stats["steps"], other.stats["steps"])
-                for s in sessions:
-                    if owning.partitions.owns(wire.partition_of(s, 4)):
-                        assert await client.conversation(s, "again", settle=0)
-                assert other.stats["steps"] == before[1]
-                assert owning.stats["steps"] > before[0]
-        assert first.stats["handovers"] + second.stats["handovers"] >= 2
-        # Every message went through a partition queue, none through the shared one.
-        assert memory.messages(f"{NS}.ingress") == []
+        yield Pair(memory, first, second)
     finally:
         stop.set()
         await services
@@ -113,27 +112,51 @@ async def test_each_replica_ends_up_serving_the_partitions_it_owns() -> None:
         await memory.close()
 
 
-async def test_a_stopped_replica_leaves_and_the_other_owns_everything() -> None:
-    memory = MemoryBroker()
-    await memory.connect()
-    store = MemoryStore()
-    config = RouterConfig(root="greeter", namespace=NS, partitions=2)
-    first = Router(config, memory, store)
-    second = Router(config, memory.connection(), store)
-    await second.broker.connect()
-    try:
+def parts(router: Router) -> Partitions:
+    assert router.partitions is not None
+    return router.partitions
+
+
+async def test_each_replica_ends_up_serving_the_partitions_it_owns() -> None:
+    """Both replicas consume every partition; the one that started first is active on
+    all of them until the handovers put each partition with its owner."""
+    async with two_routers(4) as pair:
+        first, second = pair.routers
         await first.start()
         await second.start()
-        assert first.partitions is not None
-        await first.partitions._beat()
-        assert len(first.partitions.live) == 2
+        await parts(first)._beat()  # learn of the second now, not in a second
+        assert parts(first).live == parts(second).live
+        sessions = [f"s{i}" for i in range(24)]
+        assert {wire.partition_of(s, 4) for s in sessions} == {0, 1, 2, 3}
+        async with Client(pair.memory, NS, partitions=4) as client:
+            for round_ in range(3):
+                for s in sessions:
+                    notices = await client.conversation(s, f"name{round_}", settle=0)
+                    assert notices, s
+            # Every partition now with its owner: the next turns step only there.
+            for owning, other in ((first, second), (second, first)):
+                before = (owning.stats["steps"], other.stats["steps"])
+                for s in sessions:
+                    if parts(owning).owns(wire.partition_of(s, 4)):
+                        assert await client.conversation(s, "again", settle=0)
+                assert other.stats["steps"] == before[1]
+                assert owning.stats["steps"] > before[0]
+        assert first.stats["handovers"] + second.stats["handovers"] >= 2
+        # Every message went through a partition queue, none through the shared one.
+        assert pair.memory.messages(f"{NS}.ingress") == []
+
+
+async def test_a_stopped_replica_leaves_and_the_other_owns_everything() -> None:
+    async with two_routers(2) as pair:
+        first, second = pair.routers
+        await first.start()
+        await second.start()
+        await parts(first)._beat()
+        assert len(parts(first).live) == 2
         await second.stop()
-        await first.partitions._beat()
-        assert first.partitions.live == [first.partitions.replica]
-        assert first.partitions.owns(0) and first.partitions.owns(1)
-    finally:
-        await first.stop()
-        await memory.close()
+        await parts(first)._beat()
+        assert parts(first).live == [parts(first).replica]
+        assert parts(first).owns(0) and parts(first).owns(1)
 
 
 async def test_dispatches_of_a_partitioned_router_name_the_session_s_replies_partition(
@@ -163,37 +186,23 @@ async def test_dispatches_of_a_partitioned_router_name_the_session_s_replies_par
 
 
 async def test_metrics_show_ownership_and_handovers() -> None:
-    memory = MemoryBroker()
-    await memory.connect()
-    store = MemoryStore()
-    config = RouterConfig(root="greeter", namespace=NS, partitions=3)
-    metrics = [RouterMetrics(config.core()), RouterMetrics(config.core())]
-    first = Router(config, memory, store, metrics=metrics[0])
-    second = Router(config, memory.connection(), store, metrics=metrics[1])
-    await second.broker.connect()
-    stop = asyncio.Event()
-    services = asyncio.create_task(run_services([greeter, ask_name], memory, NS, 4, stop))
-    try:
+    async with two_routers(3, metrics=True) as pair:
+        first, second = pair.routers
+        metrics = [r.metrics for r in pair.routers]
+        assert metrics[0] is not None and metrics[1] is not None
         await first.start()
         assert _value(metrics[0], "cloudbunch_router_partitions_owned") == 3
         await second.start()
-        assert first.partitions is not None
-        await first.partitions._beat()
+        await parts(first)._beat()
         owned = [_value(m, "cloudbunch_router_partitions_owned") for m in metrics]
         assert sorted(owned) == [1, 2]
         assert [_value(m, "cloudbunch_router_replicas") for m in metrics] == [2, 2]
-        async with Client(memory, NS, partitions=3) as client:
+        async with Client(pair.memory, NS, partitions=3) as client:
             for i in range(12):
                 assert await client.conversation(f"m{i}", "hi", settle=0)
         handed = [_value(m, "cloudbunch_router_partition_handovers_total") for m in metrics]
         assert handed == [first.stats["handovers"], second.stats["handovers"]]
         assert sum(handed) >= 1
-    finally:
-        stop.set()
-        await services
-        await second.stop()
-        await first.stop()
-        await memory.close()
 
 
 def _value(metrics: RouterMetrics, name: str) -> float:
@@ -260,24 +269,13 @@ async def test_a_frontend_counting_partitions_differently_is_served_and_named(
 
 async def test_routers_counting_partitions_differently_say_so_and_keep_apart(
         caplog: pytest.LogCaptureFixture) -> None:
-    memory = MemoryBroker()
-    await memory.connect()
-    store = MemoryStore()
-    two = Router(RouterConfig(root="greeter", namespace=NS, partitions=2), memory, store)
-    three = Router(RouterConfig(root="greeter", namespace=NS, partitions=3),
-                   memory.connection(), store)
-    await three.broker.connect()
-    try:
+    async with two_routers(2, 3) as pair:
+        two, three = pair.routers
         await two.start()
         await three.start()
-        assert two.partitions is not None and three.partitions is not None
-        await two.partitions._beat()
-        assert two.partitions.live == [two.partitions.replica]
-        assert three.partitions.live == [three.partitions.replica]
-        assert two.partitions.owns(0) and two.partitions.owns(1)
+        await parts(two)._beat()
+        assert parts(two).live == [parts(two).replica]
+        assert parts(three).live == [parts(three).replica]
+        assert parts(two).owns(0) and parts(two).owns(1)
         said = [r.getMessage() for r in caplog.records if "partitions_mismatch" in r.getMessage()]
         assert said and "run with --partitions 2, this one with 3" in said[0], said
-    finally:
-        await three.stop()
-        await two.stop()
-        await memory.close()
