@@ -77,8 +77,12 @@ async def test_sessions_spread_over_the_replicas_and_survive_one(e2e: Harness) -
         await eventually(lambda p=proc: "event=router_started" in p.output(), 10.0,
                          f"{proc.name} started")
     assert await e2e.consumers(e2e.ingress) == 2  # 1.1 frontends still have theirs
-    # Both replicas know each other (heartbeats), so each owns two partitions.
+    # Both replicas know each other (heartbeats, every second), so each owns two
+    # partitions: the first learns of the second at its next heartbeat.
     await eventually(lambda: _replicas_are(e2e, 2), 10.0, "both routers in NS:replicas")
+    for proc in (first, second):
+        await eventually(lambda p=proc: "event=replicas_changed replicas=2" in p.output(),
+                         10.0, f"{proc.name} knowing of both")
     front = await client(e2e, 4)
     sessions = [f"s{i}" for i in range(16)]
     assert len({wire.partition_of(s, 4) for s in sessions}) == 4
