@@ -296,3 +296,32 @@ async def test_serves_again_after_its_queue_is_deleted(e2e: Harness) -> None:
                                              args={"total": 100}))
     assert unpack((await replies.next()).body)["output"] == [
         "Please type your card number to pay $1.00."]
+
+
+async def test_a_node_service_replies_to_the_partition_its_dispatch_names(e2e: Harness) -> None:
+    """Routers with ``--partitions`` name the reply's partition in a dispatch's reply_to
+    (docs/scaling.md): the Node service publishes there, and to the shared queue when that
+    partition does not exist. The router only declares the queues here, then stops, so that
+    the replies stay where the service put them."""
+    router = await e2e.router("checkout", partitions=2)
+    e2e.queues.update(f"{e2e.ns}.{kind}.{p}" for kind in ("ingress", "replies") for p in (0, 1))
+    await router.stop()
+    await node_service(e2e, "checkout")
+    queue = f"{e2e.ns}.service.checkout"
+    for turn, reply_to, lands_in in (("t" * 22, "replies.1", f"{e2e.ns}.replies.1"),
+                                     ("u" * 22, "replies.7", e2e.replies)):
+        dispatch = {"v": 1, "session": "s", "turn": turn, "event": "start", "depth": 0,
+                    "attempt": 1, "state": None}
+        await e2e.channel.default_exchange.publish(
+            aio_pika.Message(pack(dispatch), content_type="application/msgpack",
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                             message_id=turn, reply_to=reply_to),
+            routing_key=queue, mandatory=True)
+        await eventually(lambda q=lands_in: _has_messages(e2e, q), 15.0, f"a reply in {lands_in}")
+    assert await e2e.message_count(f"{e2e.ns}.replies.0") == 0
+    assert await e2e.message_count(f"{e2e.ns}.replies.1") == 1
+    assert await e2e.message_count(e2e.replies) == 1
+
+
+async def _has_messages(e2e: Harness, queue: str) -> bool:
+    return await e2e.message_count(queue) > 0

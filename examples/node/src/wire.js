@@ -44,6 +44,20 @@ export function names(namespace) {
   };
 }
 
+/** The most partitions a namespace may have (`--partitions`). */
+export const MAX_PARTITIONS = 256;
+
+/**
+ * The routing key a reply takes on `NS.x.replies`: the partition a dispatch names in its AMQP
+ * `reply_to` property (`replies.3`, routers run with `--partitions`; docs/scaling.md), else
+ * `replies`. Anything else in the property is ignored.
+ */
+export function replyKey(replyTo) {
+  const found = /^replies\.([0-9]{1,3})$/.exec(replyTo ?? "");
+  if (found && Number(found[1]) < MAX_PARTITIONS) return `replies.${Number(found[1])}`;
+  return "replies";
+}
+
 function isMap(value) {
   return value !== null && typeof value === "object" && !Array.isArray(value) &&
     !(value instanceof Uint8Array) && !(value instanceof ExtData);

@@ -244,23 +244,31 @@ export class Worker {
       Object.assign(route, { checked: undefined }, found);
     }
     const body = wire.encode(wire.replyBody(dispatch, fields));
-    const messageId = randomUUID();
-    await new Promise((resolve, reject) => {
-      channel.publish(
-        route.exchange,
-        route.routingKey,
-        Buffer.from(body.buffer, body.byteOffset, body.byteLength),
-        {
-          persistent: true,
-          mandatory: true,
-          contentType: wire.CONTENT_TYPE,
-          messageId,
-          headers: wire.traceHeaders(msg.properties.headers),
-        },
-        (err) => (err ? reject(new Error(`reply to turn ${dispatch.turn} not confirmed`)) : resolve()),
-      );
-    });
-    if (returned.delete(messageId)) {
+    const send = async (routingKey) => {
+      const messageId = randomUUID();
+      await new Promise((resolve, reject) => {
+        channel.publish(
+          route.exchange,
+          routingKey,
+          Buffer.from(body.buffer, body.byteOffset, body.byteLength),
+          {
+            persistent: true,
+            mandatory: true,
+            contentType: wire.CONTENT_TYPE,
+            messageId,
+            headers: wire.traceHeaders(msg.properties.headers),
+          },
+          (err) => (err ? reject(new Error(`reply to turn ${dispatch.turn} not confirmed`)) : resolve()),
+        );
+      });
+      return returned.delete(messageId);
+    };
+    // A partitioned namespace (routers with --partitions) names the reply's partition in the
+    // dispatch's reply_to; a partition that is gone falls back to the shared queue.
+    const key = route.exchange ? wire.replyKey(msg.properties.replyTo) : route.routingKey;
+    let wasReturned = await send(key);
+    if (wasReturned && key !== route.routingKey) wasReturned = await send(route.routingKey);
+    if (wasReturned) {
       // Unroutable: no router has declared NS.replies (or bound it). Acknowledging is safe:
       // the router re-dispatches the turn after its deadline.
       this.log.error(

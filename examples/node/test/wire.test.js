@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { BadDispatch, decode, decodeDispatch, encode, replyBody, traceHeaders } from "../src/wire.js";
+import { BadDispatch, decode, decodeDispatch, encode, replyBody, replyKey, traceHeaders } from "../src/wire.js";
 
 const dispatch = { v: 1, session: "s", turn: "t".repeat(22), event: "start", depth: 0, attempt: 1, state: null };
 
@@ -54,4 +54,15 @@ test("only the trace context headers are copied", () => {
     tracestate: "x=1",
   });
   assert.deepEqual(traceHeaders(undefined), {});
+});
+
+test("a reply takes the partition its dispatch names, and nothing else", () => {
+  // The same table as tests/unit/test_partitions.py, so both SDKs agree.
+  const cases = [
+    [undefined, "replies"], ["", "replies"], ["replies", "replies"], ["replies.3", "replies.3"],
+    ["replies.003", "replies.3"], ["replies.255", "replies.255"], ["replies.256", "replies"],
+    ["replies.1000", "replies"], ["replies.", "replies"], ["replies.²", "replies"],
+    ["replies.-1", "replies"], ["ingress.3", "replies"], ["cb.client.abc", "replies"],
+  ];
+  for (const [replyTo, key] of cases) assert.equal(replyKey(replyTo), key, String(replyTo));
 });
