@@ -289,6 +289,9 @@ def document() -> dict[str, Any]:
     ns = {"description": "the deployment's namespace (CLOUDBUNCH_NAMESPACE)", "default": "cb"}
     service = {"description": "the service's name"}
     reply_to = {"description": "the queue a frontend named in a client message's reply_to"}
+    partition = {"description": "proposed for 1.2, with routers run with --partitions N: "
+                                "a session's partition, 0..N-1 (the first 8 bytes of "
+                                "SHA-256 of its id, big-endian, modulo N; docs/scaling.md)"}
     schemas: dict[str, Any] = {name: payload_schema(name) for name in FIELDS}
     schemas["Error"] = {"type": "object", "required": ["code"], "properties": {
         "code": {"type": "string", "description": "router-raised codes: " + ", ".join(
@@ -353,6 +356,17 @@ def document() -> dict[str, Any]:
             "bound to the replies queue", {"reply": "Reply"}, namespace=ns),
         "replies": _queue("{namespace}.replies", "Replies; router replicas compete",
                           {"reply": "Reply"}, namespace=ns),
+        "ingressPartition": _queue(
+            "{namespace}.ingress.{partition}", "Proposed for 1.2 (routers with --partitions): "
+            "the client messages of one partition's sessions, published on the ingress "
+            "exchange with routing key 'ingress.{partition}'; a single active consumer, one "
+            "router replica", {"clientMessage": "ClientMessage"}, namespace=ns,
+            partition=partition),
+        "repliesPartition": _queue(
+            "{namespace}.replies.{partition}", "Proposed for 1.2 (routers with --partitions): "
+            "replies to dispatches whose AMQP reply_to is 'replies.{partition}', published on "
+            "the replies exchange with that routing key; a single active consumer",
+            {"reply": "Reply"}, namespace=ns, partition=partition),
         "notices": _queue("{replyTo}", "A frontend's own queue: the notices of the chains its "
                           "messages started", {"notice": "Notice"}, shared=False,
                           replyTo=reply_to),
