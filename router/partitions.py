@@ -100,7 +100,7 @@ class Partitions:
         self.broker = broker
         self.stats = stats
         self.clock = clock
-        self.live: list[str] = [replica]
+        self.live: list[str] = [self.replica]
         """The live replicas, as last heard from the store (this one until then)."""
         self._handlers: dict[str, tuple[Handler, int]] = {}
         self._last_handover: dict[str, float] = {}

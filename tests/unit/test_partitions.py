@@ -19,7 +19,7 @@ from router.app import Router
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.partitions import Partitions, owner, partition_queues
-from router.store import MemoryStore
+from router.store import MemoryStore, StoreUnavailable
 from worker_sdk import wire
 from worker_sdk.broker import Outgoing
 from worker_sdk.client import Client
@@ -279,3 +279,23 @@ async def test_routers_counting_partitions_differently_say_so_and_keep_apart(
         assert parts(two).owns(0) and parts(two).owns(1)
         said = [r.getMessage() for r in caplog.records if "partitions_mismatch" in r.getMessage()]
         assert said and "run with --partitions 2, this one with 3" in said[0], said
+
+
+class _StoreAway(MemoryStore):
+    async def replicas(self, replica: str, now_ms: int, ttl_ms: int) -> list[str]:
+        raise StoreUnavailable("Redis is not answering")
+
+
+async def test_a_replica_that_never_heard_from_the_store_owns_every_partition() -> None:
+    """Until its first heartbeat succeeds, a replica knows only itself: it owns every
+    partition, so that it never hands a queue over to nobody."""
+    memory = MemoryBroker()
+    await memory.connect()
+    router = Router(RouterConfig(root="greeter", namespace=NS, partitions=3), memory,
+                    _StoreAway())
+    try:
+        await router.start()
+        assert all(parts(router).owns(p) for p in range(3))
+    finally:
+        await router.stop()
+        await memory.close()
