@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from router.core import Frame, Record
+from router.partitions import partition_queues
 from router.redis_store import RedisStore
 from worker_sdk import wire
 from worker_sdk.amqp import AmqpBroker
@@ -140,8 +141,7 @@ class Routed:
             self.outputs[proc.name] = proc.output(4000)
             proc.close()
         names = wire.queue_names(self.ns)
-        partitioned = [f"{self.ns}.{wire.partition_key(kind, p)}"
-                       for kind in ("ingress", "replies") for p in range(self.partitions)]
+        partitioned = [q.name for q in partition_queues(self.ns, self.partitions)]
         for queue in (*names.values(), *partitioned, self.service_queue):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.broker.delete(queue), 10)

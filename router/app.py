@@ -79,6 +79,7 @@ class Router:
                                       stats=self.stats, clock=clock, metrics=metrics)
                            if config.partitions else None)
         """The partitioned ingress (``--partitions``), or None: the shared queues only."""
+        self._partition_queues = partition_queues(config.namespace, config.partitions)
         self.stepper = Stepper(store, self.outbox, self.cfg, clock=clock, ids=ids,
                                stats=self.stats, cache_age=min(5.0, config.session_ttl / 4),
                                history_max=config.history, metrics=metrics)
@@ -124,13 +125,13 @@ class Router:
                                 exchanges: dict[str, str]) -> None:
         """Declare, bind and consume every partition's queues (single active consumer)."""
         await partitions.start()
-        queues = partition_queues(self.config.namespace, partitions.count)
+        queues = self._partition_queues
         # Named in the store, so that `cloudbunch purge` finds them.
         await self.store.note_queues([q.name for q in queues])
         for queue in queues:
             await self.broker.declare_own(queue.name, single_active=True, replicated=True)
             await self.broker.bind(exchanges[queue.kind], queue.key, queue.name)
-        for queue in partition_queues(self.config.namespace, partitions.count):
+        for queue in queues:
             handler = self.on_ingress if queue.kind == "ingress" else self.on_reply
             await partitions.consume(queue, self._guard(self._partition(handler, queue),
                                                         queue.name, queue.kind), prefetch=64)
@@ -150,11 +151,9 @@ class Router:
         """Stop consuming, let in-flight steps finish (up to ``grace`` s), stop the scanner."""
         self._stopping.set()
         self._consuming = False
-        queues = [self.ingress, self.replies]
+        queues = [self.ingress, self.replies, *(q.name for q in self._partition_queues)]
         if self.partitions is not None:
             await self.partitions.stop()
-            queues += [q.name for q in partition_queues(self.config.namespace,
-                                                        self.partitions.count)]
         await asyncio.gather(*(self.broker.cancel(q, drain=grace) for q in queues),
                              return_exceptions=True)
         with contextlib.suppress(TimeoutError):

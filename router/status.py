@@ -30,6 +30,8 @@ from worker_sdk.amqp import AmqpBroker
 from worker_sdk.amqp_connect import split_urls
 from worker_sdk.urls import redact
 
+from .partitions import partition_queues
+
 log = logging.getLogger(__name__)
 
 PEEK = 100
@@ -127,8 +129,7 @@ class Inspector:
     def _shared(self) -> list[str]:
         names = wire.queue_names(self.namespace)
         return [names["ingress"], names["replies"], names["dead"]] + [
-            f"{self.namespace}.{wire.partition_key(kind, p)}"
-            for kind in ("ingress", "replies") for p in range(self.partitions)]
+            q.name for q in partition_queues(self.namespace, self.partitions)]
 
     async def sample(self) -> Sample:
         queues = await asyncio.to_thread(self._from_management)

@@ -18,6 +18,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
+from router.partitions import partition_queues
 from router.store import DEFAULT_REDIS_URL
 from worker_sdk.quick_replies import plain_text
 
@@ -304,7 +305,7 @@ async def test_a_node_service_replies_to_the_partition_its_dispatch_names(e2e: H
     partition does not exist. The router only declares the queues here, then stops, so that
     the replies stay where the service put them."""
     router = await e2e.router("checkout", partitions=2)
-    e2e.queues.update(f"{e2e.ns}.{kind}.{p}" for kind in ("ingress", "replies") for p in (0, 1))
+    e2e.queues.update(q.name for q in partition_queues(e2e.ns, 2))
     await router.stop()
     await node_service(e2e, "checkout")
     queue = f"{e2e.ns}.service.checkout"
