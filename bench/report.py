@@ -9,6 +9,7 @@ figure between two comments, and this command writes what is between them::
     <!-- bench:latest targets -->...<!-- /bench -->         each target, its figure, met or not
     <!-- bench:latest profile -->...<!-- /bench -->         the py-spy parts (``--profile``)
     <!-- bench:latest scaling -->...<!-- /bench -->         capacity table (bench.scaling)
+    <!-- bench:NAME compare -->...<!-- /bench -->          a python -m bench.compare table
     <!-- bench:latest router_cpu_per_turn -->...<!-- /bench -->        2.42 ms (the median)
     <!-- bench:latest router_cpu_per_turn.range -->...<!-- /bench -->  1.96 - 3.15 ms
     <!-- bench:latest router_cpu_per_turn.target -->...<!-- /bench --> <= 0.800 ms
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import scaling
+from . import compare, scaling
 from .stats import Figure, Summary, Target, _num, format_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +136,8 @@ def render(spec: str, results: dict[str, Results]) -> str:
     found = results.get(name)
     if found is None or not words:
         return f"*{NOT_MEASURED} (no docs/bench/{name}.json)*" if words[:1] in (
-            ["run"], ["table"], ["targets"], ["profile"], ["scaling"]) else NOT_MEASURED
+            ["run"], ["table"], ["targets"], ["profile"], ["scaling"], ["compare"]) \
+            else NOT_MEASURED
     kind = words[0]
     if kind == "run":
         return describe_run(found)
@@ -146,6 +148,9 @@ def render(spec: str, results: dict[str, Results]) -> str:
         return targets(found)
     if kind == "profile":
         return profile(found)
+    if kind == "compare":
+        figures = [f for f in map(found.figure, found.figures) if f is not None]
+        return "\n" + compare.format_comparison(figures, markdown=True) + "\n"
     if kind == "scaling":
         try:
             costs = scaling.Costs.of(found.data, f"docs/bench/{name}.json")
