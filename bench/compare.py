@@ -206,10 +206,14 @@ def base_tree(base: str) -> Iterator[Tree]:
 
 
 def _describe(path: Path) -> str:
+    """The commit a tree is at (its hash and subject), and whether it has changes."""
     try:
-        return _git("log", "-1", "--format=%h %s", cwd=path)[:80]
+        described = _git("log", "-1", "--format=%h %s", cwd=path)[:60]
+        if _git("status", "--porcelain", "--untracked-files=no", cwd=path):
+            described += " + uncommitted changes"
     except CompareError:
         return str(path)
+    return described
 
 
 Runner = Callable[[Tree, list[str]], dict[str, Any]]

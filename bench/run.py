@@ -293,6 +293,9 @@ class Bench:
         self.add("routed_p99", "routed p99 (1 in flight)", "ms", r_p99)
         self.add("ratio_p50", "routed / direct p50", "ratio", ratios(r_p50, d_p50),
                  target=Target("<=", 2.5))
+        self.add("ratio_routed_forwarder_p50", "routed / forwarder p50 (the router's own "
+                 "latency: two Redis round trips and its CPU; the hops are the same)", "ratio",
+                 ratios(r_p50, f_p50))
         self.add("router_cpu_per_turn", "router CPU per turn", "ms", cpu.get("router", []),
                  target=Target("<=", 0.8))
         for name in ("worker", "bench", "redis", "rabbitmq"):

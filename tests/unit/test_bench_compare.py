@@ -132,3 +132,17 @@ def test_a_directory_base_is_used_as_it_is(tmp_path: Path) -> None:
         pass
     with compare.base_tree(str(compare.REPO)) as tree:
         assert tree.path == compare.REPO
+
+
+def test_a_tree_with_changes_says_so(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "f").write_text("1")
+    git("add", "f")
+    git("commit", "-qm", "the subject")
+    assert compare._describe(tmp_path).endswith(" the subject")
+    (tmp_path / "f").write_text("2")
+    assert compare._describe(tmp_path).endswith(" the subject + uncommitted changes")
