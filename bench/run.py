@@ -228,7 +228,7 @@ class Bench:
         assert routed.router is not None and routed.worker is not None
         pids = self.our_pids()
         d_rate, r_rate, d_p50, d_p99, r_p50, r_p99 = [], [], [], [], [], []
-        f_rate, f_p50 = [], []
+        f_rate, f_p50, ping_p50 = [], [], []
         cpu: dict[str, list[float]] = {}
         d_cpu: dict[str, list[float]] = {}
         f_cpu: dict[str, list[float]] = {}
@@ -264,6 +264,9 @@ class Bench:
                     calls.setdefault(name, []).append((reads + writes) / max(r.completed, 1))
             dl = await self.load(requester.request, self.main_keys, in_flight=1, latency=True)
             rl = await self.load(routed.turn, self.main_keys, in_flight=1, latency=True)
+            pl = await self.load(lambda _: routed.store.ping(), self.main_keys, in_flight=1,
+                                 latency=True)
+            ping_p50.append(pl.p50_ms)
             d_rate.append(d.rate)
             r_rate.append(r.rate)
             d_p50.append(dl.p50_ms)
@@ -293,9 +296,13 @@ class Bench:
         self.add("routed_p99", "routed p99 (1 in flight)", "ms", r_p99)
         self.add("ratio_p50", "routed / direct p50", "ratio", ratios(r_p50, d_p50),
                  target=Target("<=", 2.5))
+        self.add("ratio_forwarder_direct_p50", "forwarder / direct p50 (the price of the "
+                 "extra hops in latency)", "ratio", ratios(f_p50, d_p50))
         self.add("ratio_routed_forwarder_p50", "routed / forwarder p50 (the router's own "
                  "latency: two Redis round trips and its CPU; the hops are the same)", "ratio",
                  ratios(r_p50, f_p50))
+        self.add("redis_ping_p50", "Redis PING p50 (1 in flight): one round trip to Redis",
+                 "ms", ping_p50)
         self.add("router_cpu_per_turn", "router CPU per turn", "ms", cpu.get("router", []),
                  target=Target("<=", 0.8))
         for name in ("worker", "bench", "redis", "rabbitmq"):
