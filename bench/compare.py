@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.compare BASE [options] [-- more options of python -m bench]``."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(["python -m bench.compare", *argv])
     extra: list[str] = []
     if "--" in argv:  # what follows goes to both sides' python -m bench
         at = argv.index("--")
@@ -295,9 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print()
         print(format_comparison(figures, markdown=True))
-    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "compare": {
-        "base": base.revision, "head": head.revision, "runs": args.runs,
-        "bench_args": bench_args}, "machine": got["head"][-1].get("machine"),
+    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "plan": {
+        "command": command, "base": base.revision,
+        "head": head.revision, "runs": args.runs, "bench_args": bench_args},
+        "machine": got["head"][-1].get("machine"),
         "figures": {f.key: f.to_json() for f in figures}}
     out = REPO / "bench" / "results" / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
