@@ -617,7 +617,7 @@ class _Step:
         rec = self.rec
         rec.chain = Chain(msg.id, msg.reply_to, msg.payload, msg.meta, msg.trace)
         if not rec.stack:
-            rec.stack.append(Frame(msg.entry or self.cfg.root))
+            rec.stack.append(Frame(self.cfg.root if msg.entry is None else msg.entry))
             self.dispatch(0, "start", payload=msg.payload)
         else:
             self.dispatch(len(rec.stack) - 1, "message", payload=msg.payload)

@@ -31,6 +31,20 @@ def test_entry_opens_named_service_only_for_new_session() -> None:
     assert h.last_dispatch()["event"] == "message"
 
 
+def test_an_empty_entry_names_the_service_called_empty_not_the_root() -> None:
+    # PROTOCOL.md: `entry` is a str, "the service to open"; only an absent (nil) one means
+    # the root. "" names a service whose queue (`NS.service.`) nobody declares: the broker
+    # returns the start, and the new session fails with unknown_service, as for any other.
+    h = Harness()
+    h.send("x", entry="")
+    assert h.last_dispatch()["_queue"] == "t.service."
+    h.take()
+    h.returned()
+    assert h.notices()[-1]["type"] == "error"
+    assert h.notices()[-1]["error"]["code"] == "unknown_service"
+    assert h.stack() == []
+
+
 def test_reply_saves_state_sends_output_and_ends_chain() -> None:
     h = Harness()
     h.send("hi")
