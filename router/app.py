@@ -158,7 +158,6 @@ class Router:
                              return_exceptions=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), 0.5)
-        await self.outbox.settle(1.0)  # the last discards: else the next load sends copies
         if self._scanning is not None:
             self._scanning.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

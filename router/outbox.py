@@ -3,20 +3,11 @@
 Notices and dead letters are confirmed before dispatches, so a service's answer can never
 overtake the notice of the turn before it. A dispatch the broker returns (its queue does not
 exist) is handed back to the caller as an ``Undeliverable`` event to step.
-
-The discard is sent, not waited for (``SessionStore.discard_soon``): everything it removes is
-already confirmed by the broker, so the step is done (its delivery may be acknowledged, the
-session's next step may run) without it. The store applies it before anything this replica
-sends later, so the next step, even from this replica's cached record, never sees those
-entries; should it fail, the session's next step loads it and sends its outbox again
-(copies, which guarantee 4 allows), as after a crash.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections import Counter
@@ -34,9 +25,6 @@ if TYPE_CHECKING:
     from .metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
-
-DISCARD_RETRY_S = 60.0
-"""How long a failed discard is sent again before the session's next step is left to it."""
 
 
 class Outbox:
@@ -56,12 +44,6 @@ class Outbox:
         """``--partitions``: a dispatch names its session's replies partition (0: none)."""
         self._noted: set[str] = set()
         """Queues of the namespace this replica has told the store of (see note_queues)."""
-        self._discarding = 0
-        """Discards sent and not yet answered (see :meth:`settle`)."""
-        self._discarded = asyncio.Event()
-        self._discarded.set()
-        self._retrying: set[asyncio.Task[None]] = set()
-        """Failed discards being sent again."""
 
     def may_be_unsent(self, session: str) -> bool:
         """Whether this replica committed an outbox for ``session`` it may not have published."""
@@ -117,14 +99,9 @@ class Outbox:
         if m is not None:
             m.phase("publish", perf_counter() - started)
             started = perf_counter()
-        self._discarding += 1
-        self._discarded.clear()
-        done = functools.partial(self._discard_done, session, encoded, unhint_ms, started)
-        if not self.store.discard_soon(session, encoded, unhint_ms=unhint_ms, done=done):
-            try:  # a store that cannot (Redis Cluster): waited for here; a failure is raised
-                await self.store.discard(session, encoded, unhint_ms=unhint_ms)
-            finally:
-                done(None)
+        await self.store.discard(session, encoded, unhint_ms=unhint_ms)
+        if m is not None:
+            m.phase("discard", perf_counter() - started)
         self._unsent.discard(session)
         await self._note(effects, returned)
         events = []
@@ -133,60 +110,6 @@ class Outbox:
             log.info("event=dispatch_returned session=%s queue=%s", session, effect.queue)
             events.append(Undeliverable(effect.turn, effect.attempt))
         return events
-
-    def _discard_done(self, session: str, entries: list[bytes], unhint_ms: int | None,
-                      started: float, error: Exception | None) -> None:
-        """A discard was applied (``error`` None), or failed: then it is sent again."""
-        if error is not None:
-            self.stats["discards_failed"] += 1
-            log.info("event=discard_failed session=%s reason=%s; sending it again", session,
-                     error)
-            task = asyncio.get_running_loop().create_task(
-                self._discard_again(session, entries, unhint_ms))
-            self._retrying.add(task)
-            task.add_done_callback(self._retrying.discard)
-            return
-        if self.metrics is not None:
-            self.metrics.phase("discard", perf_counter() - started)
-        self._settled_one()
-
-    def _settled_one(self) -> None:
-        self._discarding -= 1
-        if not self._discarding:
-            self._discarded.set()
-
-    async def _discard_again(self, session: str, entries: list[bytes],
-                             unhint_ms: int | None) -> None:
-        """Send a failed discard again, backing off, for up to DISCARD_RETRY_S. Meanwhile
-        the entries are still in the store: already confirmed, they only cost copies if a
-        load finds them first (another replica, the scanner). Given up, the session is
-        marked, so that its next step here loads it and sends them again (then discards)."""
-        pause, deadline = 0.05, time.monotonic() + DISCARD_RETRY_S
-        try:
-            while True:
-                await asyncio.sleep(pause)
-                try:
-                    await self.store.discard(session, entries, unhint_ms=unhint_ms)
-                    return
-                except Exception as exc:  # StoreUnavailable, or a bug: logged, never lost
-                    if not isinstance(exc, StoreUnavailable):
-                        log.exception("event=discard_failed session=%s", session)
-                    if time.monotonic() > deadline:
-                        self._unsent.add(session)
-                        log.warning("event=discard_given_up session=%s reason=%s; its next "
-                                    "step sends the outbox again", session, exc)
-                        return
-                pause = min(pause * 2, 2.0)
-        finally:
-            self._settled_one()
-
-    async def settle(self, timeout: float) -> None:
-        """Wait (up to ``timeout`` s) for the discards still on their way to the store, then
-        stop sending failed ones again (their entries cost only copies, later)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._discarded.wait(), timeout)
-        for task in list(self._retrying):
-            task.cancel()
 
     async def _note(self, effects: list[Effect], returned: list[Effect]) -> None:
         """Tell the store the service queues this replica dispatched to for the first time,

@@ -32,7 +32,7 @@ import hashlib
 import logging
 import os
 import zlib
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -83,7 +83,6 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 # RedisClusterException when no seed node answers). Two subclasses are caller mistakes.
 _CLUSTER_DOWN = (ClusterDownError, TryAgainError, RedisClusterException)
 _CLUSTER_MISUSE = (CrossSlotTransactionError, InvalidPipelineStack)
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, *_CLUSTER_DOWN)
 
 
 _CONNECTION_LAYER = os.path.join("redis", "asyncio", "connection.py")
@@ -235,19 +234,13 @@ class _Pipeliner:
     async def run(self, *commands: tuple[Any, ...]) -> list[Any]:
         """Send ``commands`` (in order) with the next pipeline; their replies, where an error
         reply is an exception object (not raised)."""
-        return await self.submit(*commands)
-
-    def submit(self, *commands: tuple[Any, ...]) -> asyncio.Future[list[Any]]:
-        """:meth:`run` without waiting: the future of the replies. Pipelines go out one at a
-        time, in the order their commands were given, so what is submitted now is applied
-        before whatever anyone submits or runs later."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._waiting.append((commands, future))
         if len(self._flushers) < PIPELINES:
             flusher = loop.create_task(self._flush(), name="cloudbunch-redis-pipeline")
             self._flushers.add(flusher)
-        return future
+        return await future
 
     async def _flush(self) -> None:
         try:
@@ -428,8 +421,6 @@ class RedisStore:
         # On one server, the steps' commands are pipelined together (group commit); a
         # cluster client sends each to its slot's node as before.
         self._pipeliner = _Pipeliner(self._redis) if isinstance(self._redis, Redis) else None
-        self._background: set[asyncio.Task[None]] = set()
-        """Discards sent again after Redis lost its scripts (see discard_soon)."""
         self._load = self._redis.register_script(_LOAD)
         self._commit = self._redis.register_script(_COMMIT)
         self._discard = self._redis.register_script(_DISCARD)
@@ -468,24 +459,18 @@ class RedisStore:
         # Reached only once redis-py's own retries are spent.
         try:
             yield
-        except Exception as error:
-            mapped = self._translate(error)
-            if mapped is error:
+        except _CLUSTER_MISUSE:
+            raise  # a bug in how the store calls Redis, not a state of Redis
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            raise self._unavailable(error) from error
+        except _CLUSTER_DOWN as error:
+            raise self._unavailable(error) from error
+        except RedisError as error:  # READONLY during a failover, OOM, LOADING...
+            raise self._refused(error) from error
+        except (RuntimeError, AttributeError) as error:
+            if not _connection_fault(error):
                 raise
-            raise mapped from error
-
-    def _translate(self, error: Exception) -> Exception:
-        """The StoreUnavailable a failure of Redis is, or ``error`` itself when it is not one
-        (a bug in how the store calls Redis, or in the code around it)."""
-        if isinstance(error, _CLUSTER_MISUSE):
-            return error
-        if isinstance(error, _UNREACHABLE):
-            return self._unavailable(error)
-        if isinstance(error, RedisError):  # READONLY during a failover, OOM, LOADING...
-            return self._refused(error)
-        if isinstance(error, RuntimeError | AttributeError) and _connection_fault(error):
-            return self._unavailable(error)
-        return error
+            raise self._unavailable(error) from error
 
     # -- the port -------------------------------------------------------------------------
 
@@ -587,58 +572,6 @@ class RedisStore:
                 if entries:
                     await self._discard(keys=outbox, args=list(entries))
                 await self._settle(keys=[self._hint_key(session)], args=unhint)
-
-    def discard_soon(self, session: str, entries: Sequence[bytes], *,
-                     unhint_ms: int | None = None,
-                     done: Callable[[Exception | None], None]) -> bool:
-        """:meth:`discard`, sent with the next group-commit pipeline and not waited for:
-        ``done`` gets None once Redis applied it, or the StoreUnavailable it failed with.
-        What this replica sends to Redis later is applied after it. False (nothing sent)
-        on Redis Cluster, which has no group commit: await :meth:`discard` there."""
-        if self._pipeliner is None:
-            return False
-        commands = [_evalsha(_DISCARD, [self.session_keys(session)[1]], entries)] \
-            if entries else []
-        if unhint_ms is not None:
-            commands.append(_evalsha(_SETTLE, [self._hint_key(session)],
-                                     [session, unhint_ms, ""]))
-        if not commands:
-            done(None)
-            return True
-        self._pipeliner.submit(*commands).add_done_callback(
-            functools.partial(self._discarded, session, entries, unhint_ms, done))
-        return True
-
-    def _discarded(self, session: str, entries: Sequence[bytes], unhint_ms: int | None,
-                   done: Callable[[Exception | None], None],
-                   future: asyncio.Future[list[Any]]) -> None:
-        """A :meth:`discard_soon` pipeline came back: tell ``done`` how it went."""
-        if future.cancelled():
-            done(StoreUnavailable("the discard was cancelled (the router is stopping)"))
-            return
-        error = future.exception()
-        if error is None:
-            replies = future.result()
-            if any(isinstance(reply, NoScriptError) for reply in replies):
-                # Redis lost its scripts (restarted, flushed): the awaited discard loads
-                # them and sends again. Rare: a task is fine here.
-                task = asyncio.get_running_loop().create_task(
-                    self._discard_again(session, entries, unhint_ms, done))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-                return
-            error = next((r for r in replies if isinstance(r, Exception)), None)
-        done(None if error is None else self._translate(cast(Exception, error)))
-
-    async def _discard_again(self, session: str, entries: Sequence[bytes],
-                             unhint_ms: int | None,
-                             done: Callable[[Exception | None], None]) -> None:
-        try:
-            await self.discard(session, entries, unhint_ms=unhint_ms)
-        except Exception as error:  # told to done, which owns what happens next
-            done(error)
-        else:
-            done(None)
 
     async def _pipelined(self, *commands: tuple[Any, ...]) -> list[Any]:
         """Run ``commands`` in the next group-commit pipeline; their replies. An error reply

@@ -70,14 +70,6 @@ class SessionStore(Protocol):
         ``unhint_ms`` is given, remove the session's hint if it still equals that (the
         session's deadline was just cleared)."""
 
-    def discard_soon(self, session: str, entries: Sequence[bytes], *,
-                     unhint_ms: int | None = None,
-                     done: Callable[[Exception | None], None]) -> bool:
-        """:meth:`discard` without waiting for it: ``done`` is called with None once it is
-        applied, or with the exception it failed with (StoreUnavailable). Applied before
-        anything this replica sends the store later. False if this store cannot (nothing
-        is sent): the caller awaits :meth:`discard` instead."""
-
     async def add_hint(self, session: str, due_ms: int) -> None:
         """Set the session's deadline hint to ``due_ms``."""
 
@@ -202,18 +194,6 @@ class MemoryStore:
         """Remove exactly these entries (one occurrence each) from the outbox; and if
         ``unhint_ms`` is given, remove the session's hint if it still equals that."""
         await asyncio.sleep(0)
-        self._discard_now(session, entries, unhint_ms)
-
-    def discard_soon(self, session: str, entries: Sequence[bytes], *,
-                     unhint_ms: int | None = None,
-                     done: Callable[[Exception | None], None]) -> bool:
-        """:meth:`discard` at once; ``done`` is told on the next turn of the event loop."""
-        self._discard_now(session, entries, unhint_ms)
-        asyncio.get_running_loop().call_soon(done, None)
-        return True
-
-    def _discard_now(self, session: str, entries: Sequence[bytes],
-                     unhint_ms: int | None) -> None:
         if unhint_ms is not None and self._hints.get(session) == unhint_ms:
             del self._hints[session]
         state = self._get(session)

@@ -133,23 +133,6 @@ class StoreContract:
         assert await store.commit("s", 1, b"r", append=[b"d"], expire_at_ms=clock.now_ms() + FAR)
         assert (await store.load("s")).outbox == [b"d"]
 
-    async def test_discard_soon_is_applied_before_what_is_sent_after_it(
-            self, store: Any, clock: Clock) -> None:
-        await _create(store, clock, append=[b"a", b"b"])
-        told: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-        if not store.discard_soon("s", [b"a", b"z"], done=told.set_result):
-            # A store that cannot (Redis Cluster): nothing was sent, nothing is told.
-            await asyncio.sleep(0.05)
-            assert not told.done() and (await store.load("s")).outbox == [b"a", b"b"]
-            return
-        # Sent after it and not waited for: had it gone first, the discard would remove "z".
-        assert await store.commit("s", 1, b"r", append=[b"z"], expire_at_ms=clock.now_ms() + FAR)
-        assert await asyncio.wait_for(told, 5) is None
-        assert (await store.load("s")).outbox == [b"b", b"z"]
-        nothing: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-        assert store.discard_soon("s", [], done=nothing.set_result)
-        assert await asyncio.wait_for(nothing, 5) is None
-
     async def test_discard_leaves_entries_appended_meanwhile(self, store: Any,
                                                              clock: Clock) -> None:
         await _create(store, clock, append=[b"a"])

@@ -236,27 +236,3 @@ async def test_concurrent_steps_share_pipelines(store: RedisStore,
     assert sum(executed) == 100  # a ZADD and a commit each, none lost
     snaps = await asyncio.gather(*(store.load(f"s{i}") for i in range(50)))
     assert [(s.version, s.outbox) for s in snaps] == [(1, [b"e"])] * 50
-
-
-async def test_discard_soon_loads_its_script_again_when_redis_lost_it(
-        store: RedisStore, raw: Redis, clock: WallClock) -> None:
-    """After a Redis restart or SCRIPT FLUSH the discard's EVALSHA says NOSCRIPT: it is sent
-    again with the script loaded, and ``done`` hears only that it was applied."""
-    assert await store.commit("s", 0, b"r", append=[b"a", b"b"], expire_at_ms=clock.now_ms() + FAR)
-    await raw.script_flush()
-    told: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-    assert store.discard_soon("s", [b"a"], done=told.set_result)
-    assert await asyncio.wait_for(told, 10) is None
-    assert (await store.load("s")).outbox == [b"b"]
-
-
-async def test_discard_soon_tells_done_that_redis_is_unreachable() -> None:
-    store = RedisStore("redis://127.0.0.1:1/0", "t" + secrets.token_hex(4))
-    try:
-        told: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-        assert store.discard_soon("s", [b"a"], done=told.set_result)
-        error = await asyncio.wait_for(told, 30)
-        assert isinstance(error, StoreUnavailable), error
-        assert "127.0.0.1:1" in str(error)
-    finally:
-        await store.close()

@@ -53,7 +53,6 @@ class FlakyStore(MemoryStore):
         self.rng = rng
         self.rate = rate
         self.faults = 0
-        self.discard_faults = 0
 
     async def commit(self, *args: Any, **kwargs: Any) -> bool:
         applied = await super().commit(*args, **kwargs)
@@ -67,26 +66,6 @@ class FlakyStore(MemoryStore):
             self.faults += 1
             raise StoreUnavailable("injected: load failed")
         return await super().load(session, dedup_id)
-
-    def discard_soon(self, session: str, entries: Sequence[bytes], *,
-                     unhint_ms: int | None = None,
-                     done: Callable[[Exception | None], None]) -> bool:
-        """Sometimes fails: before applying, or after (the answer lost)."""
-        roll = self.rng.random()
-        if roll >= self.rate:
-            return super().discard_soon(session, entries, unhint_ms=unhint_ms, done=done)
-        self.discard_faults += 1
-        if roll < self.rate / 2:
-            super()._discard_now(session, entries, unhint_ms)
-        asyncio.get_running_loop().call_soon(done, StoreUnavailable("injected: discard"))
-        return True
-
-    async def discard(self, session: str, entries: Sequence[bytes], *,
-                      unhint_ms: int | None = None) -> None:
-        if self.rng.random() < self.rate:  # sending it again fails too, now and then
-            self.discard_faults += 1
-            raise StoreUnavailable("injected: discard sent again failed")
-        await super().discard(session, entries, unhint_ms=unhint_ms)
 
 
 def _services() -> list[Service]:
@@ -175,8 +154,6 @@ async def test_no_loss_no_duplicate_no_reorder_under_faults(seed: int, replicas:
             assert [f.service for f in rec.stack] == ["root"] and rec.turn is None
         faults = sum(r.broker.faults for r in routers)  # type: ignore[attr-defined]
         assert faults > 10 and store.faults > 10, (faults, store.faults)
-        assert store.discard_faults > 10, store.discard_faults
-        assert sum(r.stats["discards_failed"] for r in routers) > 5
         if replicas > 1:
             assert sum(r.stats["cas_retries"] for r in routers) > 0, "no stale cache was hit"
     finally:
