@@ -44,12 +44,15 @@ class Routed:
     def __init__(self, namespace: str, amqp_url: str, redis_url: str, queue_type: str,
                  *, prefetch: int, history: int | None = None,
                  relay: str = "router", process_args: Sequence[str] = (),
-                 routers: int = 1, partitions: int = 0) -> None:
+                 routers: int = 1, partitions: int = 0,
+                 router_envs: Sequence[dict[str, str] | None] = ()) -> None:
         self.ns = namespace
         self.routers_wanted = routers
         """Router replicas to start (the first is ``router``, all are in ``routers``)."""
         self.partitions = partitions
         """The routers' and the client's ``--partitions`` (0: the shared queues)."""
+        self.router_envs = list(router_envs)
+        """Per router, the environment it runs in (None: the default; see bench.duel)."""
         self.routers: list[Proc] = []
         self.process_args = list(process_args)
         """Extra options of the router and worker processes (--metrics-port 0, ...)."""
@@ -95,7 +98,8 @@ class Routed:
                     *common, "--redis-url", self.redis_url, "--root", SERVICE,
                     "--session-ttl", str(SESSION_TTL_S), "--partitions", str(self.partitions),
                     *(() if self.history is None else ("--history", str(self.history))),
-                    *self.process_args)
+                    *self.process_args,
+                    env=self.router_envs[i] if i < len(self.router_envs) else None)
                 self.routers.append(proc)
             self.router = self.routers[0]
         names = wire.queue_names(self.ns)
