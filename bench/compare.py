@@ -301,11 +301,17 @@ def main(argv: list[str] | None = None) -> int:
         "head": head.revision, "runs": args.runs, "bench_args": bench_args},
         "machine": got["head"][-1].get("machine"),
         "figures": {f.key: f.to_json() for f in figures}}
-    out = REPO / "bench" / "results" / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    write_results("compare", report)
+    return 0
+
+
+def write_results(kind: str, report: dict[str, Any]) -> Path:
+    """Save ``report`` as ``bench/results/KIND-<time>.json`` and say where."""
+    out = REPO / "bench" / "results" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(f"results: {out.relative_to(REPO)}")
-    return 0
+    return out
 
 
 def say(text: str) -> None:

@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import secrets
-import statistics
 import sys
 import time
 import urllib.request
 from typing import Any
 
 from harness.processes import Proc, child_env
+from router.store import DEFAULT_REDIS_URL
+from worker_sdk.settings import DEFAULT_AMQP_URL
 
-from .compare import REPO, CompareError, base_tree
+from .compare import CompareError, base_tree, say, write_results
 from .load import closed_loop
 from .procs import cpu_seconds, run_loop
 from .routed import Routed
@@ -97,15 +97,13 @@ async def duel(base_path: str, rounds: int, seconds: float, in_flight: int,
                    "head_steps": marks[head.name][1], "base_steps": marks[base.name][1],
                    "ratio": per_step[head.name] / per_step[base.name]}
             out["rounds"].append(row)
-            print(f"[{time.strftime('%H:%M:%S')}] round {n}/{rounds}: CPU per step "
-                  f"{row['head_ms_per_step']:.3f} ms (this, {row['head_steps']:.0f} steps) vs "
-                  f"{row['base_ms_per_step']:.3f} ms (base, {row['base_steps']:.0f} steps): "
-                  f"{row['ratio']:.3f}", file=sys.stderr, flush=True)
+            say(f"round {n}/{rounds}: CPU per step {row['head_ms_per_step']:.3f} ms (this, "
+                f"{row['head_steps']:.0f} steps) vs {row['base_ms_per_step']:.3f} ms (base, "
+                f"{row['base_steps']:.0f} steps): {row['ratio']:.3f}")
     finally:
         await routed.stop()
-    ratios = [r["ratio"] for r in out["rounds"]]
-    out["ratio"] = {"median": statistics.median(ratios), "min": min(ratios),
-                    "max": max(ratios)}
+    ratio = Summary.of(r["ratio"] for r in out["rounds"])
+    out["ratio"] = {"median": ratio.median, "min": ratio.low, "max": ratio.high}
     return out
 
 
@@ -122,19 +120,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="requests in flight [default 200]")
     p.add_argument("--partitions", type=int, default=16, metavar="N",
                    help="partitions the two routers share out [default 16]")
-    p.add_argument("--amqp-url", default=os.environ.get(
-        "CLOUDBUNCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))
-    p.add_argument("--redis-url", default=os.environ.get(
-        "CLOUDBUNCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    p.add_argument("--amqp-url", default=os.environ.get("CLOUDBUNCH_AMQP_URL",
+                                                        DEFAULT_AMQP_URL))
+    p.add_argument("--redis-url", default=os.environ.get("CLOUDBUNCH_REDIS_URL",
+                                                         DEFAULT_REDIS_URL))
     args = p.parse_args(argv)
     try:
         if args.rounds < 1 or args.seconds <= 0:
             raise CompareError("--rounds must be at least 1 and --seconds above 0")
         with base_tree(args.base) as tree:
             revision = tree.revision
-            print(f"[{time.strftime('%H:%M:%S')}] this checkout's router against "
-                  f"{tree.revision!r}'s, side by side, {args.partitions} partitions",
-                  file=sys.stderr, flush=True)
+            say(f"this checkout's router against {tree.revision!r}'s, side by side, "
+                f"{args.partitions} partitions")
             result: dict[str, Any] = {}
 
             async def go() -> None:
@@ -161,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                        "base": revision, "rounds": args.rounds, "seconds": args.seconds,
                        "in_flight": args.in_flight, "partitions": args.partitions},
               "machine": machine(), "figures": {f.key: f.to_json() for f in figures}}
-    out = REPO / "bench" / "results" / f"duel-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(f"results: {out.relative_to(REPO)}")
+    write_results("duel", report)
     return 0
 
 
