@@ -43,8 +43,10 @@ BODY = b"x" * 200
 """About a dispatch's size."""
 
 
-async def amqp_cpu_per_message(url: str, queue_type: str, messages: int, lanes: int) -> float:
-    """Client CPU (microseconds) per message published, delivered and acknowledged."""
+async def amqp_cpu_per_message(url: str, queue_type: str, messages: int,
+                               lanes: int) -> tuple[float, float]:
+    """Client CPU and wall-clock time (microseconds) per message published, delivered and
+    acknowledged."""
     broker = AmqpBroker(url, queue_type, name="bench-adapters")
     await broker.connect()
     queue = f"bench{secrets.token_hex(4)}.adapters"
@@ -79,8 +81,9 @@ async def amqp_cpu_per_message(url: str, queue_type: str, messages: int, lanes: 
         await broker.close()
 
 
-async def redis_cpu_per_step(url: str, steps: int, lanes: int) -> float:
-    """Client CPU (microseconds) per step: a commit and the discard of its outbox entry."""
+async def redis_cpu_per_step(url: str, steps: int, lanes: int) -> tuple[float, float]:
+    """Client CPU and wall-clock time (microseconds) per step: a commit and the discard of
+    its outbox entry (with ``--lanes 1``, the wall-clock time is the latency of a step)."""
     namespace = f"bench{secrets.token_hex(4)}"
     store = RedisStore(url, namespace)
     later = int(time.time() * 1000) + 3_600_000
@@ -116,15 +119,17 @@ async def _together(lane: Callable[[], Awaitable[None]], lanes: int,
     await done.wait()
 
 
-async def _cpu_per(count: int, work: Callable[[], Awaitable[None]]) -> float:
-    started = time.process_time()
+async def _cpu_per(count: int, work: Callable[[], Awaitable[None]]) -> tuple[float, float]:
+    """Client CPU and wall-clock time (microseconds) per item of ``work``."""
+    started, wall = time.process_time(), time.perf_counter()
     await work()
-    return (time.process_time() - started) / count * 1e6
+    return ((time.process_time() - started) / count * 1e6,
+            (time.perf_counter() - wall) / count * 1e6)
 
 
 async def run(args: argparse.Namespace) -> None:
-    amqp: list[float] = []
-    redis: list[float] = []
+    amqp: list[tuple[float, float]] = []
+    redis: list[tuple[float, float]] = []
     for _ in range(args.runs):
         amqp.append(await amqp_cpu_per_message(args.amqp_url, args.queue_type,
                                                args.messages, args.lanes))
@@ -132,8 +137,11 @@ async def run(args: argparse.Namespace) -> None:
     where = os.path.dirname(os.path.dirname(os.path.abspath(redis_store.__file__)))
     for label, values in (("AMQP publish + delivery + ack", amqp),
                           ("Redis step (commit + discard)", redis)):
-        print(f"{where}: {label}: {statistics.median(values):.0f} us client CPU (median of "
-              f"{len(values)}; {', '.join(f'{v:.0f}' for v in values)})")
+        cpu, wall = [v for v, _ in values], [w for _, w in values]
+        print(f"{where}: {label}: {statistics.median(cpu):.0f} us client CPU (median of "
+              f"{len(values)}; {', '.join(f'{v:.0f}' for v in cpu)}), "
+              f"{statistics.median(wall):.0f} us wall-clock per item with {args.lanes} "
+              f"lane(s) ({', '.join(f'{w:.0f}' for w in wall)})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,31 +220,61 @@ class _Pipeliner:
     """Group commit for one Redis server: the commands of concurrent steps travel together.
 
     While PIPELINES pipelines are in flight, the commands of other steps wait and then go out
-    together in the next one: one write, one round trip and one pooled connection for many
+    together in the next one: one write, one round trip and one connection for many
     sessions instead of one each, and Redis reads them in one go. Each caller still awaits
     its own replies, so nothing is published or acknowledged before its commit is known; a
     session's commands stay in order because its steps run one at a time.
+
+    A caller that finds nothing waiting and a pipeline free sends its commands itself, at
+    once: at low load (every step alone) that saves a task and a turn of the event loop per
+    command. The pipelines have connections of their own, made from the client's pool
+    settings and kept: taking one from redis-py's pool and giving it back (a lock, its
+    readiness check, its events) cost more than the round trip's own work.
     """
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._waiting: list[tuple[tuple[tuple[Any, ...], ...], asyncio.Future[list[Any]]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
+        self._sending = 0
+        """Pipelines in flight: flusher tasks and callers sending their own commands."""
+        self._idle: list[Any] = []
+        """Connections of the pipelines, not in use."""
+        self._all: list[Any] = []
 
     async def run(self, *commands: tuple[Any, ...]) -> list[Any]:
         """Send ``commands`` (in order) with the next pipeline; their replies, where an error
         reply is an exception object (not raised)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
+        if not self._waiting and self._sending < PIPELINES:
+            self._sending += 1
+            try:
+                return await self._exchange(list(commands))
+            finally:
+                self._sending -= 1
+                self._kick()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._waiting.append((commands, future))
-        if len(self._flushers) < PIPELINES:
-            flusher = loop.create_task(self._flush(), name="cloudbunch-redis-pipeline")
-            self._flushers.add(flusher)
+        self._kick()
         return await future
+
+    def _kick(self) -> None:
+        """Start a flusher for the waiting commands if a pipeline is free."""
+        if self._waiting and self._sending < PIPELINES:
+            self._sending += 1
+            flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name="cloudbunch-redis-pipeline")
+            self._flushers.add(flusher)
 
     async def _flush(self) -> None:
         try:
-            while self._waiting:
+            while True:
+                if not self._waiting:
+                    # Let the callers the last replies woke queue their next commands
+                    # first: they go out together in the next batch, not the first of them
+                    # alone (a caller finding the pipelines idle sends its own at once).
+                    await asyncio.sleep(0)
+                    if not self._waiting:
+                        break
                 batch, self._waiting = self._waiting, []
                 try:
                     replies = await self._exchange(
@@ -266,23 +296,32 @@ class _Pipeliner:
             # turn later: a caller woken by the results above may queue its next commands
             # first, and would wait for a flusher that no longer runs (with every pipeline
             # slot held by finished flushers, until some other step came along).
+            self._sending -= 1
             self._flushers.discard(cast("asyncio.Task[None]", asyncio.current_task()))
 
     async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send ``commands`` in one write on a pooled connection and read their replies (an
-        error reply as its exception object). On a lost connection or a timeout, the whole
-        batch is sent again on a new connection, with the client's retry policy, as
+        """Send ``commands`` in one write on a pipeline's connection and read their replies
+        (an error reply as its exception object). On a lost connection or a timeout, the
+        whole batch is sent again on a new connection, with the client's retry policy, as
         redis-py's own pipeline does: every command the steps send is conditional or
         idempotent. Straight on the connection: redis-py's pipeline object adds, per batch,
         a command stack, response callbacks and its own instrumentation."""
-        pool = self._redis.connection_pool
-        connection: Any = await pool.get_connection()
+        if self._idle:
+            connection = self._idle.pop()
+        else:
+            connection = self._redis.connection_pool.make_connection()
+            self._all.append(connection)
         try:
             return await connection.retry.call_with_retry(
                 lambda: send_and_read(connection, commands),
                 lambda _error: connection.disconnect())
         finally:
-            await pool.release(connection)
+            self._idle.append(connection)
+
+    async def close(self) -> None:
+        """Close the pipelines' connections."""
+        for connection in self._all:
+            await connection.disconnect()
 
 
 WAIT_OPTIONS = ("wait_replicas", "wait_timeout")
@@ -674,6 +713,8 @@ class RedisStore:
 
     async def close(self) -> None:
         """Release connections."""
+        if self._pipeliner is not None:
+            await self._pipeliner.close()
         await self._redis.aclose()
 
     # -- tools ----------------------------------------------------------------------------

@@ -23,8 +23,8 @@ async def test_amqp_cpu_per_message_is_measured_and_the_queue_deleted(
         made.append(queue)
         await original(self, queue)
     monkeypatch.setattr(adapters.AmqpBroker, "declare", declare)
-    cpu = await adapters.amqp_cpu_per_message(amqp_url, "quorum", messages=60, lanes=4)
-    assert 0 < cpu < 1_000_000
+    cpu, wall = await adapters.amqp_cpu_per_message(amqp_url, "quorum", messages=60, lanes=4)
+    assert 0 < cpu < 1_000_000 and 0 < wall < 1_000_000
     assert len(made) == 1
     connection = await aio_pika.connect(amqp_url)
     try:
@@ -39,8 +39,8 @@ async def test_redis_cpu_per_step_is_measured_and_the_keys_deleted() -> None:
     redis = Redis.from_url(REDIS_URL)
     try:
         before = {key async for key in redis.scan_iter(match="bench*")}
-        cpu = await adapters.redis_cpu_per_step(REDIS_URL, steps=60, lanes=4)
-        assert 0 < cpu < 1_000_000
+        cpu, wall = await adapters.redis_cpu_per_step(REDIS_URL, steps=60, lanes=4)
+        assert 0 < cpu < 1_000_000 and 0 < wall < 1_000_000
         assert {key async for key in redis.scan_iter(match="bench*")} == before
     finally:
         await redis.aclose()

@@ -236,3 +236,65 @@ async def test_concurrent_steps_share_pipelines(store: RedisStore,
     assert sum(executed) == 100  # a ZADD and a commit each, none lost
     snaps = await asyncio.gather(*(store.load(f"s{i}") for i in range(50)))
     assert [(s.version, s.outbox) for s in snaps] == [(1, [b"e"])] * 50
+
+
+async def test_a_lone_step_sends_its_own_commands_on_a_kept_connection(
+        store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps one at a time: each sends its commands itself (no flusher task), all on one
+    connection of the pipeline's own, never one taken from redis-py's pool; and close()
+    closes it."""
+    pipeliner = store._pipeliner
+    assert pipeliner is not None
+    flushes = 0
+    flush = pipeliner._flush
+
+    async def counting() -> None:
+        nonlocal flushes
+        flushes += 1
+        await flush()
+    monkeypatch.setattr(pipeliner, "_flush", counting)
+    pool = store._redis.connection_pool
+    taken = 0
+    get_connection = pool.get_connection
+
+    async def counting_get(*args: object, **kwargs: object) -> object:
+        nonlocal taken
+        taken += 1
+        return await get_connection(*args, **kwargs)
+    monkeypatch.setattr(pool, "get_connection", counting_get)
+    later = int(time.time() * 1000) + FAR
+    for version in range(5):
+        assert await store.commit("s", version, b"r", append=[b"e"], expire_at_ms=later)
+        await store.discard("s", [b"e"])
+        assert (await store.load("s")).version == version + 1
+    assert (flushes, taken, len(pipeliner._all)) == (0, 0, 1)
+    (connection,) = pipeliner._all
+    assert connection.is_connected
+    await store.close()
+    assert not connection.is_connected
+
+
+async def test_steps_woken_together_send_their_next_commands_together(
+        store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight steps in lockstep: the replies of one batch wake them all, and their next
+    commands go out in one batch again, not the first woken alone and the rest after it."""
+    pipeliner = store._pipeliner
+    assert pipeliner is not None
+    sizes: list[int] = []
+    exchange = pipeliner._exchange
+
+    async def counting(commands: list[tuple[object, ...]]) -> list[object]:
+        sizes.append(len(commands))
+        return await exchange(commands)
+    monkeypatch.setattr(pipeliner, "_exchange", counting)
+    later = int(time.time() * 1000) + FAR
+
+    async def lane(session: str) -> None:
+        for version in range(10):
+            assert await store.commit(session, version, b"r", append=[b"e"],
+                                      expire_at_ms=later)
+            await store.discard(session, [b"e"])
+
+    await asyncio.wait_for(asyncio.gather(*(lane(f"s{i}") for i in range(8))), 10)
+    assert sum(sizes) == 160
+    assert len(sizes) <= 25, sizes  # 20 rounds of 8; one alone at the start
