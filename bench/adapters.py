@@ -11,12 +11,14 @@ the pair bench carries:
   (compare-and-set, one outbox entry) and the discard of that entry, as a routed step does
   when its record is cached: client CPU per step.
 
-To compare with the adapters of another commit, run it on each, alternately, a few times
-(as a script, so that ``PYTHONPATH`` decides whose ``router`` and ``worker_sdk`` it imports)::
+``--base COMMIT`` compares these adapters with another commit's: it checks that commit out
+into a temporary worktree (as ``python -m bench.compare`` does) and runs this script
+``--runs`` times for each side, alternately (A B B A ...), each run in a process of its own
+whose ``PYTHONPATH`` puts that side's ``router`` and ``worker_sdk`` first; it prints both
+sides and their paired ratios, and writes ``bench/results/adapters-<time>.json``, which
+``python -m bench.report --take FILE --as NAME`` puts in the docs::
 
-    git worktree add /tmp/before <commit>
-    PYTHONPATH=/tmp/before .venv/bin/python bench/adapters.py     # the adapters of <commit>
-    .venv/bin/python bench/adapters.py                            # these
+    .venv/bin/python -m bench.adapters --base HEAD~1 --lanes 1 --runs 4
 
 Every queue and key it makes is deleted before it exits.
 """
@@ -25,12 +27,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from router import redis_store
 from router.redis_store import RedisStore
@@ -127,21 +132,91 @@ async def _cpu_per(count: int, work: Callable[[], Awaitable[None]]) -> tuple[flo
             (time.perf_counter() - wall) / count * 1e6)
 
 
-async def run(args: argparse.Namespace) -> None:
-    amqp: list[tuple[float, float]] = []
-    redis: list[tuple[float, float]] = []
+FIGURES = (("amqp_cpu_per_message", "AMQP publish + delivery + ack: client CPU per message"),
+           ("amqp_wall_per_message", "AMQP publish + delivery + ack: wall-clock per message"),
+           ("redis_cpu_per_step", "Redis step (commit + discard): client CPU per step"),
+           ("redis_wall_per_step", "Redis step (commit + discard): wall-clock per step"))
+"""The figures of a run, in milliseconds (wall-clock per item: with ``--lanes 1``, the
+latency of one)."""
+
+
+async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Every figure's value in each of ``args.runs`` runs (milliseconds)."""
+    values: dict[str, list[float]] = {key: [] for key, _ in FIGURES}
     for _ in range(args.runs):
-        amqp.append(await amqp_cpu_per_message(args.amqp_url, args.queue_type,
-                                               args.messages, args.lanes))
-        redis.append(await redis_cpu_per_step(args.redis_url, args.messages, args.lanes))
+        amqp = await amqp_cpu_per_message(args.amqp_url, args.queue_type, args.messages,
+                                          args.lanes)
+        redis = await redis_cpu_per_step(args.redis_url, args.messages, args.lanes)
+        for (key, _), value in zip(FIGURES, (*amqp, *redis), strict=True):
+            values[key].append(value / 1000)
+    return values
+
+
+def figures(values: dict[str, list[float]], lanes: int) -> dict[str, Any]:
+    """The results-file form of :func:`measure`'s values (plain data: the process that
+    prints them may have another commit's ``bench`` on its path)."""
+    return {key: {"label": f"{label} ({lanes} lane(s))", "unit": "ms",
+                  "median": statistics.median(values[key]), "runs": values[key]}
+            for key, label in FIGURES}
+
+
+def _run_side(tree: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """One run of this script with ``tree``'s adapters; its figures."""
+    from bench import compare
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tree.path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    command = [sys.executable, os.path.abspath(__file__), "--json", "--runs", "1",
+               "--lanes", str(args.lanes), "--messages", str(args.messages),
+               "--queue-type", args.queue_type, "--amqp-url", args.amqp_url,
+               "--redis-url", args.redis_url]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise compare.CompareError(
+            f"bench/adapters.py failed with the {tree.name} tree's adapters ({tree.path}, "
+            f"exit {done.returncode}):\n{tail}")
+    data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return data
+
+
+def against_base(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--base``: both sides alternately, their paired ratios, a results file."""
+    from bench import compare
+    from bench.run import machine
+    head = compare.Tree("head", compare.REPO, compare._describe(compare.REPO))
+    try:
+        with compare.base_tree(args.base) as base:
+            compare.say(f"adapters of {head.revision!r} (this checkout) against {base.revision!r}: "
+                f"{args.runs} alternated run(s) each, {args.lanes} lane(s)")
+            got = compare.run({"base": base, "head": head}, args.runs, [], compare.say,
+                              runner=lambda tree, _: _run_side(tree, args))
+        table = compare.compare(got["base"], got["head"])
+    except compare.CompareError as exc:
+        print(f"python -m bench.adapters: {exc}", file=sys.stderr)
+        return 2
+    print(compare.format_comparison(table))
+    compare.write_results("adapters", {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "plan": {"command": " ".join(["python -m bench.adapters", *argv]),
+                 "base": base.revision, "head": head.revision, "runs": args.runs,
+                 "lanes": args.lanes, "messages": args.messages,
+                 "queue_type": args.queue_type},
+        "machine": machine(),
+        "figures": {f.key: f.to_json() for f in table}})
+    return 0
+
+
+async def run(args: argparse.Namespace) -> None:
+    values = await measure(args)
+    if args.json:
+        print(json.dumps({"figures": figures(values, args.lanes)}))
+        return
     where = os.path.dirname(os.path.dirname(os.path.abspath(redis_store.__file__)))
-    for label, values in (("AMQP publish + delivery + ack", amqp),
-                          ("Redis step (commit + discard)", redis)):
-        cpu, wall = [v for v, _ in values], [w for _, w in values]
-        print(f"{where}: {label}: {statistics.median(cpu):.0f} us client CPU (median of "
-              f"{len(values)}; {', '.join(f'{v:.0f}' for v in cpu)}), "
-              f"{statistics.median(wall):.0f} us wall-clock per item with {args.lanes} "
-              f"lane(s) ({', '.join(f'{w:.0f}' for w in wall)})")
+    for key, label in FIGURES:
+        runs = values[key]
+        print(f"{where}: {label}: {statistics.median(runs) * 1000:.0f} us (median of "
+              f"{len(runs)}; {', '.join(f'{v * 1000:.0f}' for v in runs)}), "
+              f"{args.lanes} lane(s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +232,14 @@ def main(argv: list[str] | None = None) -> int:
                                                         DEFAULT_AMQP_URL))
     p.add_argument("--redis-url", default=os.environ.get("CLOUDBUNCH_REDIS_URL",
                                                          DEFAULT_REDIS_URL))
+    p.add_argument("--base", metavar="COMMIT",
+                   help="compare with this commit's adapters (alternated runs, paired ratios)")
+    p.add_argument("--json", action="store_true",
+                   help="print the figures as one line of JSON (what --base reads)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    if args.base is not None:
+        return against_base(args, argv)
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
