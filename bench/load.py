@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .stats import percentile
@@ -103,6 +103,52 @@ async def closed_loop(request: Request, keys: Sequence[str], *, in_flight: int,
     if failure:
         raise failure[0]
     return LoadResult(completed, min(measured, duration), latencies)
+
+
+async def interleaved(requests: Mapping[str, Request], keys: Sequence[str], *,
+                      warmup: float, duration: float,
+                      on_window: Callable[[bool], None] | None = None) -> dict[str, LoadResult]:
+    """Latency at 1 in flight of several paths at once: one request at a time, taking the
+    paths in turn (their order rotating every round, so none always follows the same one),
+    for ``warmup + duration`` seconds; each path's round trips that complete inside the
+    window after the warmup count.
+
+    Measured one after the other, each path's window would meet whatever the machine did in
+    those seconds (a busy host, the broker digesting the last throughput window), and their
+    ratio would carry it; taken in turn, every path sees the same moments.
+    """
+    if not requests or not keys:
+        raise ValueError("interleaved() needs at least one path and one key")
+    names = list(requests)
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    began = time.perf_counter()
+    opened = began + warmup
+    closes = opened + duration
+    window_open = False
+    rounds = 0
+    while True:
+        now = time.perf_counter()
+        if now >= closes:
+            break
+        if not window_open and now >= opened:
+            window_open = True
+            if on_window:
+                on_window(True)
+        key = keys[rounds % len(keys)]
+        shift = rounds % len(names)
+        rounds += 1
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            await requests[name](key)
+            done = time.perf_counter()
+            if opened <= started and done <= closes:
+                latencies[name].append(done - started)
+    if on_window:
+        if not window_open:
+            on_window(True)
+        on_window(False)
+    return {name: LoadResult(len(latencies[name]), duration, latencies[name])
+            for name in names}
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

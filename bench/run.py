@@ -39,7 +39,7 @@ from worker_sdk.settings import DEFAULT_AMQP_URL
 from . import profile as pyspy
 from .direct import Requester, rabbitmq_server
 from .embedded import Embedded
-from .load import LoadResult, closed_loop, run_all
+from .load import LoadResult, closed_loop, interleaved, run_all
 from .procs import REPO, CpuMeter, Proc, find_pids
 from .routed import Routed, loop_of
 from .stats import Figure, Summary, Target, format_markdown, format_table, ratios
@@ -166,6 +166,22 @@ class Bench:
         self.others.append(meter.others_cores())
         return result
 
+    async def latencies(self, requests: dict[str, Callable[[str], Awaitable[None]]]
+                        ) -> dict[str, LoadResult]:
+        """Latency at 1 in flight of several paths, taken in turn in one window (as long as
+        one latency window per path), so that each sees the same moments of the machine."""
+        plan = self.plan
+        meter = CpuMeter(self.our_pids())
+
+        def on_window(opening: bool) -> None:
+            (meter.start if opening else meter.stop)()
+
+        result = await interleaved(requests, self.main_keys, warmup=min(plan.warmup, 0.3),
+                                   duration=plan.latency_window * len(requests),
+                                   on_window=on_window)
+        self.others.append(meter.others_cores())
+        return result
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -241,9 +257,7 @@ class Bench:
                 if name in meter.used:
                     f_cpu.setdefault(name, []).append(1000 * meter.used[name] /
                                                       max(f.completed, 1))
-            fl = await self.load(forwarded.turn, self.main_keys, in_flight=1, latency=True)
             f_rate.append(f.rate)
-            f_p50.append(fl.p50_ms)
             meter = CpuMeter(pids)
             d = await self.load(requester.request, self.main_keys, in_flight=plan.in_flight,
                                 meter=meter)
@@ -262,8 +276,10 @@ class Bench:
                 if name in meter.calls:
                     reads, writes = meter.calls[name]
                     calls.setdefault(name, []).append((reads + writes) / max(r.completed, 1))
-            dl = await self.load(requester.request, self.main_keys, in_flight=1, latency=True)
-            rl = await self.load(routed.turn, self.main_keys, in_flight=1, latency=True)
+            lat = await self.latencies({"direct": requester.request,
+                                        "forwarded": forwarded.turn, "routed": routed.turn})
+            dl, fl, rl = lat["direct"], lat["forwarded"], lat["routed"]
+            f_p50.append(fl.p50_ms)
             pl = await self.load(lambda _: routed.store.ping(), self.main_keys, in_flight=1,
                                  latency=True)
             ping_p50.append(pl.p50_ms)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bench.load import closed_loop, run_all
+from bench.load import closed_loop, interleaved, run_all
 from bench.profile import area_of, parse_raw
 from bench.run import build_parser, make_plan, message_sizes
 from bench.stats import Figure, Summary, Target, format_markdown, format_table, percentile, ratios
@@ -71,6 +72,52 @@ async def test_closed_loop_reports_a_failing_request() -> None:
 
     with pytest.raises(RuntimeError, match="broken"):
         await closed_loop(request, ["a"], in_flight=1, warmup=0.05, duration=0.1)
+
+
+async def test_interleaved_paths_take_turns_one_at_a_time() -> None:
+    running: list[str] = []
+    calls: list[str] = []
+
+    def path(name: str, seconds: float) -> Callable[[str], Awaitable[None]]:
+        async def request(key: str) -> None:
+            assert not running, f"{name} began while {running} ran"
+            running.append(name)
+            calls.append(name)
+            await asyncio.sleep(seconds)
+            running.remove(name)
+        return request
+
+    marks: list[bool] = []
+    got = await interleaved({"a": path("a", 0.002), "b": path("b", 0.006)}, ["k1", "k2"],
+                            warmup=0.02, duration=0.3, on_window=marks.append)
+    assert marks == [True, False]
+    assert abs(got["a"].completed - got["b"].completed) <= 1 and got["a"].completed > 10
+    assert 1.5 < got["b"].p50_ms / got["a"].p50_ms < 6
+    # The order rotates: each path goes first in every other round.
+    firsts = calls[0::2]
+    assert firsts.count("a") - firsts.count("b") in (-1, 0, 1)
+
+
+async def test_interleaved_paths_see_the_same_slow_moments() -> None:
+    """The machine slows everything down 5 times for the first half of the window: taken
+    in turn, both paths see it alike and their p50 ratio stays that of their own costs."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    def path(seconds: float) -> Callable[[str], Awaitable[None]]:
+        async def request(key: str) -> None:
+            slow = 5 if loop.time() - start < 0.2 else 1
+            await asyncio.sleep(seconds * slow)
+        return request
+
+    got = await interleaved({"a": path(0.002), "b": path(0.004)}, ["k"], warmup=0.0,
+                            duration=0.4)
+    assert 1.3 < got["b"].p50_ms / got["a"].p50_ms < 3.0
+
+
+async def test_interleaved_needs_a_path_and_a_key() -> None:
+    with pytest.raises(ValueError, match="at least one path and one key"):
+        await interleaved({}, ["k"], warmup=0, duration=0.1)
 
 
 def test_parse_raw_profile() -> None:
