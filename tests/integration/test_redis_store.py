@@ -215,18 +215,24 @@ async def test_a_step_s_next_command_never_waits_for_a_finished_pipeline(
     assert (await store.load("s")).version == 5
 
 
-async def test_concurrent_steps_share_pipelines(store: RedisStore,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Group commit: the commands of 50 concurrent steps go out in a few pipelines."""
-    executed = []
+def _batch_sizes(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of commands of every batch the store's pipelines send from now on."""
     pipeliner = store._pipeliner
     assert pipeliner is not None
+    sizes: list[int] = []
     exchange = pipeliner._exchange
 
     async def counting(commands: list[tuple[object, ...]]) -> list[object]:
-        executed.append(len(commands))
+        sizes.append(len(commands))
         return await exchange(commands)
     monkeypatch.setattr(pipeliner, "_exchange", counting)
+    return sizes
+
+
+async def test_concurrent_steps_share_pipelines(store: RedisStore,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit: the commands of 50 concurrent steps go out in a few pipelines."""
+    executed = _batch_sizes(store, monkeypatch)
     later = int(time.time() * 1000) + FAR
     applied = await asyncio.gather(*(store.commit(f"s{i}", 0, b"r", append=[b"e"],
                                                   expire_at_ms=later, hint_ms=later)
@@ -278,15 +284,7 @@ async def test_steps_woken_together_send_their_next_commands_together(
         store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Eight steps in lockstep: the replies of one batch wake them all, and their next
     commands go out in one batch again, not the first woken alone and the rest after it."""
-    pipeliner = store._pipeliner
-    assert pipeliner is not None
-    sizes: list[int] = []
-    exchange = pipeliner._exchange
-
-    async def counting(commands: list[tuple[object, ...]]) -> list[object]:
-        sizes.append(len(commands))
-        return await exchange(commands)
-    monkeypatch.setattr(pipeliner, "_exchange", counting)
+    sizes = _batch_sizes(store, monkeypatch)
     later = int(time.time() * 1000) + FAR
 
     async def lane(session: str) -> None:
