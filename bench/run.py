@@ -249,33 +249,44 @@ class Bench:
         d_cpu: dict[str, list[float]] = {}
         f_cpu: dict[str, list[float]] = {}
         calls: dict[str, list[float]] = {}
+
+        def window(request: Callable[[str], Awaitable[None]], names: tuple[str, ...],
+                   into: dict[str, list[float]], *, count_calls: bool = False
+                   ) -> Callable[[], Awaitable[LoadResult]]:
+            """One throughput window of a path, with the CPU per round trip of ``names`` (and
+            the system calls of the router and Redis, with ``count_calls``)."""
+            async def measure() -> LoadResult:
+                meter = CpuMeter(pids)
+                got = await self.load(request, self.main_keys, in_flight=plan.in_flight,
+                                      meter=meter)
+                for name in names:
+                    if name in meter.used:
+                        into.setdefault(name, []).append(1000 * meter.used[name] /
+                                                         max(got.completed, 1))
+                if count_calls:
+                    for name in ("router", "redis"):
+                        if name in meter.calls:
+                            reads, writes = meter.calls[name]
+                            calls.setdefault(name, []).append(
+                                (reads + writes) / max(got.completed, 1))
+                return got
+            return measure
+
+        windows = [
+            ("forwarded", window(forwarded.turn,
+                                 ("forwarder", "forwarder_worker", "bench", "rabbitmq"), f_cpu)),
+            ("direct", window(requester.request, ("responder", "bench", "rabbitmq", "redis"),
+                              d_cpu)),
+            ("routed", window(routed.turn, ("router", "worker", "bench", "rabbitmq", "redis"),
+                              cpu, count_calls=True)),
+        ]
         for i in range(plan.runs):
-            meter = CpuMeter(pids)
-            f = await self.load(forwarded.turn, self.main_keys, in_flight=plan.in_flight,
-                                meter=meter)
-            for name in ("forwarder", "forwarder_worker", "bench", "rabbitmq"):
-                if name in meter.used:
-                    f_cpu.setdefault(name, []).append(1000 * meter.used[name] /
-                                                      max(f.completed, 1))
+            # The order rotates run by run, so that no path always comes first or last
+            # (after a warm-up, or before the latency window).
+            rates = {name: await measure()
+                     for name, measure in windows[i % 3:] + windows[:i % 3]}
+            f, d, r = rates["forwarded"], rates["direct"], rates["routed"]
             f_rate.append(f.rate)
-            meter = CpuMeter(pids)
-            d = await self.load(requester.request, self.main_keys, in_flight=plan.in_flight,
-                                meter=meter)
-            for name in ("responder", "bench", "rabbitmq", "redis"):
-                if name in meter.used:
-                    d_cpu.setdefault(name, []).append(1000 * meter.used[name] /
-                                                      max(d.completed, 1))
-            meter = CpuMeter(pids)
-            r = await self.load(routed.turn, self.main_keys, in_flight=plan.in_flight,
-                                meter=meter)
-            for name in ("router", "worker", "bench", "rabbitmq", "redis"):
-                if name in meter.used:
-                    cpu.setdefault(name, []).append(1000 * meter.used[name] /
-                                                    max(r.completed, 1))
-            for name in ("router", "redis"):
-                if name in meter.calls:
-                    reads, writes = meter.calls[name]
-                    calls.setdefault(name, []).append((reads + writes) / max(r.completed, 1))
             lat = await self.latencies({"direct": requester.request,
                                         "forwarded": forwarded.turn, "routed": routed.turn})
             dl, fl, rl = lat["direct"], lat["forwarded"], lat["routed"]
@@ -447,8 +458,11 @@ class Bench:
                  f"{took:.1f} s")
         r1, rn = [], []
         for i in range(plan.runs):
-            a = await self.load(routed.turn, shallow, in_flight=min(plan.in_flight, n))
-            b = await self.load(routed.turn, deep, in_flight=min(plan.in_flight, n))
+            # Every other run the deep stacks go first: neither always follows the other.
+            first, second = (shallow, deep) if i % 2 == 0 else (deep, shallow)
+            x = await self.load(routed.turn, first, in_flight=min(plan.in_flight, n))
+            y = await self.load(routed.turn, second, in_flight=min(plan.in_flight, n))
+            a, b = (x, y) if i % 2 == 0 else (y, x)
             r1.append(a.rate)
             rn.append(b.rate)
             self.say(f"run {i + 1}/{plan.runs}: depth 1 {a.rate:.0f}/s, depth {plan.depth} "
