@@ -79,7 +79,7 @@ async def amqp_cpu_per_message(url: str, queue_type: str, messages: int,
 
     try:
         await broker.consume(queue, on_delivery, prefetch=64)
-        return await _cpu_per(messages, lambda: _together(lane, lanes, done))
+        return await _cost_per(messages, lambda: _together(lane, lanes, done))
     finally:
         await broker.cancel(queue, drain=0)
         await broker.delete(queue)
@@ -109,7 +109,7 @@ async def redis_cpu_per_step(url: str, steps: int, lanes: int) -> tuple[float, f
         await asyncio.gather(*(lane(f"s{i}") for i in range(lanes)))
 
     try:
-        return await _cpu_per(steps, all_lanes)
+        return await _cost_per(steps, all_lanes)
     finally:
         redis = store._redis
         keys = [key async for key in redis.scan_iter(match=f"{namespace}:*")]
@@ -124,7 +124,7 @@ async def _together(lane: Callable[[], Awaitable[None]], lanes: int,
     await done.wait()
 
 
-async def _cpu_per(count: int, work: Callable[[], Awaitable[None]]) -> tuple[float, float]:
+async def _cost_per(count: int, work: Callable[[], Awaitable[None]]) -> tuple[float, float]:
     """Client CPU and wall-clock time (microseconds) per item of ``work``."""
     started, wall = time.process_time(), time.perf_counter()
     await work()
@@ -163,13 +163,12 @@ def figures(values: dict[str, list[float]], lanes: int) -> dict[str, Any]:
 def _run_side(tree: Any, args: argparse.Namespace) -> dict[str, Any]:
     """One run of this script with ``tree``'s adapters; its figures."""
     from bench import compare
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(tree.path), *filter(None, [os.environ.get("PYTHONPATH")])])}
     command = [sys.executable, os.path.abspath(__file__), "--json", "--runs", "1",
                "--lanes", str(args.lanes), "--messages", str(args.messages),
                "--queue-type", args.queue_type, "--amqp-url", args.amqp_url,
                "--redis-url", args.redis_url]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, env=compare.tree_env(tree), capture_output=True,
+                          text=True, check=False)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise compare.CompareError(
@@ -186,8 +185,9 @@ def against_base(args: argparse.Namespace, argv: list[str]) -> int:
     head = compare.Tree("head", compare.REPO, compare._describe(compare.REPO))
     try:
         with compare.base_tree(args.base) as base:
-            compare.say(f"adapters of {head.revision!r} (this checkout) against {base.revision!r}: "
-                f"{args.runs} alternated run(s) each, {args.lanes} lane(s)")
+            compare.say(f"adapters of {head.revision!r} (this checkout) against "
+                        f"{base.revision!r}: {args.runs} alternated run(s) each, "
+                        f"{args.lanes} lane(s)")
             got = compare.run({"base": base, "head": head}, args.runs, [], compare.say,
                               runner=lambda tree, _: _run_side(tree, args))
         table = compare.compare(got["base"], got["head"])

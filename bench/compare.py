@@ -219,15 +219,20 @@ def _describe(path: Path) -> str:
 Runner = Callable[[Tree, list[str]], dict[str, Any]]
 
 
+def tree_env(tree: Tree) -> dict[str, str]:
+    """This process's environment with ``tree`` first on ``PYTHONPATH``: a Python process
+    started with it imports that tree's ``router``, ``worker_sdk`` and ``bench``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tree.path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 def run_bench(tree: Tree, bench_args: list[str]) -> dict[str, Any]:
     """One ``python -m bench`` in ``tree`` (its own code first on the path); its results."""
     results = tree.path / RESULTS
     before = results.stat().st_mtime_ns if results.exists() else None
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(tree.path), *filter(None, [os.environ.get("PYTHONPATH")])])}
     command = [sys.executable, "-m", "bench", *bench_args]
-    done = subprocess.run(command, cwd=tree.path, env=env, capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(command, cwd=tree.path, env=tree_env(tree), capture_output=True,
+                          text=True, check=False)
     if done.returncode != 0 or not results.exists() or results.stat().st_mtime_ns == before:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise CompareError(f"python -m bench {' '.join(bench_args)} failed in the {tree.name} "
